@@ -1,0 +1,12 @@
+"""lipguard: smooth, provable reward and value models.
+
+Build models whose Lipschitz constant is guaranteed (:mod:`lipguard.nn`), and get
+typed, sound bounds for them (:mod:`lipguard.bounds`).
+"""
+
+__version__ = "0.1.0"
+
+from lipguard import errors, linalg, nn
+from lipguard.bounds import LipschitzBound
+
+__all__ = ["LipschitzBound", "__version__", "errors", "linalg", "nn"]

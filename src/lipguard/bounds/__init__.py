@@ -1,0 +1,5 @@
+"""Lipschitz bounds: typed results that say whether they are sound."""
+
+from lipguard.bounds.result import LipschitzBound
+
+__all__ = ["LipschitzBound"]

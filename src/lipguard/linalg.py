@@ -1,0 +1,334 @@
+"""Sound linear algebra: certified upper bounds on the spectral norm of a matrix.
+
+Power iteration (what ``torch.nn.utils.parametrizations.spectral_norm`` uses) returns a *lower*
+estimate of the largest singular value; a Rayleigh quotient with a small residual only shows that
+*some* singular value lies nearby (for ``diag(1, 100)`` started at ``e1`` the residual is zero and
+the estimate is 1). An upper bound that holds for every input needs information about the whole
+spectrum. :func:`spectral_norm_certificate` gets it in three steps:
+
+1. form the Gram matrix ``G = WᵀW`` (or ``WWᵀ``, whichever is smaller) in float64;
+2. estimate ``μ ≈ λ_max(G)`` by a warm-started Lanczos iteration;
+3. *prove* ``λ_max(G) <= c`` for a candidate ``c`` slightly above ``μ``, either by Weyl's
+   inequality ``λ_max(G) <= μ + ||G - μI||_F`` (tight when ``G`` is close to a multiple of the
+   identity, as for orthogonal layers) or by a Cholesky factorisation of ``cI - G``: if it
+   completes in floating point, Higham's backward error theorem (Accuracy and Stability of
+   Numerical Algorithms, 2nd ed., Thm 10.3, the argument of Rump, BIT 46, 2006) gives
+   ``λ_min(cI - G) >= -γ_{k+1}·||R̂||_F²``.
+
+Every rounding error on the way (the Gram product, the diagonal shift, the factorisation, the
+final square root) is bounded a priori and added, so ``upper`` is ``>= σ_max(W)`` for the matrix
+exactly as stored, not only up to rounding. These margins are about 1e-12 relative; the slack of
+the bound (typically 1e-8 to 1e-6) comes from choosing ``c`` a little above ``μ``.
+
+Cost: one Gram product and usually one Cholesky factorisation, ``O(k²·max(m, n))`` with
+``k = min(m, n)``. No cheaper sound method exists for an arbitrary dense matrix; what makes
+repeated certification cheap is the warm start and, in :mod:`lipguard.nn`, not certifying again
+while the weights are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lipguard import _checks
+
+#: unit roundoff of IEEE float64 (round to nearest)
+U64 = 2.0**-53
+#: factor on Higham's γ_{k+1}, so that the bound also covers blocked (level-3 BLAS) Cholesky
+#: implementations, whose error constants differ from the textbook algorithm's by a small factor
+CHOLESKY_SAFETY = 4.0
+#: relative slack above the estimate accepted from Weyl's bound without a Cholesky proof
+_ACCEPT_SHIFT = 2.0**-20
+#: relative spread of the block's Ritz values below which Weyl's bound is tried first
+_NEAR_SCALAR = 2.0**-10
+#: smallest relative step of the first Cholesky candidate above the estimate
+_MIN_STEP = 2.0**-26
+#: each failed Cholesky multiplies the step by this; after _LADDER_TRIES, Weyl's bound is used
+_STEP_GROWTH = 16.0
+_LADDER_TRIES = 8
+#: Lanczos stops when the top Ritz value moves, or its residual falls, below this (relative)
+_CONVERGED = 1e-7
+#: weight of the fixed-seed random component mixed into a warm start
+_START_NOISE = 1e-3
+#: Gram matrices up to this size get a dense eigensolver instead of Lanczos
+_DENSE_EIGENSOLVER = 64
+#: Lanczos checks its Ritz values every this many steps
+_CHECK_EVERY = 4
+
+
+def gamma(k: int, u: float = U64) -> float:
+    """Higham's ``γ_k = k·u / (1 - k·u)``: relative error bound of a length-``k`` dot product."""
+    ku = k * u
+    if ku >= 0.5:
+        raise OverflowError(f"gamma({k}) is not small for unit roundoff {u}")
+    return ku / (1.0 - ku)
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff (half the machine epsilon) of a floating-point dtype."""
+    return torch.finfo(dtype).eps / 2.0
+
+
+def cast_margin(dtype: torch.dtype, rank: int) -> float:
+    """Relative growth of ``σ_max`` when ``W·s`` is rounded to ``dtype`` entry by entry.
+
+    ``fl(W·fl(s)) = (W·s)∘(1+E)`` with ``|E| <= u`` entrywise after the scalar itself was rounded
+    (one more ``u``), and ``||A∘E||₂ <= u·||A||_F <= u·√rank·||A||₂``; so the stored product has
+    ``σ_max <= s·σ_max(W)·(1 + u·(√rank + 2))``.
+    """
+    return unit_roundoff(dtype) * (math.sqrt(rank) + 2.0)
+
+
+@dataclass(frozen=True)
+class SpectralNormCertificate:
+    """A proven upper bound on the largest singular value of one matrix.
+
+    Attributes:
+        upper: ``σ_max(W) <= upper`` for the matrix exactly as it was stored, all rounding errors
+            of the computation included. Sound.
+        lower: ``||W v||₂`` for the unit witness ``right_vector``, computed in float64: a lower
+            estimate of ``σ_max`` (exact up to ~1e-15 relative rounding), not a guarantee.
+        right_vector: unit vector ``v`` (float64, length ``in``) with ``||W v|| = lower``.
+        left_vector: unit vector ``u = W v / ||W v||`` (float64, length ``out``).
+        method: ``"zero"``, ``"weyl"`` or ``"cholesky"``: which proof holds.
+        margin: relative floating-point margin included in ``upper``.
+    """
+
+    upper: float
+    lower: float
+    right_vector: torch.Tensor
+    left_vector: torch.Tensor
+    method: str
+    margin: float
+
+    @property
+    def gap(self) -> float:
+        """``upper / lower`` (>= 1): how tight the certificate is."""
+        return math.inf if self.lower == 0.0 else self.upper / self.lower
+
+
+def spectral_norm_certificate(
+    weight: torch.Tensor,
+    *,
+    warm_start: torch.Tensor | None = None,
+    max_iterations: int = 200,
+) -> SpectralNormCertificate:
+    """Prove an upper bound on ``σ_max(weight)``, the spectral norm of a 2-D tensor.
+
+    Args:
+        weight: finite floating-point matrix of any dtype and device (read, not changed).
+        warm_start: a previous certificate's ``right_vector`` for a matrix of the same shape;
+            starting the Lanczos iteration there makes repeated certification during training cheap.
+        max_iterations: cap on Lanczos steps. The bound is sound for any value; more steps
+            only make it tighter and the proof cheaper.
+
+    Returns:
+        A :class:`SpectralNormCertificate` whose ``upper`` is a sound bound.
+
+    Raises:
+        NonFiniteError: the matrix holds NaN or infinity.
+        ShapeError: the tensor is not 2-D.
+    """
+    _checks.matrix("weight", weight)
+    w = weight.detach().to(torch.float64)
+    rows, cols = w.shape
+    magnitude = float(weight.detach().abs().max()) if w.numel() else 0.0
+    if magnitude == 0.0:
+        return _zero_certificate(w)
+    # Scale by a power of two (exact) so that no product can overflow or underflow. Entries of
+    # float32 (or narrower) matrices are always within range, so only float64 ones may need it.
+    scale_exp = 0
+    if not 2.0**-400 <= magnitude <= 2.0**400:
+        scale_exp = math.frexp(magnitude)[1]
+        w = w * 2.0**-scale_exp
+
+    right_side = cols <= rows  # G = WᵀW has the right singular vectors as eigenvectors
+    gram = w.T @ w if right_side else w @ w.T
+    inner = rows if right_side else cols
+
+    start = None
+    if warm_start is not None and warm_start.numel() == cols:
+        v0 = warm_start.detach().to(device=w.device, dtype=torch.float64).reshape(-1)
+        start = v0 if right_side else w @ v0
+    estimate = _top_eigenpair(gram, start, max_iterations)
+    proof = _prove_lambda_max(gram, estimate)
+
+    # Rounding of the Gram product: |Ĝ - G| <= γ_inner·|W|ᵀ|W| entrywise, whose spectral norm is
+    # <= γ_inner·||W||_F². Each Ĝ_ii is a sum of squares with relative error <= γ_inner, so
+    # ||W||_F² <= tr(Ĝ) / ((1 - γ_inner)(1 - γ_k)), the trace being summed in floating point.
+    trace = float(gram.diagonal().sum())
+    fro2 = trace / ((1.0 - gamma(inner)) * (1.0 - gamma(gram.shape[0])))
+    lam = proof.bound + gamma(inner) * fro2
+    # Underflow in the scaling or the products: at most one subnormal ulp per term.
+    lam += (rows * cols + gram.numel()) * 2.0**-1074
+    upper_scaled = math.sqrt(lam) * (1.0 + 8.0 * U64)
+
+    if right_side:
+        right = estimate.vector
+    else:
+        right = w.T @ estimate.vector
+        right = right / torch.linalg.vector_norm(right)
+    image = w @ right
+    lower_scaled = float(torch.linalg.vector_norm(image))
+    left = image / lower_scaled if lower_scaled > 0.0 else image
+    return SpectralNormCertificate(
+        upper=math.ldexp(upper_scaled, scale_exp),
+        lower=min(math.ldexp(lower_scaled, scale_exp), math.ldexp(upper_scaled, scale_exp)),
+        right_vector=right,
+        left_vector=left,
+        method=proof.method,
+        margin=upper_scaled / math.sqrt(proof.core) - 1.0,
+    )
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    value: float  # top Ritz value μ (a Rayleigh quotient: <= λ_max up to rounding)
+    change: float  # |μ - μ_previous| / μ at the last step
+    spread: float  # (μ - smallest Ritz value) / μ: small when G is nearly a multiple of I
+    vector: torch.Tensor  # unit Ritz vector of μ
+
+
+@dataclass(frozen=True)
+class _Proof:
+    bound: float  # λ_max(Ĝ) <= bound for the stored float64 Gram matrix Ĝ
+    core: float  # the same bound before floating-point margins
+    method: str
+
+
+def _zero_certificate(w: torch.Tensor) -> SpectralNormCertificate:
+    right = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device)
+    left = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    right[:1] = 1.0
+    left[:1] = 1.0
+    return SpectralNormCertificate(0.0, 0.0, right, left, "zero", 0.0)
+
+
+def _top_eigenpair(
+    gram: torch.Tensor, start: torch.Tensor | None, max_iterations: int
+) -> _Estimate:
+    """Estimate the top eigenpair of a symmetric PSD matrix: a dense eigensolver for small
+    matrices, Lanczos otherwise."""
+    size = gram.shape[0]
+    if size <= _DENSE_EIGENSOLVER:
+        values, vectors = torch.linalg.eigh(gram)
+        mu = float(values[-1])
+        spread = (mu - float(values[0])) / mu if mu > 0.0 else math.inf
+        return _Estimate(max(mu, 0.0), 0.0, spread, vectors[:, -1])
+    return _lanczos(gram, start, min(size, max(1, max_iterations)))
+
+
+def _lanczos(gram: torch.Tensor, start: torch.Tensor | None, steps: int) -> _Estimate:
+    """Lanczos with full reorthogonalisation; the Ritz values are checked every few steps.
+
+    The start vector is the warm start (if any) plus a small random component from a generator
+    with a fixed seed, so the run is deterministic and cannot stall in an invariant subspace that
+    misses the top eigenvector.
+    """
+    size, device = gram.shape[0], gram.device
+    generator = torch.Generator(device=device).manual_seed(0x11B)
+    vector = torch.randn(size, dtype=gram.dtype, device=device, generator=generator)
+    vector /= torch.linalg.vector_norm(vector)
+    if start is not None and bool(torch.isfinite(start).all()):
+        norm = float(torch.linalg.vector_norm(start))
+        if norm > 0.0:
+            vector = start / norm + _START_NOISE * vector
+            vector /= torch.linalg.vector_norm(vector)
+    basis = torch.empty(steps, size, dtype=gram.dtype, device=device)
+    alphas = torch.zeros(steps, dtype=gram.dtype, device=device)
+    betas = torch.zeros(steps, dtype=gram.dtype, device=device)
+    mu, change, spread = 0.0, math.inf, math.inf
+    ritz = torch.ones(1, dtype=torch.float64)
+    for j in range(steps):
+        basis[j] = vector
+        image = gram @ vector
+        alphas[j] = vector @ image
+        image -= basis[: j + 1].T @ (basis[: j + 1] @ image)
+        betas[j] = torch.linalg.vector_norm(image)
+        if (j + 1) % _CHECK_EVERY and j + 1 < steps:
+            vector = image / betas[j]
+            continue
+        off = betas[:j].cpu()
+        tridiagonal = torch.diag(alphas[: j + 1].cpu()) + torch.diag(off, 1) + torch.diag(off, -1)
+        values, vectors = torch.linalg.eigh(tridiagonal)
+        previous, mu = mu, float(values[-1])
+        ritz = vectors[:, -1]
+        if mu <= 0.0:
+            break
+        change = abs(mu - previous) / mu
+        spread = (mu - float(values[0])) / mu
+        beta = float(betas[j])
+        # β·|last component of the Ritz vector| is the residual norm of the Ritz pair.
+        if change <= _CONVERGED or beta * abs(float(ritz[-1])) <= _CONVERGED * mu:
+            break
+        if beta <= 1e-14 * mu:  # invariant subspace: the Ritz values are eigenvalues
+            change = 0.0
+            break
+        vector = image / beta
+    top = basis[: ritz.numel()].T @ ritz.to(device=device)
+    return _Estimate(max(mu, 0.0), change, spread, top / torch.linalg.vector_norm(top))
+
+
+def _prove_lambda_max(gram: torch.Tensor, estimate: _Estimate) -> _Proof:
+    """Prove an upper bound on ``λ_max`` of the symmetric matrix stored in ``gram``'s lower
+    triangle (the upper one may differ by rounding and is never read)."""
+    mu = estimate.value
+    diagonal = gram.diagonal()
+    max_diagonal = float(diagonal.max())
+    if mu <= 0.0:
+        return _weyl(gram, 0.0, max_diagonal)
+    if estimate.spread <= _NEAR_SCALAR:
+        weyl = _weyl(gram, mu, max_diagonal)
+        if weyl.bound <= mu * (1.0 + _ACCEPT_SHIFT):
+            return weyl
+    # The estimate's remaining error is, heuristically, a small multiple of its last change; the
+    # choice of candidate only affects cost and tightness, never soundness.
+    step = max(_MIN_STEP, 64.0 * estimate.change)
+    for _ in range(_LADDER_TRIES):
+        candidate = mu * (1.0 + step)
+        shifted = -gram
+        shifted.diagonal().add_(candidate)
+        # The trace of the stored shifted matrix bounds ||R̂||_F² (below).
+        trace = float(shifted.diagonal().abs().sum()) * (1.0 + gamma(gram.shape[0]))
+        if int(torch.linalg.cholesky_ex(shifted).info) == 0:
+            return _Proof(
+                _cholesky_bound(candidate, trace, max_diagonal, gram.shape[0]),
+                candidate,
+                "cholesky",
+            )
+        step *= _STEP_GROWTH
+    return _weyl(gram, mu, max_diagonal)
+
+
+def _cholesky_bound(candidate: float, trace: float, max_diagonal: float, size: int) -> float:
+    """``λ_max(Ĝ)`` bound from a completed Cholesky factorisation of ``Â = fl(candidate·I - Ĝ)``.
+
+    Higham Thm 10.3: ``R̂ᵀR̂ = Â + ΔA`` with ``|ΔA| <= γ_{k+1}|R̂ᵀ||R̂|``, so
+    ``λ_min(Â) >= -||ΔA||₂ >= -γ_{k+1}·||R̂||_F²``; the diagonal of the same identity gives
+    ``||R̂||_F² <= tr(Â) / (1 - γ_{k+1})``. ``Â`` differs from ``candidate·I - Ĝ`` only by the
+    rounding of its diagonal, ``<= u·(candidate + max Ĝ_ii)``.
+    """
+    g = CHOLESKY_SAFETY * gamma(size + 1)
+    backward_error = g * trace / (1.0 - g)
+    diagonal_rounding = U64 * (candidate + max_diagonal)
+    return (candidate + backward_error + diagonal_rounding) * (1.0 + 4.0 * U64)
+
+
+def _weyl(gram: torch.Tensor, mu: float, max_diagonal: float) -> _Proof:
+    """Weyl: ``λ_max(Ĝ) <= μ + ||Ĝ - μI||₂ <= μ + ||Ĝ - μI||_F``, rounding included.
+
+    Only the lower triangle is read: ``||S||_F² = Σ_i s_ii² + 2·Σ_{i>j} s_ij²``. The diagonal
+    shift rounds each entry by <= u relative and the sums of squares by <= γ_{k²}.
+    """
+    size = gram.shape[0]
+    off_diagonal = torch.tril(gram, diagonal=-1)
+    shifted_diagonal = gram.diagonal() - mu
+    squares = 2.0 * float((off_diagonal * off_diagonal).sum()) + float(
+        (shifted_diagonal * shifted_diagonal).sum()
+    )
+    fro = math.sqrt(squares / (1.0 - gamma(size * size)))
+    bound = (mu + fro * (1.0 + 2.0 * U64) + U64 * (max_diagonal + mu)) * (1.0 + 4.0 * U64)
+    return _Proof(bound, mu + fro, "weyl")

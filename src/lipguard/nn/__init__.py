@@ -1,0 +1,29 @@
+"""Lipschitz-constrained layers and model builders (SPEC A1–A4).
+
+Every layer here guarantees its bound at every call, rounding included; the bound is proven
+by :func:`lipguard.linalg.spectral_norm_certificate`, not estimated.
+"""
+
+from lipguard.nn.activations import GroupSort, MaxMin
+from lipguard.nn.base import LipschitzLinear
+from lipguard.nn.export import vanilla
+from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
+from lipguard.nn.mlp import LipschitzMLP, split_lipschitz
+from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
+from lipguard.nn.penalties import gradient_penalty
+from lipguard.nn.spectral import SpectralLinear
+
+__all__ = [
+    "GroupSort",
+    "LipschitzLinear",
+    "LipschitzLinearModel",
+    "LipschitzMLP",
+    "MaxMin",
+    "OrthogonalLinear",
+    "SVDLinear",
+    "SpectralLinear",
+    "gradient_penalty",
+    "project_rows",
+    "split_lipschitz",
+    "vanilla",
+]

@@ -1,0 +1,96 @@
+"""The soundness guard shared by lipguard's linear layers.
+
+A layer computes a raw weight ``W`` (the parameter itself, an orthogonalised matrix, an SVD
+product, ...), and :class:`SpectralGuard` turns a proven bound ``σ_max(W) <= b`` into a scale
+``s`` such that the weight the layer uses, ``W·s`` (rounded to the weight's dtype), has spectral
+norm ``<= lipschitz``. The certificate is cached together with an exact copy of the matrix it was
+computed for and reused while ``torch.equal`` says the matrix is unchanged; any change, through
+an optimiser, ``.data`` or ``load_state_dict``, triggers a new certificate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lipguard.linalg import U64, SpectralNormCertificate, cast_margin, spectral_norm_certificate
+
+
+class SpectralGuard:
+    """Caches the spectral-norm certificate of one weight matrix."""
+
+    def __init__(self) -> None:
+        self._snapshot: torch.Tensor | None = None
+        self._certificate: SpectralNormCertificate | None = None
+
+    def certificate(self, weight: torch.Tensor) -> SpectralNormCertificate:
+        """A sound certificate for ``weight`` as it is now (recomputed only if it changed)."""
+        matrix = weight.detach()
+        snapshot = self._snapshot
+        if (
+            snapshot is not None
+            and self._certificate is not None
+            and snapshot.shape == matrix.shape
+            and snapshot.dtype == matrix.dtype
+            and snapshot.device == matrix.device
+            and torch.equal(snapshot, matrix)
+        ):
+            return self._certificate
+        warm = self._certificate.right_vector if self._certificate is not None else None
+        certificate = spectral_norm_certificate(matrix, warm_start=warm)
+        self._snapshot = matrix.clone()
+        self._certificate = certificate
+        return certificate
+
+    def scale(self, weight: torch.Tensor, lipschitz: float, *, normalize: bool) -> float:
+        """A scale ``s`` such that ``σ_max(fl(weight·s)) <= lipschitz`` and ``σ_max(s·weight)``
+        ``<= lipschitz``.
+
+        ``normalize=True`` rescales to the target (``s = lipschitz / b``, spectral
+        normalisation); ``normalize=False`` only shrinks (``s = min(1, lipschitz / b)``). The bound
+        ``b`` is inflated by :func:`~lipguard.linalg.cast_margin` so that rounding the product to
+        the weight's dtype cannot push it over the target.
+        """
+        upper = self.certificate(weight).upper
+        if upper == 0.0:
+            return lipschitz if normalize else 1.0
+        rank = min(weight.shape)
+        safe = upper * (1.0 + cast_margin(weight.dtype, rank)) * (1.0 + 4.0 * U64)
+        scale = lipschitz / safe
+        return scale if normalize else min(1.0, scale)
+
+
+class EffectiveWeightCache:
+    """Remembers a layer's effective weight for the exact parameter values it came from.
+
+    Used when no gradient is needed (inference, evaluation, attacks on inputs with frozen
+    parameters), where recomputing an orthogonalisation on every call would be wasted work.
+    """
+
+    def __init__(self) -> None:
+        self._sources: tuple[torch.Tensor, ...] = ()
+        self._weight: torch.Tensor | None = None
+
+    def lookup(self, sources: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        if self._weight is None or len(sources) != len(self._sources):
+            return None
+        for cached, current in zip(self._sources, sources, strict=True):
+            if (
+                cached.shape != current.shape
+                or cached.dtype != current.dtype
+                or cached.device != current.device
+                or not torch.equal(cached, current.detach())
+            ):
+                return None
+        return self._weight
+
+    def store(self, sources: tuple[torch.Tensor, ...], weight: torch.Tensor) -> torch.Tensor:
+        self._sources = tuple(source.detach().clone() for source in sources)
+        self._weight = weight.detach()
+        return self._weight
+
+
+def mul_up(a: float, b: float) -> float:
+    """``a·b`` rounded towards +inf (one ulp up from round-to-nearest), for products of bounds."""
+    return math.nextafter(a * b, math.inf)
