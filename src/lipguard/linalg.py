@@ -187,7 +187,7 @@ def spectral_norm_certificate(
 @dataclass(frozen=True)
 class _Estimate:
     value: float  # top Ritz value μ (a Rayleigh quotient: <= λ_max up to rounding)
-    change: float  # |μ - μ_previous| / μ at the last step
+    change: float  # relative error estimate: min(|μ - μ_previous|, Ritz residual) / μ
     spread: float  # (μ - smallest Ritz value) / μ: small when G is nearly a multiple of I
     vector: torch.Tensor  # unit Ritz vector of μ
 
@@ -246,10 +246,15 @@ def _lanczos(gram: torch.Tensor, start: torch.Tensor | None, steps: int) -> _Est
         basis[j] = vector
         image = gram @ vector
         alphas[j] = vector @ image
-        image -= basis[: j + 1].T @ (basis[: j + 1] @ image)
-        betas[j] = torch.linalg.vector_norm(image)
-        if (j + 1) % _CHECK_EVERY and j + 1 < steps:
-            vector = image / betas[j]
+        # Full reorthogonalisation, twice: one classical Gram-Schmidt pass loses orthogonality
+        # when β << α (clustered spectra), two passes suffice (Kahan-Parlett).
+        for _ in range(2):
+            image -= basis[: j + 1].T @ (basis[: j + 1] @ image)
+        beta = float(torch.linalg.vector_norm(image))
+        betas[j] = beta
+        exhausted = beta <= 1e-14 * max(float(alphas[: j + 1].abs().max()), 1e-300)
+        if not exhausted and (j + 1) % _CHECK_EVERY and j + 1 < steps:
+            vector = image / beta
             continue
         off = betas[:j].cpu()
         tridiagonal = torch.diag(alphas[: j + 1].cpu()) + torch.diag(off, 1) + torch.diag(off, -1)
@@ -258,14 +263,12 @@ def _lanczos(gram: torch.Tensor, start: torch.Tensor | None, steps: int) -> _Est
         ritz = vectors[:, -1]
         if mu <= 0.0:
             break
-        change = abs(mu - previous) / mu
         spread = (mu - float(values[0])) / mu
-        beta = float(betas[j])
-        # β·|last component of the Ritz vector| is the residual norm of the Ritz pair.
-        if change <= _CONVERGED or beta * abs(float(ritz[-1])) <= _CONVERGED * mu:
-            break
-        if beta <= 1e-14 * mu:  # invariant subspace: the Ritz values are eigenvalues
-            change = 0.0
+        # β·|last component of the Ritz vector| is the residual norm of the Ritz pair; an
+        # exhausted Krylov space is invariant, so its Ritz values are eigenvalues.
+        residual = 0.0 if exhausted else beta * abs(float(ritz[-1])) / mu
+        change = min(residual, abs(mu - previous) / mu)
+        if change <= _CONVERGED:
             break
         vector = image / beta
     top = basis[: ritz.numel()].T @ ritz.to(device=device)

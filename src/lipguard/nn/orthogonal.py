@@ -15,10 +15,11 @@ from lipguard.nn.base import LipschitzLinear
 def orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
     """The orthonormal factor ``Q`` of the QR decomposition of a tall matrix, signs fixed so that
     ``R`` has a non-negative diagonal (which makes the map smooth where ``matrix`` has full rank).
-    Differentiable through ``torch.linalg.qr``."""
-    q, r = torch.linalg.qr(matrix)
+    Differentiable through ``torch.linalg.qr``; half-precision inputs are factorised in float32
+    and the factor is rounded back (the layers' guard certifies the rounded matrix)."""
+    q, r = torch.linalg.qr(matrix.to(torch.promote_types(matrix.dtype, torch.float32)))
     signs = torch.sign(r.diagonal())
-    return q * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return (q * torch.where(signs == 0, torch.ones_like(signs), signs)).to(matrix.dtype)
 
 
 def orthonormal(matrix: torch.Tensor) -> torch.Tensor:
