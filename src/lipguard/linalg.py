@@ -238,26 +238,29 @@ def _lanczos(gram: torch.Tensor, start: torch.Tensor | None, steps: int) -> _Est
             vector = start / norm + _START_NOISE * vector
             vector /= torch.linalg.vector_norm(vector)
     basis = torch.empty(steps, size, dtype=gram.dtype, device=device)
-    alphas = torch.zeros(steps, dtype=gram.dtype, device=device)
-    betas = torch.zeros(steps, dtype=gram.dtype, device=device)
+    alphas: list[float] = []
+    betas: list[float] = []
     mu, change, spread = 0.0, math.inf, math.inf
     ritz = torch.ones(1, dtype=torch.float64)
     for j in range(steps):
         basis[j] = vector
-        image = gram @ vector
-        alphas[j] = vector @ image
+        image = torch.mv(gram, vector)
+        alphas.append(float(torch.dot(vector, image)))
         # Full reorthogonalisation, twice: one classical Gram-Schmidt pass loses orthogonality
         # when β << α (clustered spectra), two passes suffice (Kahan-Parlett).
+        active = basis[: j + 1]
         for _ in range(2):
-            image -= basis[: j + 1].T @ (basis[: j + 1] @ image)
+            image = torch.addmv(image, active.T, torch.mv(active, image), alpha=-1.0)
         beta = float(torch.linalg.vector_norm(image))
-        betas[j] = beta
-        exhausted = beta <= 1e-14 * max(float(alphas[: j + 1].abs().max()), 1e-300)
+        exhausted = beta <= 1e-14 * max(abs(a) for a in alphas)
         if not exhausted and (j + 1) % _CHECK_EVERY and j + 1 < steps:
+            betas.append(beta)
             vector = image / beta
             continue
-        off = betas[:j].cpu()
-        tridiagonal = torch.diag(alphas[: j + 1].cpu()) + torch.diag(off, 1) + torch.diag(off, -1)
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
         values, vectors = torch.linalg.eigh(tridiagonal)
         previous, mu = mu, float(values[-1])
         ritz = vectors[:, -1]
@@ -270,6 +273,7 @@ def _lanczos(gram: torch.Tensor, start: torch.Tensor | None, steps: int) -> _Est
         change = min(residual, abs(mu - previous) / mu)
         if change <= _CONVERGED:
             break
+        betas.append(beta)
         vector = image / beta
     top = basis[: ritz.numel()].T @ ritz.to(device=device)
     return _Estimate(max(mu, 0.0), change, spread, top / torch.linalg.vector_norm(top))

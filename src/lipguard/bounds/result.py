@@ -39,4 +39,4 @@ class LipschitzBound:
     def __str__(self) -> str:
         kind = "sound" if self.sound else "heuristic"
         norm = "inf" if self.norm == math.inf else f"{self.norm:g}"
-        return f"L <= {self.value:.6g} (ℓ{norm}, {self.method}, {self.scope}, {kind})"
+        return f"L <= {self.value:.9g} (ℓ{norm}, {self.method}, {self.scope}, {kind})"

@@ -23,6 +23,7 @@ class SpectralGuard:
     def __init__(self) -> None:
         self._snapshot: torch.Tensor | None = None
         self._certificate: SpectralNormCertificate | None = None
+        self._vectors: tuple[SpectralNormCertificate, torch.Tensor, torch.Tensor] | None = None
 
     def certificate(self, weight: torch.Tensor) -> SpectralNormCertificate:
         """A sound certificate for ``weight`` as it is now (recomputed only if it changed)."""
@@ -44,21 +45,41 @@ class SpectralGuard:
         return certificate
 
     def scale(self, weight: torch.Tensor, lipschitz: float, *, normalize: bool) -> float:
-        """A scale ``s`` such that ``σ_max(fl(weight·s)) <= lipschitz`` and ``σ_max(s·weight)``
-        ``<= lipschitz``.
+        """The scale of :func:`safe_scale` for ``weight``'s current certificate."""
+        return safe_scale(self.certificate(weight), weight, lipschitz, normalize=normalize)
 
-        ``normalize=True`` rescales to the target (``s = lipschitz / b``, spectral
-        normalisation); ``normalize=False`` only shrinks (``s = min(1, lipschitz / b)``). The bound
-        ``b`` is inflated by :func:`~lipguard.linalg.cast_margin` so that rounding the product to
-        the weight's dtype cannot push it over the target.
-        """
-        upper = self.certificate(weight).upper
-        if upper == 0.0:
-            return lipschitz if normalize else 1.0
-        rank = min(weight.shape)
-        safe = upper * (1.0 + cast_margin(weight.dtype, rank)) * (1.0 + 4.0 * U64)
-        scale = lipschitz / safe
-        return scale if normalize else min(1.0, scale)
+    def vectors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current certificate's ``(left, right)`` singular vectors in ``dtype``."""
+        certificate = self._certificate
+        if certificate is None:
+            raise RuntimeError("no certificate yet: call certificate(weight) first")
+        cached = self._vectors
+        if cached is None or cached[0] is not certificate or cached[1].dtype != dtype:
+            left = certificate.left_vector.to(dtype)
+            self._vectors = (certificate, left, certificate.right_vector.to(dtype))
+        return self._vectors[1], self._vectors[2]
+
+
+def safe_scale(
+    certificate: SpectralNormCertificate,
+    weight: torch.Tensor,
+    lipschitz: float,
+    *,
+    normalize: bool,
+) -> float:
+    """A scale ``s`` with ``σ_max(s·weight) <= lipschitz`` and ``σ_max(fl(weight·s)) <= lipschitz``.
+
+    ``normalize=True`` rescales to the target (``s = lipschitz / b``, spectral normalisation);
+    ``normalize=False`` only shrinks (``s = min(1, lipschitz / b)``). The certified bound ``b`` is
+    inflated by :func:`~lipguard.linalg.cast_margin`, so rounding the product to the weight's
+    dtype cannot push it over the target.
+    """
+    if certificate.upper == 0.0:
+        return lipschitz if normalize else 1.0
+    rank = min(weight.shape)
+    safe = certificate.upper * (1.0 + cast_margin(weight.dtype, rank)) * (1.0 + 4.0 * U64)
+    scale = lipschitz / safe
+    return scale if normalize else min(1.0, scale)
 
 
 class EffectiveWeightCache:

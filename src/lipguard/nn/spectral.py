@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipguard.nn._guard import SpectralGuard
+from lipguard.nn._guard import SpectralGuard, safe_scale
 from lipguard.nn.base import LipschitzLinear
 
 
@@ -64,38 +64,39 @@ class SpectralLinear(LipschitzLinear):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's initialisation
         self._guard = SpectralGuard()
 
-    def _scale(self) -> float:
-        return self._guard.scale(self.weight, self.lipschitz, normalize=True)
+    def _scale_and_vectors(self, dtype: torch.dtype) -> tuple[float, tuple | None]:
+        """The normalising scale, and the certificate's ``(u, v)`` in ``dtype`` when the
+        gradient of ``1/σ̂`` is needed (``None`` otherwise)."""
+        certificate = self._guard.certificate(self.weight)
+        scale = safe_scale(certificate, self.weight, self.lipschitz, normalize=True)
+        needs_sigma = (
+            torch.is_grad_enabled() and self.weight.requires_grad and certificate.lower > 0.0
+        )
+        return scale, self._guard.vectors(dtype) if needs_sigma else None
 
-    def _sigma_hat_factor(self, image_of_v: torch.Tensor, scale: float) -> torch.Tensor:
+    @staticmethod
+    def _normaliser(u: torch.Tensor, image_of_v: torch.Tensor, scale: float) -> torch.Tensor:
         """``scale·σ̂₀/σ̂`` with ``σ̂ = uᵀ(W v)``: value ``scale`` exactly, gradient of ``1/σ̂``."""
-        u = self._guard.certificate(self.weight).left_vector.to(image_of_v.dtype)
         sigma_hat = u @ image_of_v
         return (sigma_hat.detach() / sigma_hat) * scale
 
-    def _needs_sigma_gradient(self) -> bool:
-        return (
-            torch.is_grad_enabled()
-            and self.weight.requires_grad
-            and self._guard.certificate(self.weight).lower > 0.0
-        )
-
     def effective_weight(self) -> torch.Tensor:
-        scale = self._scale()
-        if not self._needs_sigma_gradient():
+        scale, vectors = self._scale_and_vectors(self.weight.dtype)
+        if vectors is None:
             return self.weight * scale
-        v = self._guard.certificate(self.weight).right_vector.to(self.weight.dtype)
-        return self.weight * self._sigma_hat_factor(self.weight @ v, scale)
+        u, v = vectors
+        return self.weight * self._normaliser(u, self.weight @ v, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self._scale()
         flat = x.reshape(-1, self.in_features)
-        if self._needs_sigma_gradient():
-            v = self._guard.certificate(self.weight).right_vector.to(flat.dtype)
-            stacked = F.linear(torch.cat([flat, v.unsqueeze(0)]), self.weight)
-            out = stacked[:-1] * self._sigma_hat_factor(stacked[-1], scale)
-        else:
+        scale, vectors = self._scale_and_vectors(flat.dtype)
+        if vectors is None:
             out = F.linear(flat, self.weight) * scale
+        else:
+            u, v = vectors
+            stacked = F.linear(torch.cat([flat, v.unsqueeze(0)]), self.weight)
+            out, image_of_v = stacked.split([flat.shape[0], 1])
+            out = out * self._normaliser(u, image_of_v.squeeze(0), scale)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
