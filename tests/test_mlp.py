@@ -34,7 +34,7 @@ def steepest_gradient(model, x: torch.Tensor, steps: int = 30) -> float:
     for _ in range(steps):
         (gradient,) = torch.autograd.grad(model(points).sum(), points, create_graph=True)
         norms = gradient.norm(dim=1)
-        best = max(best, float(norms.max()))
+        best = max(best, float(norms.detach().max()))
         optimizer.zero_grad()
         (-norms.sum()).backward()
         optimizer.step()
