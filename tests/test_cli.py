@@ -36,6 +36,7 @@ def test_run_quick_measures_real_models(tmp_path):
     assert ours["claimed_bound"] <= target
     assert ours["weight_norm_product"] <= ours["claimed_bound"] * (1 + 1e-9)
     assert ours["max_observed_gradient"] <= ours["claimed_bound"]
+    assert 6.0 < payload["true_reward_max_gradient"] < 6.5  # sqrt((2π)² + 1.6²) on the samples
     # It learned the reward: far below the reward's variance on these states (about 10).
     assert ours["test_mse"] < 1.0
     assert models["unconstrained"]["claimed_bound"] is None

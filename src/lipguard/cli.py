@@ -6,12 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import lipguard
-from lipguard.demo import DemoConfig, ModelReport, run_demo, write_results
+from lipguard.demo import (
+    DemoConfig,
+    ModelReport,
+    reference_max_gradient,
+    run_demo,
+    write_results,
+)
 
 app = typer.Typer(
     help="lipguard: smooth, provable reward and value models.",
@@ -63,23 +70,26 @@ def run(
             return lambda: progress.advance(task)
 
         reports = run_demo(config, track)
-    console.print(_table(reports))
-    path = write_results(reports, config, out)
+    reference = reference_max_gradient(config)
+    console.print(_table(reports, reference))
+    path = write_results(reports, reference, config, out)
     console.print(_verdict(reports))
     console.print(f"results: {path}")
 
 
-def _table(reports: list[ModelReport]) -> Table:
-    table = Table(title="Reward models (Pendulum-v1 reward, held-out states)")
+def _table(reports: list[ModelReport], reference: float) -> Table:
+    table = Table(
+        title="Learned Pendulum-v1 rewards, measured on held-out states", box=box.SIMPLE_HEAD
+    )
     table.add_column("model", no_wrap=True)
-    table.add_column("test MSE", justify="right")
+    table.add_column("MSE", justify="right")
     table.add_column("claimed L", justify="right")
-    table.add_column("claim", justify="center")
-    table.add_column("product of true σ", justify="right")
-    table.add_column("max observed ‖∇r‖", justify="right")
-    table.add_column("train s", justify="right")
+    table.add_column("claim", justify="center", min_width=8)
+    table.add_column("∏ true σ", justify="right")
+    table.add_column("max ‖∇r‖", justify="right")
+    table.add_column("s", justify="right")
     for report in reports:
-        claimed = "—" if report.claimed_bound is None else f"{report.claimed_bound:.4f}"
+        claimed = "—" if report.claimed_bound is None else f"{report.claimed_bound:.6f}"
         if report.claimed_bound is None:
             claim = "none"
         elif report.claim_is_sound:
@@ -95,6 +105,11 @@ def _table(reports: list[ModelReport]) -> Table:
             f"{report.max_observed_gradient:.4f}",
             f"{report.train_seconds:.1f}",
         )
+    table.add_row("true reward", "", "", "", "", f"{reference:.4f}", "", style="dim")
+    table.caption = (
+        "MSE: test error · ∏ true σ: product of the exact singular values of the applied "
+        "weights (what the weights really give) · max ‖∇r‖: steepest slope seen · s: seconds"
+    )
     return table
 
 

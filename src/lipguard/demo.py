@@ -122,7 +122,9 @@ def _layer_sigmas(model: nn.Module) -> list[float]:
     return sigmas
 
 
-def _max_gradient_norm(model: nn.Module, states: torch.Tensor) -> float:
+def _max_gradient_norm(
+    model: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor
+) -> float:
     points = states.clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(model(points).sum(), points)
     return float(gradient.norm(dim=1).max())
@@ -189,13 +191,25 @@ def run_demo(
     ]
 
 
-def write_results(reports: list[ModelReport], config: DemoConfig, out: Path) -> Path:
-    """Write ``results.json`` (config and per-model measurements) into ``out``."""
+def reference_max_gradient(config: DemoConfig) -> float:
+    """The steepest slope of the true reward on the demo's held-out states (about 6.5: the
+    reward's constant is ``sqrt((2π)² + 1.6² + 0.004²)``)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    sample_transitions(config.train_samples, generator)  # same stream as run_demo
+    states = sample_transitions(config.test_samples, generator)
+    return _max_gradient_norm(lambda x: pendulum_reward(x).unsqueeze(-1), states)
+
+
+def write_results(
+    reports: list[ModelReport], reference: float, config: DemoConfig, out: Path
+) -> Path:
+    """Write ``results.json`` (config, the true reward's steepest slope, per-model measurements)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     payload = {
         "demo": "layers",
         "config": asdict(config),
+        "true_reward_max_gradient": reference,
         "models": [asdict(report) for report in reports],
     }
     path.write_text(json.dumps(payload, indent=2))
