@@ -162,8 +162,10 @@ def spectral_norm_certificate(
     trace = float(gram.diagonal().sum())
     fro2 = trace / ((1.0 - gamma(inner)) * (1.0 - gamma(gram.shape[0])))
     lam = proof.bound + gamma(inner) * fro2
-    # Underflow in the scaling or the products: at most one subnormal ulp per term.
-    lam += (rows * cols + gram.numel()) * 2.0**-1074
+    # Underflow (only possible for float64 entries below 2^-400): each product, sum or
+    # factorisation step that underflows errs by at most one subnormal ulp; this term covers
+    # every such event with room to spare.
+    lam += 16.0 * (rows * cols + gram.numel()) * (gram.shape[0] + 1) * 2.0**-1074
     upper_scaled = math.sqrt(lam) * (1.0 + 8.0 * U64)
 
     if right_side:
@@ -299,7 +301,7 @@ def _prove_lambda_max(gram: torch.Tensor, estimate: _Estimate) -> _Proof:
         shifted = -gram
         shifted.diagonal().add_(candidate)
         # The trace of the stored shifted matrix bounds ||R̂||_F² (below).
-        trace = float(shifted.diagonal().abs().sum()) * (1.0 + gamma(gram.shape[0]))
+        trace = float(shifted.diagonal().abs().sum()) / (1.0 - gamma(gram.shape[0]))
         if int(torch.linalg.cholesky_ex(shifted).info) == 0:
             return _Proof(
                 _cholesky_bound(candidate, trace, max_diagonal, gram.shape[0]),

@@ -90,13 +90,9 @@ def _export(
                 weight = exported_child.weight
                 features = _Features(weight.shape[0], weight.dtype, weight.device)
         return nn.Sequential(*children).train(module.training)
-    exported = copy.copy(module)
-    exported._modules = {
-        name: _export(child, expand, recorded, None) if child is not None else None
-        for name, child in module.named_children()
-    }
-    exported._parameters = {k: copy.deepcopy(v) for k, v in module._parameters.items()}
-    exported._buffers = {k: copy.deepcopy(v) for k, v in module._buffers.items()}
+    exported = copy.deepcopy(module)
+    for name, child in module.named_children():
+        setattr(exported, name, _export(child, expand, recorded, None))
     return exported
 
 
