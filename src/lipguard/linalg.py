@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from lipguard import _checks
+from lipguard.errors import InvalidArgumentError, ShapeError
 
 #: unit roundoff of IEEE float64 (round to nearest)
 U64 = 2.0**-53
@@ -300,30 +301,37 @@ def _prove_lambda_max(gram: torch.Tensor, estimate: _Estimate) -> _Proof:
         candidate = mu * (1.0 + step)
         shifted = -gram
         shifted.diagonal().add_(candidate)
-        # The trace of the stored shifted matrix bounds ||R̂||_F² (below).
-        trace = float(shifted.diagonal().abs().sum()) / (1.0 - gamma(gram.shape[0]))
-        if int(torch.linalg.cholesky_ex(shifted).info) == 0:
-            return _Proof(
-                _cholesky_bound(candidate, trace, max_diagonal, gram.shape[0]),
-                candidate,
-                "cholesky",
-            )
+        smallest = cholesky_certificate(shifted)
+        if smallest is not None:
+            # Â = fl(candidate·I - Ĝ) differs from candidate·I - Ĝ only by the rounding of its
+            # diagonal, <= u·(candidate + max Ĝ_ii).
+            diagonal_rounding = U64 * (candidate + max_diagonal)
+            bound = (candidate - smallest + diagonal_rounding) * (1.0 + 4.0 * U64)
+            return _Proof(bound, candidate, "cholesky")
         step *= _STEP_GROWTH
     return _weyl(gram, mu, max_diagonal)
 
 
-def _cholesky_bound(candidate: float, trace: float, max_diagonal: float, size: int) -> float:
-    """``λ_max(Ĝ)`` bound from a completed Cholesky factorisation of ``Â = fl(candidate·I - Ĝ)``.
+def cholesky_certificate(matrix: torch.Tensor) -> float | None:
+    """Prove that a symmetric matrix is (almost) positive semidefinite, or return ``None``.
 
-    Higham Thm 10.3: ``R̂ᵀR̂ = Â + ΔA`` with ``|ΔA| <= γ_{k+1}|R̂ᵀ||R̂|``, so
-    ``λ_min(Â) >= -||ΔA||₂ >= -γ_{k+1}·||R̂||_F²``; the diagonal of the same identity gives
-    ``||R̂||_F² <= tr(Â) / (1 - γ_{k+1})``. ``Â`` differs from ``candidate·I - Ĝ`` only by the
-    rounding of its diagonal, ``<= u·(candidate + max Ĝ_ii)``.
+    Runs a floating-point Cholesky factorisation of the symmetric matrix stored in ``matrix``'s
+    lower triangle (float64; the upper triangle is never read). If it completes, Higham's
+    Theorem 10.3 gives ``R̂ᵀR̂ = A + ΔA`` with ``|ΔA| <= γ_{k+1}|R̂ᵀ||R̂|``, so
+    ``λ_min(A) >= -γ_{k+1}·||R̂||_F²``, and the diagonal of the same identity gives
+    ``||R̂||_F² <= tr(A)/(1 - γ_{k+1})`` (Rump, BIT 46, 2006). ``γ`` is multiplied by
+    :data:`CHOLESKY_SAFETY` to cover blocked LAPACK implementations.
+
+    Returns:
+        A proven lower bound (<= 0) on ``λ_min`` of the stored matrix, or ``None`` if the
+        factorisation breaks down (which proves nothing).
     """
+    size = matrix.shape[-1]
+    trace = float(matrix.diagonal().abs().sum()) / (1.0 - gamma(size))
+    if int(torch.linalg.cholesky_ex(matrix).info) != 0:
+        return None
     g = CHOLESKY_SAFETY * gamma(size + 1)
-    backward_error = g * trace / (1.0 - g)
-    diagonal_rounding = U64 * (candidate + max_diagonal)
-    return (candidate + backward_error + diagonal_rounding) * (1.0 + 4.0 * U64)
+    return -(g * trace / (1.0 - g)) * (1.0 + 4.0 * U64)
 
 
 def _weyl(gram: torch.Tensor, mu: float, max_diagonal: float) -> _Proof:
@@ -341,3 +349,75 @@ def _weyl(gram: torch.Tensor, mu: float, max_diagonal: float) -> _Proof:
     fro = math.sqrt(squares / (1.0 - gamma(size * size)))
     bound = (mu + fro * (1.0 + 2.0 * U64) + U64 * (max_diagonal + mu)) * (1.0 + 4.0 * U64)
     return _Proof(bound, mu + fro, "weyl")
+
+
+def spectral_norm_upper_bounds(matrices: torch.Tensor) -> torch.Tensor:
+    """Sound upper bounds on ``σ_max`` of every matrix in a batch ``(..., m, n)``.
+
+    The batched counterpart of :func:`spectral_norm_certificate` for many small matrices (the
+    frequency responses of a convolution, say): float64 Gram matrices, a dense eigensolver for the
+    candidates, batched Cholesky proofs with the same rounding analysis, and a larger candidate
+    for any matrix whose proof fails. Returns float64 bounds of shape ``(...)``.
+    """
+    _checks.finite_tensor("matrices", matrices)
+    if matrices.dim() < 2:
+        raise ShapeError(f"matrices must have shape (..., m, n), got {tuple(matrices.shape)}")
+    a = matrices.detach().to(torch.float64)
+    if a.shape[-1] > a.shape[-2]:
+        a = a.transpose(-1, -2)
+    rows, cols = a.shape[-2], a.shape[-1]
+    batch_shape = a.shape[:-2]
+    a = a.reshape(-1, rows, cols)
+    magnitude = a.abs().amax(dim=(-1, -2))
+    if bool((magnitude > 2.0**400).any()) or bool(
+        ((magnitude > 0) & (magnitude < 2.0**-400)).any()
+    ):
+        raise InvalidArgumentError("entries beyond 2^±400 are not supported in batched bounds")
+    gram = a.transpose(-1, -2) @ a
+    estimate = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0)
+    max_diagonal = gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)
+    fro2 = gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1) / ((1 - gamma(rows)) * (1 - gamma(cols)))
+    step = torch.full_like(estimate, _MIN_STEP)
+    bound = torch.full_like(estimate, math.inf)
+    g = CHOLESKY_SAFETY * gamma(cols + 1)
+    for _ in range(_LADDER_TRIES):
+        pending = torch.isinf(bound)
+        if not bool(pending.any()):
+            break
+        candidate = torch.where(estimate > 0, estimate * (1 + step), max_diagonal)
+        shifted = -gram
+        shifted.diagonal(dim1=-2, dim2=-1).add_(candidate.unsqueeze(-1))
+        trace = shifted.diagonal(dim1=-2, dim2=-1).abs().sum(dim=-1) / (1 - gamma(cols))
+        proven = torch.linalg.cholesky_ex(shifted).info == 0
+        value = candidate + g * trace / (1 - g) * (1 + 4 * U64) + U64 * (candidate + max_diagonal)
+        bound = torch.where(pending & proven, value * (1 + 4 * U64), bound)
+        step = step * _STEP_GROWTH
+    # A matrix never proven (pathological) falls back to its Frobenius norm squared.
+    bound = torch.where(torch.isinf(bound), fro2 * (1 + 4 * U64), bound)
+    bound = bound + gamma(rows) * fro2 + (rows * cols + cols * cols) * (cols + 1) * 2.0**-1070
+    return (torch.sqrt(bound) * (1 + 8 * U64)).reshape(batch_shape)
+
+
+def prove_psd(matrix: torch.Tensor, perturbation: float = 0.0) -> bool:
+    """Prove that every symmetric ``A*`` with ``||A* - matrix||₂ <= perturbation`` is PSD.
+
+    ``matrix`` is a float64 symmetric matrix (its lower triangle is read). The proof shifts it
+    down by ``τ`` (twice the sum of the perturbation, Cholesky's backward error and the shift's
+    own rounding), runs :func:`cholesky_certificate` and checks that the proven
+    ``λ_min(matrix) >= τ + λ_min(shifted) - rounding`` still exceeds the perturbation. ``False``
+    proves nothing (the matrix may still be PSD, but not with a provable margin).
+    """
+    size = matrix.shape[-1]
+    diagonal = matrix.diagonal().abs()
+    largest = float(diagonal.max()) if size else 0.0
+    g = CHOLESKY_SAFETY * gamma(size + 1)
+    backward = g * float(diagonal.sum()) / ((1 - gamma(size)) * (1 - g))
+    tau = 2.0 * (perturbation + backward + 2 * U64 * largest) + 2.0**-1000
+    shifted = matrix.clone()
+    shifted.diagonal().sub_(tau)
+    smallest = cholesky_certificate(shifted)
+    if smallest is None:
+        return False
+    # the stored shift differs from matrix - τI by <= u·(|m_ii| + τ) on the diagonal
+    margin = (tau + smallest - U64 * (largest + tau)) * (1 - 4 * U64)
+    return margin >= perturbation

@@ -11,6 +11,7 @@ from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
 from lipguard.nn.mlp import LipschitzMLP, split_lipschitz
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.penalties import gradient_penalty
+from lipguard.nn.residual import Residual
 from lipguard.nn.spectral import SpectralLinear
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "LipschitzMLP",
     "MaxMin",
     "OrthogonalLinear",
+    "Residual",
     "SVDLinear",
     "SpectralLinear",
     "gradient_penalty",

@@ -1,0 +1,210 @@
+"""Elementwise activations as the bound engine sees them: slope ranges, value ranges, surrogates.
+
+An activation ``φ`` is *slope-restricted* in ``[α, β]`` when
+``α <= (φ(a) - φ(b)) / (a - b) <= β`` for all ``a != b``; its Lipschitz constant is
+``max(|α|, |β|)``. These are the facts product, compositional and LipSDP bounds rely on, so every
+constant here is rounded outwards (the exact extrema of GELU' and SiLU' were computed to 40
+digits with mpmath). Over an interval ``[l, u]`` the slope range is the range of ``φ'`` there,
+found from its values at ``l``, ``u`` and the critical points of ``φ'`` inside, widened by a
+rounding margin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+#: absolute + relative widening of slopes and values evaluated in float64 (a few ulps of exp/erf)
+_EVAL_MARGIN = 1e-12
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One elementwise activation.
+
+    Attributes:
+        name: e.g. ``"relu"``.
+        function: the activation on float64 tensors.
+        derivative: its derivative (one-sided value at kinks is irrelevant: ranges use limits).
+        slope_low, slope_high: global slope range ``[α, β]`` (sound, rounded outwards).
+        slope_critical_points: zeros of ``φ''`` (where ``φ'`` may have interior extrema) and kinks.
+        kink_limits: for piecewise functions, ``(point, left_slope, right_slope)``.
+        value_minimiser: for non-monotone ``φ``, the point of its global minimum.
+        piecewise_linear: ``φ`` is piecewise linear (the exact oracle can enumerate it).
+        surrogate: a smooth function with the same large-scale shape, for gradient ascent on
+            ``||∇f||`` (lower bounds); ``temperature`` -> 0 recovers ``φ``.
+    """
+
+    name: str
+    function: Callable[[torch.Tensor], torch.Tensor]
+    derivative: Callable[[torch.Tensor], torch.Tensor]
+    slope_low: float
+    slope_high: float
+    slope_critical_points: tuple[float, ...] = ()
+    kink_limits: tuple[tuple[float, float, float], ...] = ()
+    value_minimiser: float | None = None
+    piecewise_linear: bool = False
+    surrogate: Callable[[torch.Tensor, float], torch.Tensor] | None = field(default=None)
+
+    @property
+    def lipschitz(self) -> float:
+        """``max(|α|, |β|)``: the activation's Lipschitz constant."""
+        return max(abs(self.slope_low), abs(self.slope_high))
+
+    def slope_range(
+        self, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-element ``[α, β]`` valid for all pairs of points in ``[low, high]`` (float64)."""
+        candidates = [self.derivative(low), self.derivative(high)]
+        for point in self.slope_critical_points:
+            inside = (low < point) & (point < high)
+            value = self.derivative(torch.full_like(low, point))
+            candidates.append(torch.where(inside, value, candidates[0]))
+        for point, left, right in self.kink_limits:
+            inside = (low < point) & (point < high)
+            for limit in (left, right):
+                candidates.append(torch.where(inside, torch.full_like(low, limit), candidates[0]))
+        stacked = torch.stack(candidates)
+        slope_low = stacked.min(dim=0).values
+        slope_high = stacked.max(dim=0).values
+        if not self.piecewise_linear:  # evaluated slopes carry rounding; linear pieces are exact
+            slope_low = slope_low - _EVAL_MARGIN * (1 + slope_low.abs())
+            slope_high = slope_high + _EVAL_MARGIN * (1 + slope_high.abs())
+        return (
+            slope_low.clamp(min=self.slope_low, max=self.slope_high),
+            slope_high.clamp(min=self.slope_low, max=self.slope_high),
+        )
+
+    def value_range(
+        self, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-element range of ``φ`` over ``[low, high]`` (float64, widened for rounding)."""
+        at_low, at_high = self.function(low), self.function(high)
+        lower = torch.minimum(at_low, at_high)
+        upper = torch.maximum(at_low, at_high)
+        if self.value_minimiser is not None:
+            point = self.value_minimiser
+            inside = (low < point) & (point < high)
+            minimum = self.function(torch.full_like(low, point))
+            lower = torch.where(inside, torch.minimum(lower, minimum), lower)
+        margin = _EVAL_MARGIN * (1 + torch.maximum(lower.abs(), upper.abs()))
+        return lower - margin, upper + margin
+
+
+def _relu_surrogate(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    return temperature * F.softplus(x / temperature)
+
+
+def _leaky_surrogate(slope: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    def surrogate(x: torch.Tensor, temperature: float) -> torch.Tensor:
+        return slope * x + (1 - slope) * _relu_surrogate(x, temperature)
+
+    return surrogate
+
+
+def _step(slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+
+
+IDENTITY = ActivationSpec(
+    "identity",
+    lambda x: x,
+    torch.ones_like,
+    1.0,
+    1.0,
+    piecewise_linear=True,
+    surrogate=lambda x, _: x,
+)
+RELU = ActivationSpec(
+    "relu",
+    torch.relu,
+    _step(0.0),
+    0.0,
+    1.0,
+    kink_limits=((0.0, 0.0, 1.0),),
+    piecewise_linear=True,
+    surrogate=_relu_surrogate,
+)
+
+
+def leaky_relu(negative_slope: float) -> ActivationSpec:
+    """LeakyReLU with slope ``a`` below zero: slope-restricted in ``[min(a, 1), max(a, 1)]``."""
+    a = float(negative_slope)
+    return ActivationSpec(
+        f"leaky_relu({a:g})",
+        lambda x: F.leaky_relu(x, a),
+        _step(a),
+        min(a, 1.0),
+        max(a, 1.0),
+        kink_limits=((0.0, a, 1.0),),
+        piecewise_linear=True,
+        surrogate=_leaky_surrogate(a),
+    )
+
+
+def elu(alpha: float) -> ActivationSpec:
+    """ELU: ``φ' = α·eˣ`` below zero (in ``(0, α]``), 1 above; requires ``α >= 0``."""
+    a = float(alpha)
+    return ActivationSpec(
+        f"elu({a:g})",
+        lambda x: F.elu(x, a),
+        lambda x: torch.where(x > 0, torch.ones_like(x), a * torch.exp(torch.clamp(x, max=0.0))),
+        0.0,
+        max(1.0, a),
+        kink_limits=((0.0, a, 1.0),),
+    )
+
+
+def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+TANH = ActivationSpec(
+    "tanh", torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 0.0, 1.0, slope_critical_points=(0.0,)
+)
+SIGMOID = ActivationSpec(
+    "sigmoid", torch.sigmoid, _sigmoid_derivative, 0.0, 0.25, slope_critical_points=(0.0,)
+)
+
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
+    cdf = 0.5 * (1 + torch.special.erf(x / _SQRT2))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return cdf + x * pdf
+
+
+# GELU'(±√2) = 1.12890414518515..., -0.12890414518515...; min of GELU at -0.75179152469356...
+GELU = ActivationSpec(
+    "gelu",
+    F.gelu,
+    _gelu_derivative,
+    -0.128905,
+    1.128905,
+    slope_critical_points=(-_SQRT2, _SQRT2),
+    value_minimiser=-0.7517915246935645,
+)
+
+
+def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+# SiLU'(±2.39935728051546...) = 1.09983932012886..., -0.09983932012886...; min at -1.27846454...
+SILU = ActivationSpec(
+    "silu",
+    F.silu,
+    _silu_derivative,
+    -0.0998394,
+    1.0998394,
+    slope_critical_points=(-2.3993572805154677, 2.3993572805154677),
+    value_minimiser=-1.2784645427610738,
+)
