@@ -7,6 +7,6 @@ typed, sound bounds for them (:mod:`lipguard.bounds`).
 __version__ = "0.1.0"
 
 from lipguard import errors, linalg, nn
-from lipguard.bounds import LipschitzBound
+from lipguard.results import LipschitzBound
 
 __all__ = ["LipschitzBound", "__version__", "errors", "linalg", "nn"]

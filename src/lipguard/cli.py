@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +22,7 @@ from lipguard.demo import (
     run_demo,
     write_results,
 )
+from lipguard.errors import LipguardError
 
 app = typer.Typer(
     help="lipguard: smooth, provable reward and value models.",
@@ -136,3 +140,101 @@ def _verdict(reports: list[ModelReport]) -> str:
                 f"{report.weight_norm_product:.4f} this time, but nothing guarantees it."
             )
     return "\n".join(lines)
+
+
+def _load_model(path: Path):
+    from lipguard.io import load_checkpoint, load_onnx
+
+    if path.suffix == ".onnx":
+        return load_onnx(path)
+    return load_checkpoint(path)
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"input shape must look like 3,32,32; got {text!r}") from None
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def certify(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a lipguard checkpoint.")],
+    norm: Annotated[str, typer.Option(help="2 or inf.")] = "2",
+    method: Annotated[
+        str, typer.Option(help="auto, product, compositional, lipsdp, lipsdp-layer.")
+    ] = "auto",
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape, e.g. 3,32,32.")
+    ] = None,
+    lower: Annotated[bool, typer.Option(help="Also search for a witnessed lower bound.")] = True,
+    save: Annotated[Path | None, typer.Option(help="Write the certificate JSON here.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the certificate as JSON.")
+    ] = False,
+) -> None:
+    """Prove a Lipschitz upper bound (and find a lower bound) for a model file."""
+    from lipguard.bounds import certify as certify_model
+
+    try:
+        network, stored_shape = _load_model(model)
+        shape = _parse_shape(input_shape) or stored_shape
+        started = time.perf_counter()
+        quiet = Console(stderr=True, quiet=json_output)
+        with quiet.status("proving the upper bound, searching for the lower bound"):
+            certificate = certify_model(network, norm, method, input_shape=shape, lower_bound=lower)
+        seconds = time.perf_counter() - started
+    except LipguardError as error:
+        _fail(error)
+    if save is not None:
+        certificate.save(save)
+    if json_output:
+        print(json.dumps(certificate.to_dict(), indent=2))
+        return
+    table = Table(title=f"Lipschitz certificate: {model.name}", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_column("how")
+    upper = certificate.upper
+    table.add_row("upper bound", f"{upper.value:.6g}", f"[green]proven[/green] ({upper.method})")
+    if certificate.lower is not None:
+        table.add_row("lower bound", f"{certificate.lower.value:.6g}", "witnessed pair of inputs")
+        table.add_row("gap", f"{certificate.gap:.4f}", "upper / lower")
+    table.add_row("norm", "inf" if upper.norm == math.inf else f"ℓ{upper.norm:g}", "")
+    table.add_row("input shape", "×".join(map(str, certificate.input_shape)), "per sample")
+    table.add_row("weights sha256", certificate.weights_sha256[:16] + "…", "")
+    table.add_row("time", f"{seconds:.2f} s", "")
+    console.print(table)
+    if save is not None:
+        console.print(f"certificate: {save}")
+
+
+@app.command()
+def verify(
+    certificate: Annotated[Path, typer.Argument(help="A certificate JSON file.")],
+    model: Annotated[
+        Path, typer.Argument(help="The .onnx file or lipguard checkpoint it is about.")
+    ],
+) -> None:
+    """Re-check a certificate against a model file; exit code 1 if any claim fails."""
+    from lipguard.bounds import Certificate
+
+    try:
+        loaded = Certificate.load(certificate)
+        network, _ = _load_model(model)
+        result = loaded.verify(network)
+    except LipguardError as error:
+        _fail(error)
+    for check in result.checks:
+        mark = "[green]✓[/green]" if result.ok or check is not result.checks[-1] else "[red]✗[/red]"
+        console.print(f"{mark} {check}")
+    if not result.ok:
+        raise typer.Exit(code=1)
+    console.print("[green]certificate verified[/green]")

@@ -1,5 +1,45 @@
-"""Lipschitz bounds: typed results that say whether they are sound."""
+"""Lipschitz bounds: sound upper bounds, witnessed lower bounds, certificates (SPEC B1–B5).
 
-from lipguard.bounds.result import LipschitzBound
+Upper bounds are :class:`LipschitzBound` values with ``sound=True``: they hold for every pair
+of inputs, floating-point rounding included. Lower bounds carry the witness inputs that realise
+them. See ``docs/bounds.md``.
+"""
 
-__all__ = ["LipschitzBound"]
+from lipguard.bounds.api import (
+    METHODS,
+    CertificationError,
+    block_lipschitz_bounds,
+    exact_lipschitz,
+    lipschitz_bound,
+    local_lipschitz_bound,
+)
+from lipguard.bounds.certificate import (
+    Certificate,
+    CertificateError,
+    Verification,
+    architecture_sha256,
+    certify,
+    weights_sha256,
+)
+from lipguard.bounds.graph import register_module
+from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
+from lipguard.results import LipschitzBound
+
+__all__ = [
+    "METHODS",
+    "Certificate",
+    "CertificateError",
+    "CertificationError",
+    "LipschitzBound",
+    "LipschitzLowerBound",
+    "Verification",
+    "architecture_sha256",
+    "block_lipschitz_bounds",
+    "certify",
+    "exact_lipschitz",
+    "lipschitz_bound",
+    "lipschitz_lower_bound",
+    "local_lipschitz_bound",
+    "register_module",
+    "weights_sha256",
+]

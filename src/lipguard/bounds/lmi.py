@@ -159,20 +159,32 @@ def refine_multipliers(
 
 
 def lipsdp_matrix(
-    network: Network, slopes: Slopes, multipliers: list[torch.Tensor], rho: float
+    network: Network,
+    slopes: Slopes,
+    multipliers: list[torch.Tensor],
+    rho: float,
+    *,
+    eliminate_input: bool = False,
 ) -> Enclosure:
-    """``-M(ρ, T)`` for the exact network, as a float64 matrix with an entrywise rounding bound."""
+    """``-M(ρ, T)`` for the exact network, as a float64 matrix with an entrywise rounding bound.
+
+    With ``eliminate_input`` (allowed when every first-layer neuron has ``α·β = 0``, so the input
+    block is exactly ``ρI``), the input is removed by the exact Schur complement
+    ``[[ρI, B], [Bᵀ, D]] ⪰ 0 ⟺ D - BᵀB/ρ ⪰ 0``: the matrix covers the hidden layers only and
+    ``BᵀB = S_1T_1 (W_0W_0ᵀ) T_1S_1`` needs no inverse.
+    """
     weights = list(network.weights)
     sizes = [network.input_size] + [layer.size for layer in network.hidden]
+    first = 1 if eliminate_input else 0
     offsets = [0]
-    for size in sizes:
+    for size in sizes[first:]:
         offsets.append(offsets[-1] + size)
     value = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
     error = torch.zeros_like(value)
 
     def place(row: int, column: int, block: Enclosure) -> None:
-        rows = slice(offsets[row], offsets[row + 1])
-        columns = slice(offsets[column], offsets[column + 1])
+        rows = slice(offsets[row - first], offsets[row - first + 1])
+        columns = slice(offsets[column - first], offsets[column - first + 1])
         value[rows, columns] += block.value
         error[rows, columns] += block.abs_error()
         if row != column:
@@ -180,7 +192,7 @@ def lipsdp_matrix(
             error[columns, rows] += block.abs_error().T
 
     depth = len(network.hidden)
-    for k in range(depth + 1):  # the block of x_k
+    for k in range(first, depth + 1):  # the block of x_k
         if k < depth:
             alpha, beta = slopes[k]
             t = multipliers[k]
@@ -194,9 +206,22 @@ def lipsdp_matrix(
             place(0, 0, Enclosure(rho * torch.eye(sizes[0], dtype=torch.float64)))
         else:
             place(k, k, Enclosure(torch.diag(2 * multipliers[k - 1])))
+    if eliminate_input:
+        alpha, beta = slopes[0]
+        coupling = weights[0].T.scale_columns(
+            (alpha + beta) * multipliers[0], relative_error=2 * U64
+        )
+        squared = coupling.T.matmul(coupling)  # BᵀB
+        place(
+            1,
+            1,
+            Enclosure(
+                -squared.value / rho, squared.abs_error() / rho + U64 * squared.value.abs() / rho
+            ),
+        )
     last = weights[-1].T.matmul(weights[-1])
     place(depth, depth, Enclosure(-last.value, last.error))
-    # the sums above each round once more per entry
+    # each entry received at most two additions, each rounding by <= u·|result|
     error += 4 * U64 * value.abs()
     return Enclosure(value, error)
 
@@ -208,9 +233,10 @@ def verify(
     clean = [m.detach().to(torch.float64).clamp_min(0.0) for m in multipliers]
     if not math.isfinite(rho) or rho < 0:
         return None
+    eliminate = bool((slopes[0][0] * slopes[0][1] == 0).all()) if network.hidden else False
     for step in _RHO_LADDER:
         candidate = max(rho, 1e-300) * (1 + step)
-        matrix = lipsdp_matrix(network, slopes, clean, candidate)
+        matrix = lipsdp_matrix(network, slopes, clean, candidate, eliminate_input=eliminate)
         if prove_psd(matrix.value, matrix.frobenius_error()):
             bound = math.nextafter(math.sqrt(candidate) * (1 + 2 * U64), math.inf)
             return LipSDPProof(bound, candidate, tuple(clean))

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipguard import _checks
-from lipguard.bounds import LipschitzBound
 from lipguard.linalg import spectral_norm_certificate
+from lipguard.results import LipschitzBound
 
 
 class LipschitzLinear(nn.Module, metaclass=abc.ABCMeta):

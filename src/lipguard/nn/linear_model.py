@@ -10,8 +10,8 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import dual_norm, parse_norm
-from lipguard.bounds import LipschitzBound
 from lipguard.linalg import U64, gamma, unit_roundoff
+from lipguard.results import LipschitzBound
 
 
 def row_dual_norms(weight: torch.Tensor, dual: float) -> torch.Tensor:

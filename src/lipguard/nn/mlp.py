@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from lipguard import _checks
-from lipguard.bounds import LipschitzBound
 from lipguard.errors import InvalidArgumentError
 from lipguard.nn._guard import mul_up
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.spectral import SpectralLinear
+from lipguard.results import LipschitzBound
 
 LAYERS: dict[str, type[LipschitzLinear]] = {
     "spectral": SpectralLinear,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class LipschitzBound:
         scope: ``"global"`` or a description of the region where it holds.
         sound: True when the bound is proven for every input, floating-point rounding included.
         margin: relative floating-point margin already included in ``value``.
+        details: method-specific data that lets the bound be re-checked (e.g. LipSDP's ``ρ`` and
+            multipliers); not part of equality.
     """
 
     value: float
@@ -26,6 +29,7 @@ class LipschitzBound:
     scope: str = "global"
     sound: bool = True
     margin: float = 0.0
+    details: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.value >= 0.0):

@@ -1,0 +1,226 @@
+"""The bound engine's entry points."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from lipguard import _checks
+from lipguard._norms import parse_norm
+from lipguard.bounds import lmi, sdp
+from lipguard.bounds.compositional import compositional_bound, dp_bound
+from lipguard.bounds.exact import ExactLipschitz
+from lipguard.bounds.exact import exact_lipschitz as _exact
+from lipguard.bounds.graph import infer_input_shape, to_operators
+from lipguard.bounds.local import interval_slopes
+from lipguard.bounds.network import Network
+from lipguard.bounds.norms import matrix_norm, up
+from lipguard.bounds.product import product_bound
+from lipguard.errors import InvalidArgumentError, LipguardError, ShapeError
+from lipguard.results import LipschitzBound
+
+METHODS = ("auto", "product", "compositional", "lipsdp", "lipsdp-layer")
+#: "auto" adds LipSDP when the matrix inequality has at most this many rows
+AUTO_LIPSDP_SIZE = 1000
+
+
+class CertificationError(LipguardError, RuntimeError):
+    """A requested method could not prove a bound (e.g. the SDP solution failed verification)."""
+
+
+def _prepare(
+    model: nn.Module, norm: float | str, input_shape: Sequence[int] | None
+) -> tuple[float, tuple[int, ...]]:
+    p = parse_norm(norm)
+    if p not in (2.0, math.inf):
+        raise InvalidArgumentError(f"bounds are available in ℓ2 and ℓ∞, got norm={norm!r}")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _checks.NonFiniteError(f"model parameter {name!r} holds NaN or infinity")
+    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+    return p, shape
+
+
+def _network(model: nn.Module, shape: tuple[int, ...]) -> Network:
+    return Network.from_operators(to_operators(model, shape), math.prod(shape))
+
+
+def network_product(network: Network, norm: float) -> float:
+    """Product of the normal form's layer norms and activation constants (sound)."""
+    value = 1.0
+    for weight in network.weights:
+        value = up(value * matrix_norm(weight, norm))
+    for layer in network.hidden:
+        value = up(value * max(spec.lipschitz for spec, _ in layer.segments))
+    return value
+
+
+def _lipsdp(network: Network, variant: str, solver: str) -> LipschitzBound:
+    slopes = lmi.global_slopes(network)
+    multipliers, rho = sdp.solve_lipsdp(network, slopes, variant=variant, solver=solver)
+    adjusted = lmi.feasible(network, slopes, multipliers)
+    proof = lmi.verify(network, slopes, *adjusted) if adjusted is not None else None
+    if proof is None:
+        raise CertificationError(
+            f"LipSDP-{variant} ({solver}) returned ρ = {rho:.6g} but its "
+            "multipliers could not be verified"
+        )
+    return _lipsdp_result(proof, f"lipsdp-{variant}")
+
+
+def _lipsdp_result(proof: lmi.LipSDPProof, method: str) -> LipschitzBound:
+    details = {"rho": proof.rho, "multipliers": [m.tolist() for m in proof.multipliers]}
+    return LipschitzBound(proof.value, 2.0, method, details=details)
+
+
+def lipschitz_bound(
+    model: nn.Module,
+    norm: float | str = 2,
+    method: str = "auto",
+    *,
+    input_shape: Sequence[int] | None = None,
+    solver: str = "barrier",
+    seconds: float = 0.05,
+) -> LipschitzBound:
+    """A sound global upper bound on the Lipschitz constant of ``model`` in ℓ2 or ℓ∞.
+
+    Args:
+        model: built from supported modules (``nn.Sequential``, ``nn.Linear``, ``nn.Conv1d/2d``,
+            ReLU, LeakyReLU, Tanh, Sigmoid, ELU, GELU, SiLU, GroupSort/MaxMin, Flatten,
+            Identity, Dropout in eval mode, :class:`lipguard.nn.Residual`, lipguard's layers);
+            anything else raises :class:`~lipguard.errors.UnsupportedModuleError`.
+        norm: 2 or ``inf`` — the same norm on inputs and outputs.
+        method: ``"product"`` (per-layer norms), ``"compositional"`` (cut/merge dynamic
+            programme and, in ℓ2, a fast verified LipSDP-style certificate), ``"lipsdp"``
+            (LipSDP-Neuron, ℓ2), ``"lipsdp-layer"``, or ``"auto"``: the smallest of those that
+            apply (LipSDP only up to :data:`AUTO_LIPSDP_SIZE` rows).
+        input_shape: per-sample input shape; inferred from a first linear layer.
+        solver: for LipSDP, ``"barrier"`` (fast, default), ``"clarabel"`` or ``"scs"``.
+        seconds: time budget of the compositional method's refinement.
+
+    Returns:
+        A :class:`LipschitzBound` with ``sound=True``: it holds for every pair of inputs,
+        floating-point rounding included.
+    """
+    if method not in METHODS:
+        raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}")
+    p, shape = _prepare(model, norm, input_shape)
+    operators = to_operators(model, shape)
+    results: list[LipschitzBound] = []
+    if method in ("auto", "product"):
+        results.append(LipschitzBound(product_bound(operators, p), p, "product"))
+    if method != "product":
+        try:
+            network = Network.from_operators(operators, math.prod(shape))
+        except LipguardError:
+            if method != "auto":
+                raise
+            network = None
+        if network is not None:
+            if method in ("auto", "compositional"):
+                found = compositional_bound(network, p, seconds=seconds)
+                if found.proof is not None:
+                    results.append(_lipsdp_result(found.proof, "compositional"))
+                else:
+                    results.append(LipschitzBound(found.value, p, "compositional"))
+            if method in ("lipsdp", "lipsdp-layer") and p != 2.0:
+                raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
+            size = network.input_size + sum(layer.size for layer in network.hidden)
+            wants_sdp = method in ("lipsdp", "lipsdp-layer") or (
+                method == "auto" and p == 2.0 and network.hidden and size <= AUTO_LIPSDP_SIZE
+            )
+            if wants_sdp:
+                variant = "layer" if method == "lipsdp-layer" else "neuron"
+                try:
+                    results.append(_lipsdp(network, variant, solver))
+                except (CertificationError, sdp.SolverError):
+                    if method != "auto":
+                        raise
+    best = min(results, key=lambda bound: bound.value)
+    return best
+
+
+def local_lipschitz_bound(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    radius: float,
+    norm: float | str = 2,
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> list[LipschitzBound]:
+    """Sound bounds on the Lipschitz constant of ``model`` restricted to each ball
+    ``B(inputs[i], radius)`` (ℓ2 or ℓ∞): interval propagation fixes stable neurons, then the
+    compositional bound runs with the local slope ranges (never above the global one)."""
+    r = _checks.positive_float("radius", radius) if radius != 0 else 0.0
+    _checks.finite_tensor("inputs", inputs)
+    shape = tuple(input_shape) if input_shape is not None else tuple(inputs.shape[1:])
+    p, shape = _prepare(model, norm, shape)
+    if tuple(inputs.shape[1:]) != shape:
+        raise ShapeError(
+            f"inputs have per-sample shape {tuple(inputs.shape[1:])}, expected {shape}"
+        )
+    network = _network(model, shape)
+    global_value = dp_bound(network, lmi.global_slopes(network), p)
+    results = []
+    for index, point in enumerate(inputs.detach().to(torch.float64).flatten(1)):
+        slopes = interval_slopes(network, point, r, p)
+        value = min(dp_bound(network, slopes, p), global_value)
+        scope = f"ball(inputs[{index}], radius={r:g}, ℓ{'inf' if p == math.inf else 2})"
+        results.append(LipschitzBound(value, p, "local-compositional", scope=scope))
+    return results
+
+
+def block_lipschitz_bounds(
+    model: nn.Module,
+    blocks: Mapping[str, Sequence[int] | slice] | Sequence[Sequence[int] | slice],
+    norm: float | str = 2,
+    method: str = "compositional",
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> dict[str, LipschitzBound]:
+    """Bounds with respect to each block of input coordinates (the others held fixed): e.g. one
+    modality of a multimodal model. ``blocks`` maps names to index lists or slices of the
+    flattened input. ``method``: ``"product"``, ``"compositional"`` or ``"lipsdp"``."""
+    p, shape = _prepare(model, norm, input_shape)
+    network = _network(model, shape)
+    named = (
+        dict(blocks)
+        if isinstance(blocks, Mapping)
+        else {f"block{i}": block for i, block in enumerate(blocks)}
+    )
+    size = network.input_size
+    results = {}
+    for name, block in named.items():
+        index = torch.arange(size)[block] if isinstance(block, slice) else torch.as_tensor(block)
+        if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= size:
+            raise ShapeError(f"block {name!r} must index into the {size} input coordinates")
+        sub = network.restrict_inputs(index.long())
+        if method == "product":
+            bound = LipschitzBound(network_product(sub, p), p, "product")
+        elif method == "lipsdp":
+            bound = _lipsdp(sub, "neuron", "barrier")
+        elif method == "compositional":
+            found = compositional_bound(sub, p)
+            bound = LipschitzBound(found.value, p, "compositional")
+        else:
+            raise InvalidArgumentError(
+                f"method must be product, compositional or lipsdp; got {method!r}"
+            )
+        results[name] = LipschitzBound(bound.value, p, bound.method, scope=f"input block {name!r}")
+    return results
+
+
+def exact_lipschitz(
+    model: nn.Module,
+    norm: float | str = 2,
+    *,
+    input_shape: Sequence[int] | None = None,
+    max_regions: int = 100_000,
+) -> ExactLipschitz:
+    """The exact constant of a small piecewise-linear network by region enumeration (a test
+    oracle; see :mod:`lipguard.bounds.exact`)."""
+    p, shape = _prepare(model, norm, input_shape)
+    return _exact(_network(model, shape), p, max_regions=max_regions)

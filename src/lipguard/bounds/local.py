@@ -1,0 +1,70 @@
+"""Local Lipschitz bounds over a ball ``B(x, r)``.
+
+Interval bound propagation gives, for every neuron, a range ``[l, u]`` that contains its
+pre-activation for all inputs in the ball (the first layer exactly: ``w·x + b ± r·||w||_q``,
+later layers by centre/radius propagation through ``|W|``), rounded outwards. Over ``[l, u]`` a
+neuron's slopes lie in a narrower range than globally — a ReLU that is always active has slope
+exactly 1, one always inactive has slope 0 — and the compositional bound of
+:mod:`lipguard.bounds.compositional` with these per-neuron ranges holds for all pairs of points
+in the ball. Where every neuron is stable the network is linear on the ball and the bound is the
+norm of its Jacobian there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lipguard.bounds import lmi
+from lipguard.bounds.network import Network
+from lipguard.linalg import U64, gamma
+
+
+def interval_slopes(
+    network: Network, center: torch.Tensor, radius: float, norm: float
+) -> lmi.Slopes:
+    """Per hidden layer, slope ranges ``(α, β)`` valid for every input within ``radius`` (ℓp)
+    of ``center`` (float64, flat)."""
+    dual = {2.0: 2.0, math.inf: 1.0, 1.0: math.inf}[norm]
+    weight, bias = network.weights[0], network.biases[0]
+    w = weight.value
+    mid = w @ center + bias.value
+    spread = radius * torch.linalg.vector_norm(w, ord=dual, dim=1) * (1 + gamma(w.shape[1] + 2))
+    error = gamma(w.shape[1] + 2) * (w.abs() @ center.abs() + bias.value.abs())
+    if weight.error is not None:  # the exact weights differ by at most `error` entrywise
+        spread = spread + radius * torch.linalg.vector_norm(weight.error, ord=dual, dim=1)
+        error = error + weight.error @ center.abs()
+    if bias.error is not None:
+        error = error + bias.error
+    low, high = _outward(mid, spread + error)
+    slopes = []
+    for index, layer in enumerate(network.hidden):
+        slopes.append(layer.slope_range(low, high))
+        value_low, value_high = layer.value_range(low, high)
+        low, high = _affine_interval(network, index + 1, value_low, value_high)
+    return slopes
+
+
+def _outward(mid: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    low, high = mid - half, mid + half
+    pad = 2 * U64 * (low.abs() + high.abs()) + 2.0**-1000
+    return low - pad, high + pad
+
+
+def _affine_interval(
+    network: Network, index: int, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of ``W x + b`` for ``x`` in the box ``[low, high]``, rounded outwards."""
+    weight, bias = network.weights[index], network.biases[index]
+    centre = (low + high) / 2
+    half = (high - low) / 2 + U64 * (low.abs() + high.abs())
+    w = weight.value
+    mid = w @ centre + bias.value
+    g = gamma(w.shape[1] + 2)
+    spread = (w.abs() @ half) * (1 + g) + g * (w.abs() @ centre.abs() + bias.value.abs())
+    if weight.error is not None:
+        spread = spread + weight.error @ (centre.abs() + half)
+    if bias.error is not None:
+        spread = spread + bias.error
+    return _outward(mid, spread)

@@ -1,0 +1,296 @@
+"""Witnessed lower bounds on the Lipschitz constant.
+
+A lower bound is only as good as its witness, so :func:`lipschitz_lower_bound` returns a pair of
+inputs ``(x, y)`` and the value ``||f(x) - f(y)|| / ||x - y||`` evaluated on a float64 copy of
+the model: anyone can recompute it. The search runs in two phases:
+
+1. *Gradient ascent on the Jacobian norm* from many starts, on a smooth surrogate of the model
+   (ReLU → softplus, MaxMin → a smoothed max/min, with the temperature annealed towards zero),
+   because a piecewise-linear network's gradient norm is piecewise constant and gives ascent
+   nothing to climb. The objective is the operator norm ``||J(x)||_{p→p}`` (ℓ2: largest singular
+   value; ℓ∞: largest row ℓ1 norm).
+2. *Pairwise ascent* on the true model: each candidate ``x`` becomes a pair ``(x, x + h·v)`` along
+   its Jacobian's top direction, refined by ascent on the difference ratio itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipguard import _checks
+from lipguard._norms import parse_norm
+from lipguard.errors import ShapeError
+from lipguard.nn.activations import GroupSort
+
+
+@dataclass(frozen=True)
+class LipschitzLowerBound:
+    """``||f(x) - f(y)||_p / ||x - y||_p = value`` for the witnesses ``x`` and ``y`` (float64).
+
+    Attributes:
+        value: the witnessed ratio (exact up to float64 evaluation of the model).
+        norm: the input norm ``p`` (outputs use the same ℓp norm).
+        method: how the witnesses were found.
+        x, y: the witness inputs (per-sample shape, float64).
+        gradient_norm: ``||J(x)||_{p→p}`` of the true model at ``x`` (where differentiable).
+    """
+
+    value: float
+    norm: float
+    method: str
+    x: torch.Tensor
+    y: torch.Tensor
+    gradient_norm: float
+
+    @property
+    def sound(self) -> bool:
+        return False  # a lower bound is evidence, never a guarantee on the maximum
+
+    def check(self, model: nn.Module) -> float:
+        """Recompute the witnessed ratio on ``model`` (float64 copy)."""
+        return _pair_ratio(_float64(model), self.x, self.y, self.norm)
+
+
+def _relative(temperature: float, x: torch.Tensor) -> torch.Tensor:
+    """A temperature in units of the activation's typical input size (per sample under vmap)."""
+    return temperature * (x.detach().abs().mean() + 1e-12)
+
+
+class _SmoothReLU(nn.Module):
+    def __init__(self, temperature: list[float], slope: float = 0.0) -> None:
+        super().__init__()
+        self.temperature, self.slope = temperature, slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = _relative(self.temperature[0], x)
+        return self.slope * x + (1 - self.slope) * t * F.softplus(x / t)
+
+
+class _SmoothMaxMin(nn.Module):
+    def __init__(self, temperature: list[float], descending: bool) -> None:
+        super().__init__()
+        self.temperature, self.descending = temperature, descending
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = _relative(self.temperature[0], x)
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+        mean, gap = (a + b) / 2, torch.sqrt(((a - b) / 2) ** 2 + t * t)
+        high, low = mean + gap, mean - gap
+        pair = (high, low) if self.descending else (low, high)
+        return torch.stack(pair, -1).flatten(-2)
+
+
+def _surrogate(model: nn.Module, temperature: list[float]) -> nn.Module:
+    """A copy of ``model`` with non-smooth activations replaced by smooth ones."""
+    smooth = copy.deepcopy(model)
+
+    def replace(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if type(child) is nn.ReLU:
+                setattr(module, name, _SmoothReLU(temperature))
+            elif type(child) is nn.LeakyReLU:
+                setattr(module, name, _SmoothReLU(temperature, child.negative_slope))
+            elif isinstance(child, GroupSort) and child.group_size == 2 and child.dim == -1:
+                setattr(module, name, _SmoothMaxMin(temperature, child.descending))
+            else:
+                replace(child)
+
+    replace(smooth)
+    return smooth
+
+
+def _float64(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to(torch.float64).eval()
+
+
+def _operator_norms(jacobian: torch.Tensor, norm: float) -> torch.Tensor:
+    """``||J||_{p→p}`` per sample for ``J`` of shape ``(N, out, in)``."""
+    if norm == math.inf:
+        return jacobian.abs().sum(-1).amax(-1)
+    if norm == 1.0:
+        return jacobian.abs().sum(-2).amax(-1)
+    return torch.linalg.matrix_norm(jacobian, ord=2)
+
+
+def _jacobians(function: Callable, points: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """Per-sample Jacobians ``(N, out, in)`` of ``function`` (batch -> batch)."""
+    flat = points.flatten(1)
+
+    def single(x: torch.Tensor) -> torch.Tensor:
+        return function(x.reshape(1, *points.shape[1:])).reshape(-1)
+
+    jacobian = torch.func.vmap(torch.func.jacrev(single))(flat)
+    return jacobian if create_graph else jacobian.detach()
+
+
+def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.flatten(1), ord=norm, dim=1)
+
+
+def _pair_ratio(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float) -> float:
+    with torch.no_grad():
+        fx, fy = model(x.unsqueeze(0)), model(y.unsqueeze(0))
+    change = float(_vector_norm(fx - fy, norm)[0])
+    distance = float(_vector_norm((x - y).unsqueeze(0), norm)[0])
+    return change / distance if distance > 0 else 0.0
+
+
+def lipschitz_lower_bound(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    norm: float | str = 2,
+    *,
+    restarts: int = 4,
+    steps: int = 200,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+) -> LipschitzLowerBound:
+    """Search for the steepest pair of inputs; returns the best witnessed ratio.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch ``(N, *shape)`` to ``(N, ...)`` outputs.
+        inputs: start points ``(N, *shape)`` (e.g. data); ``restarts`` noisy copies are added.
+        norm: the ℓp norm on inputs and outputs (1, 2 or inf).
+        restarts: extra start points per input, perturbed by noise of the inputs' scale.
+        steps: gradient-ascent steps in each phase.
+        learning_rate: Adam step size, relative to the inputs' scale.
+        seed: seeds the perturbations.
+    """
+    p = parse_norm(norm)
+    _checks.finite_tensor("inputs", inputs)
+    if inputs.dim() < 2 or inputs.shape[0] == 0:
+        raise ShapeError(f"inputs must be a non-empty batch (N, ...), got {tuple(inputs.shape)}")
+    exact = _float64(model)
+    generator = torch.Generator().manual_seed(seed)
+    base = inputs.detach().to(torch.float64)
+    scale = float(base.std()) if base.numel() > 1 and float(base.std()) > 0 else 1.0
+    noise = torch.randn(
+        (restarts * base.shape[0], *base.shape[1:]), generator=generator, dtype=torch.float64
+    )
+    starts = torch.cat([base, base.repeat(restarts, *[1] * (base.dim() - 1)) + noise * scale])
+
+    temperature = [1.0]
+    smooth = _surrogate(exact, temperature)
+    points = starts.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([points], lr=learning_rate * scale)
+    for step in range(steps):
+        temperature[0] = 0.5 * (1e-3) ** (step / max(steps - 1, 1))
+        objective = _operator_norms(_jacobians(smooth, points, create_graph=True), p)
+        optimizer.zero_grad()
+        (-objective.sum()).backward()
+        optimizer.step()
+    candidates = points.detach()
+    true_norms = _operator_norms(_jacobians(exact, candidates, create_graph=False), p)
+    best = torch.argsort(true_norms, descending=True)[: max(1, min(8, candidates.shape[0]))]
+    first_layer = _first_affine(exact, candidates.shape[1:])
+    chosen = [candidates[i] for i in best.tolist()]
+    if first_layer is not None:
+        chosen = [_pattern_search(exact, first_layer, x, p) for x in chosen]
+    pairs = [_pair_along_top_direction(exact, x, p, scale) for x in chosen]
+    pairs = [_refine_pair(exact, x, y, p, steps, learning_rate * scale) for x, y in pairs]
+    ratios = [_pair_ratio(exact, x, y, p) for x, y in pairs]
+    winner = max(range(len(pairs)), key=lambda i: ratios[i])
+    x, y = pairs[winner]
+    gradient = float(_operator_norms(_jacobians(exact, x.unsqueeze(0), create_graph=False), p)[0])
+    return LipschitzLowerBound(ratios[winner], p, "surrogate ascent + pairwise", x, y, gradient)
+
+
+def _first_affine(model: nn.Module, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W_0, b_0)`` when the model starts with an affine map into piecewise-linear neurons
+    (where flipping a first-layer neuron is a well-defined move), else ``None``."""
+    from lipguard.bounds.graph import to_operators
+    from lipguard.bounds.network import Network
+    from lipguard.errors import LipguardError
+
+    try:
+        network = Network.from_operators(to_operators(model, tuple(shape)), math.prod(shape))
+    except LipguardError:
+        return None
+    if not network.hidden or not network.hidden[0].piecewise_linear:
+        return None
+    return network.weights[0].value, network.biases[0].value
+
+
+def _pattern_search(
+    model: nn.Module, first: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, norm: float
+) -> torch.Tensor:
+    """Greedy local search over first-layer activation patterns: flip one neuron at a time by
+    the least input change ``x' = x + W_0⁺(z' - z)`` (which, when ``W_0`` has full row rank,
+    leaves every other first-layer neuron as it was) and keep flips that raise ``||J||``."""
+    weight, bias = first
+    inverse = torch.linalg.pinv(weight)
+    shape = x.shape
+
+    def steepness(point: torch.Tensor) -> float:
+        jacobian = _jacobians(model, point.reshape(1, *shape), create_graph=False)
+        return float(_operator_norms(jacobian, norm)[0])
+
+    best, current = steepness(x), x.flatten()
+    for _ in range(4):
+        improved = False
+        pre = weight @ current + bias
+        margin = 1e-6 * (float(pre.abs().max()) + 1e-12)
+        for j in torch.argsort(pre.abs()).tolist():
+            target = pre.clone()
+            target[j] = (
+                -torch.sign(pre[j]) * max(abs(float(pre[j])), margin) if pre[j] != 0 else margin
+            )
+            trial = current + inverse @ (target - pre)
+            value = steepness(trial)
+            if value > best:
+                best, current, pre, improved = value, trial, weight @ trial + bias, True
+        if not improved:
+            break
+    return current.reshape(shape)
+
+
+def _pair_along_top_direction(
+    model: nn.Module, x: torch.Tensor, norm: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, x + h·v)`` with ``v`` the direction ``J(x)`` stretches most, for the best of
+    several step sizes ``h`` (small enough to stay in ``x``'s linear region if there is one)."""
+    jacobian = _jacobians(model, x.unsqueeze(0), create_graph=False)[0]
+    if norm == 2.0:
+        direction = torch.linalg.svd(jacobian)[2][0]
+    elif norm == math.inf:  # the ℓ∞ maximiser is a sign vector of the steepest row
+        direction = torch.sign(jacobian[jacobian.abs().sum(-1).argmax()])
+    else:  # ℓ1: a coordinate vector of the steepest column
+        direction = torch.zeros(jacobian.shape[1], dtype=torch.float64)
+        direction[jacobian.abs().sum(0).argmax()] = 1.0
+    direction = direction.reshape(x.shape)
+    best_pair, best_ratio = (x, x + 1e-6 * scale * direction), -1.0
+    for h in (1e-3, 1e-5, 1e-7):
+        y = x + h * scale * direction
+        ratio = _pair_ratio(model, x, y, norm)
+        if ratio > best_ratio:
+            best_pair, best_ratio = (x, y), ratio
+    return best_pair
+
+
+def _refine_pair(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float, steps: int, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascent on ``||f(x) - f(y)|| / ||x - y||`` over both points, keeping the best pair."""
+    best, best_ratio = (x, y), _pair_ratio(model, x, y, norm)
+    a = x.clone().unsqueeze(0).requires_grad_(True)
+    b = y.clone().unsqueeze(0).requires_grad_(True)
+    optimizer = torch.optim.Adam([a, b], lr=lr * 1e-2)
+    for _ in range(steps // 4):
+        distance = _vector_norm(a - b, norm)
+        if float(distance.detach()) == 0.0:
+            break
+        ratio = _vector_norm(model(a) - model(b), norm) / distance
+        optimizer.zero_grad()
+        (-ratio.sum()).backward()
+        optimizer.step()
+        current = _pair_ratio(model, a.detach()[0], b.detach()[0], norm)
+        if current > best_ratio:
+            best, best_ratio = (a.detach()[0].clone(), b.detach()[0].clone()), current
+    return best
