@@ -31,3 +31,23 @@ def _seeded() -> None:
 def true_sigma(matrix: torch.Tensor) -> float:
     """Largest singular value by a float64 SVD (relative error ~1e-15)."""
     return float(torch.linalg.matrix_norm(matrix.detach().to(torch.float64), ord=2))
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def lipsdp_fixture(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Sequential:
+    """A LipSDP example network (weights (out, in), no biases, ReLU between layers)."""
+    import scipy.io
+
+    matrices = scipy.io.loadmat(FIXTURES / "lipsdp" / f"{name}.mat")["weights"].ravel()
+    layers: list[torch.nn.Module] = []
+    for index, matrix in enumerate(matrices):
+        weight = torch.tensor(matrix, dtype=dtype)
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        layers.append(layer)
+        if index < len(matrices) - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).eval()

@@ -19,7 +19,12 @@ from lipguard.bounds.local import interval_slopes
 from lipguard.bounds.network import Network
 from lipguard.bounds.norms import matrix_norm, up
 from lipguard.bounds.product import product_bound
-from lipguard.errors import InvalidArgumentError, LipguardError, ShapeError
+from lipguard.errors import (
+    InvalidArgumentError,
+    LipguardError,
+    ShapeError,
+    UnsupportedModuleError,
+)
 from lipguard.results import LipschitzBound
 
 METHODS = ("auto", "product", "compositional", "lipsdp", "lipsdp-layer")
@@ -59,6 +64,11 @@ def network_product(network: Network, norm: float) -> float:
 
 
 def _lipsdp(network: Network, variant: str, solver: str) -> LipschitzBound:
+    if lmi.has_linear_neurons(network):
+        raise UnsupportedModuleError(
+            "LipSDP handles elementwise slope-restricted activations; GroupSort/MaxMin networks "
+            "are bounded by method='compositional' or 'product'"
+        )
     slopes = lmi.global_slopes(network)
     multipliers, rho = sdp.solve_lipsdp(network, slopes, variant=variant, solver=solver)
     adjusted = lmi.feasible(network, slopes, multipliers)
@@ -130,7 +140,11 @@ def lipschitz_bound(
                 raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
             size = network.input_size + sum(layer.size for layer in network.hidden)
             wants_sdp = method in ("lipsdp", "lipsdp-layer") or (
-                method == "auto" and p == 2.0 and network.hidden and size <= AUTO_LIPSDP_SIZE
+                method == "auto"
+                and p == 2.0
+                and network.hidden
+                and size <= AUTO_LIPSDP_SIZE
+                and not lmi.has_linear_neurons(network)
             )
             if wants_sdp:
                 variant = "layer" if method == "lipsdp-layer" else "neuron"
@@ -163,7 +177,7 @@ def local_lipschitz_bound(
             f"inputs have per-sample shape {tuple(inputs.shape[1:])}, expected {shape}"
         )
     network = _network(model, shape)
-    global_value = dp_bound(network, lmi.global_slopes(network), p)
+    global_value = compositional_bound(network, p).value  # a local bound is never worse
     results = []
     for index, point in enumerate(inputs.detach().to(torch.float64).flatten(1)):
         slopes = interval_slopes(network, point, r, p)

@@ -86,7 +86,7 @@ def compositional_bound(
     closed-form multipliers refined by gradient descent for at most ``seconds``, then proven."""
     slopes = lmi.global_slopes(network) if slopes is None else slopes
     result = CompositionalResult(dp_bound(network, slopes, norm), "dp")
-    if norm != 2.0 or not network.hidden:
+    if norm != 2.0 or not network.hidden or lmi.has_linear_neurons(network):
         return result
     start = lmi.initial_multipliers(network, slopes)
     multipliers = lmi.refine_multipliers(network, slopes, start, seconds=seconds)

@@ -50,6 +50,13 @@ class LipSDPProof:
     multipliers: tuple[torch.Tensor, ...]
 
 
+def has_linear_neurons(network: Network) -> bool:
+    """True when some hidden neuron has a single slope (identity neurons from the GroupSort
+    expansion): LipSDP's constraint for them is exact only as its multiplier tends to infinity,
+    so the matrix inequality has no attained optimum; such networks use the other methods."""
+    return any(bool((alpha == beta).any()) for alpha, beta in global_slopes(network))
+
+
 def global_slopes(network: Network) -> Slopes:
     """Each hidden neuron's global slope range."""
     return [layer.slope_bounds() for layer in network.hidden]

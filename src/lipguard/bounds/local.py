@@ -26,6 +26,21 @@ def interval_slopes(
 ) -> lmi.Slopes:
     """Per hidden layer, slope ranges ``(α, β)`` valid for every input within ``radius`` (ℓp)
     of ``center`` (float64, flat)."""
+    return propagate(network, center, radius, norm)[0]
+
+
+def output_enclosure(network: Network, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[low, high]`` containing the exact output ``f(point)`` (rounding of the float64
+    evaluation included): interval propagation from the single point."""
+    _, low, high = propagate(network, point, 0.0, 2.0)
+    return low, high
+
+
+def propagate(
+    network: Network, center: torch.Tensor, radius: float, norm: float
+) -> tuple[lmi.Slopes, torch.Tensor, torch.Tensor]:
+    """Interval propagation from the ball ``B(center, radius)`` (ℓp): the slope ranges of every
+    hidden layer and an enclosure ``[low, high]`` of the outputs."""
     dual = {2.0: 2.0, math.inf: 1.0, 1.0: math.inf}[norm]
     weight, bias = network.weights[0], network.biases[0]
     w = weight.value
@@ -43,7 +58,7 @@ def interval_slopes(
         slopes.append(layer.slope_range(low, high))
         value_low, value_high = layer.value_range(low, high)
         low, high = _affine_interval(network, index + 1, value_low, value_high)
-    return slopes
+    return slopes, low, high
 
 
 def _outward(mid: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

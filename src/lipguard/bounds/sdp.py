@@ -144,7 +144,9 @@ def _barrier(problem: _Problem, network: Network, slopes: Slopes) -> tuple[float
     for _ in range(60):  # outer iterations: μ shrinks 5x each
         for _ in range(50):  # Newton steps at fixed μ
             gradient, hessian = _newton_system(problem, rho, t, mu, aggregate)
-            step = -torch.linalg.solve(hessian, gradient)
+            step, info = torch.linalg.solve_ex(hessian, -gradient)
+            if int(info) or not bool(torch.isfinite(step).all()):
+                raise SolverError("singular Newton system in the barrier method")
             decrement = float(-(gradient @ step))
             length = 1.0
             while length > 1e-12:
@@ -170,7 +172,10 @@ def _newton_system(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient and Hessian of ``ρ/μ - log det F(x) - Σ log t`` in ``x = (ρ, t)``."""
     f = _matrix(problem, rho, t)
-    z = torch.cholesky_inverse(torch.linalg.cholesky(f))
+    factor, info = torch.linalg.cholesky_ex(f)
+    if int(info):
+        raise SolverError("the barrier iterate left the feasible set (numerical breakdown)")
+    z = torch.cholesky_inverse(factor)
     m = problem.own.numel()
     # U = [e_j, w_j] per neuron, D_j = [[2, -s_j], [-s_j, 2 p_j]]
     zu_e = z[:, problem.own]  # Z e_j
