@@ -142,18 +142,22 @@ def _barrier(problem: _Problem, network: Network, slopes: Slopes) -> tuple[float
     aggregate = torch.zeros(problem.groups.numel(), problem.variables, dtype=torch.float64)
     aggregate[torch.arange(problem.groups.numel()), problem.groups] = 1.0
     for _ in range(60):  # outer iterations: μ shrinks 5x each
-        for _ in range(50):  # Newton steps at fixed μ
+        for _ in range(50):  # damped Newton steps at fixed μ
             gradient, hessian = _newton_system(problem, rho, t, mu, aggregate)
-            step, info = torch.linalg.solve_ex(hessian, -gradient)
-            if int(info) or not bool(torch.isfinite(step).all()):
-                raise SolverError("singular Newton system in the barrier method")
-            decrement = float(-(gradient @ step))
-            length = 1.0
-            while length > 1e-12:
+            step = _newton_step(hessian, gradient)
+            if step is None:
+                return rho, t
+            decrement = float(-(gradient @ step))  # λ², λ the Newton decrement
+            # damped Newton (Nesterov): for a self-concordant barrier a step of 1/(1 + λ)
+            # decreases it and stays feasible; full steps once λ < 1/4 (quadratic convergence)
+            damping = 1.0 if decrement < 1 / 16 else 1.0 / (1.0 + math.sqrt(decrement))
+            for halvings in range(40):  # rounding can still push it out: halve if needed
+                length = damping * 0.5**halvings
                 new_rho, new_t = rho + length * float(step[0]), t + length * step[1:]
-                if bool((new_t > 0).all()) and _positive_definite(_matrix(problem, new_rho, new_t)):
+                if _barrier_value(problem, new_rho, new_t, mu) < math.inf:
                     break
-                length *= 0.5
+            else:
+                return rho, t  # no feasible progress left in float64
             rho, t = new_rho, new_t
             if decrement < 1e-9:
                 break
@@ -163,8 +167,33 @@ def _barrier(problem: _Problem, network: Network, slopes: Slopes) -> tuple[float
     return rho, t
 
 
-def _positive_definite(matrix: torch.Tensor) -> bool:
-    return int(torch.linalg.cholesky_ex(matrix).info) == 0
+def _newton_step(hessian: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor | None:
+    """Solve ``H·step = -g`` after scaling ``H`` to unit diagonal (the multipliers of different
+    layers can differ by many orders of magnitude). ``None`` when rounding has made the system
+    meaningless — ``H`` not positive definite, which it is in exact arithmetic: the iterate is
+    then as accurate as float64 allows near the boundary of the feasible set."""
+    diagonal = hessian.diagonal()
+    if not bool(torch.isfinite(hessian).all() and torch.isfinite(gradient).all()) or bool(
+        (diagonal <= 0).any()
+    ):
+        return None
+    scale = diagonal.rsqrt()
+    factor, info = torch.linalg.cholesky_ex(scale[:, None] * hessian * scale[None, :])
+    if int(info):
+        return None
+    step = scale * torch.cholesky_solve((-scale * gradient)[:, None], factor)[:, 0]
+    return step if bool(torch.isfinite(step).all()) else None
+
+
+def _barrier_value(problem: _Problem, rho: float, t: torch.Tensor, mu: float) -> float:
+    """``ρ/μ - log det F(ρ, t) - Σ log t``, or ``inf`` outside the strictly feasible set."""
+    if not bool((t > 0).all()):
+        return math.inf
+    factor, info = torch.linalg.cholesky_ex(_matrix(problem, rho, t))
+    if int(info):
+        return math.inf
+    log_det = 2.0 * float(torch.log(factor.diagonal()).sum())
+    return rho / mu - log_det - float(torch.log(t).sum())
 
 
 def _newton_system(
