@@ -28,7 +28,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
-	$(BIN)/python benchmarks/layers.py $(ARGS)
+	$(BIN)/python benchmarks/layers.py
+	$(BIN)/python benchmarks/bounds.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .hypothesis
