@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -44,3 +46,26 @@ def matrix(name: str, tensor: torch.Tensor) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise InvalidArgumentError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
     return tensor
+
+
+def probability(name: str, value: float) -> float:
+    """Return ``value`` as a float after checking that it lies strictly between 0 and 1."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0.0 < result < 1.0:
+        raise InvalidArgumentError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+    return result
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` (and every submodule) in eval mode and restore each one's mode after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
