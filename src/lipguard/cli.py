@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import lipguard
+from lipguard._cli_support import console, fail, load_model, parse_shape
+from lipguard.cli_smooth import smooth_app
 from lipguard.demo import (
     DemoConfig,
     ModelReport,
@@ -30,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+app.add_typer(smooth_app, name="smooth")
 
 
 def _version(value: bool) -> None:
@@ -142,28 +144,6 @@ def _verdict(reports: list[ModelReport]) -> str:
     return "\n".join(lines)
 
 
-def _load_model(path: Path):
-    from lipguard.io import load_checkpoint, load_onnx
-
-    if path.suffix == ".onnx":
-        return load_onnx(path)
-    return load_checkpoint(path)
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(f"input shape must look like 3,32,32; got {text!r}") from None
-
-
-def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
-    raise typer.Exit(code=2)
-
-
 @app.command()
 def certify(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a lipguard checkpoint.")],
@@ -184,15 +164,15 @@ def certify(
     from lipguard.bounds import certify as certify_model
 
     try:
-        network, stored_shape = _load_model(model)
-        shape = _parse_shape(input_shape) or stored_shape
+        network, stored_shape = load_model(model)
+        shape = parse_shape(input_shape) or stored_shape
         started = time.perf_counter()
         quiet = Console(stderr=True, quiet=json_output)
         with quiet.status("proving the upper bound, searching for the lower bound"):
             certificate = certify_model(network, norm, method, input_shape=shape, lower_bound=lower)
         seconds = time.perf_counter() - started
     except LipguardError as error:
-        _fail(error)
+        fail(error)
     if save is not None:
         certificate.save(save)
     if json_output:
@@ -228,10 +208,10 @@ def verify(
 
     try:
         loaded = Certificate.load(certificate)
-        network, _ = _load_model(model)
+        network, _ = load_model(model)
         result = loaded.verify(network)
     except LipguardError as error:
-        _fail(error)
+        fail(error)
     for check in result.checks:
         mark = "[green]✓[/green]" if result.ok or check is not result.checks[-1] else "[red]✗[/red]"
         console.print(f"{mark} {check}")
