@@ -347,11 +347,11 @@ def test_median_smoothing_of_a_linear_output():
 def test_preference_flip_radius_oracle():
     sigma = 0.4
     first = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    second = torch.tensor([[0.0, 0.0], [2.0, 5.0]])
+    second = torch.tensor([[0.0, 0.0], [1.5, 5.0]])
     result = certify_preference(FirstCoordinate(), first, second, sigma, n=100_000)
     assert result.prediction.tolist() == [1, 0]
-    # r(a) - r(b) = 1 changes sign once the joint perturbation reaches 1/√2 (2/√2 for the second)
-    exact = np.array([1 / math.sqrt(2), 2 / math.sqrt(2)])
+    # r(a) - r(b) = ±d changes sign once the joint perturbation reaches d/√2
+    exact = np.array([1 / math.sqrt(2), 1.5 / math.sqrt(2)])
     assert bool((result.radius.numpy() <= exact).all())
     assert result.radius.numpy() == pytest.approx(exact, rel=0.05)
 

@@ -1,10 +1,16 @@
-"""Batched Monte-Carlo evaluation of a model under noise: inputs × samples in one stream.
+"""Batched Monte-Carlo evaluation of a model under noise.
 
-The work is the list of (input, sample) pairs, processed in slices of ``batch_size`` rows: a
-slice may hold many samples of one input or a few samples of many inputs, so small and large
-``n`` both fill the batch. Noise is drawn straight into one reused buffer and the input added in
-place; the caller's ``consume`` reduces each slice's outputs on the device (counts, sums,
-samples), so nothing per sample goes through Python.
+The ``count`` samples of every input are processed in blocks of ``m = min(count, batch_size)``
+samples. Each block's noise is drawn **once** and added to every input of the batch (as many
+inputs per forward pass as fit in ``batch_size`` rows), so the cost of drawing noise does not
+grow with the number of inputs. Each input still sees ``count`` independent samples, which is
+all its certificate needs; the certificates of *different* inputs share noise and are therefore
+dependent, which changes no per-input guarantee, nor a union bound over inputs (neither assumes
+independence). Separate calls (selection vs. estimation, rounds of early stopping) draw fresh
+noise.
+
+The caller's ``consume`` reduces each forward pass's outputs on the device (counts, sums,
+stored samples), so nothing per sample goes through Python.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from torch import nn
 
 from lipguard.smoothing.noise import GaussianNoise
 
+Consumer = Callable[[slice, slice, torch.Tensor], None]
+
 
 def run_noisy(
     model: nn.Module,
@@ -24,28 +32,33 @@ def run_noisy(
     count: int,
     batch_size: int,
     generator: torch.Generator | None,
-    consume: Callable[[torch.Tensor, torch.Tensor], None],
+    consume: Consumer,
     advance: Callable[[int], None] | None = None,
 ) -> None:
-    """Evaluate ``model(inputs[i] + noise)`` ``count`` times for every ``i`` and hand each slice
-    to ``consume(owner, outputs)``, ``owner[k]`` the input index of output row ``k``."""
-    total = inputs.shape[0] * count
-    if total == 0:
+    """Evaluate ``model(inputs[i] + ε_j)`` for ``count`` noise draws ``ε_j`` and every ``i``.
+
+    ``consume(input_slice, sample_slice, outputs)`` receives each forward pass: ``outputs`` has
+    ``len(input_slice)·len(sample_slice)`` rows, input-major (all samples of the first input,
+    then the next).
+    """
+    size = inputs.shape[0]
+    if size == 0 or count == 0:
         return
+    block = min(count, batch_size)
+    group = max(1, batch_size // block)
+    noise_rows = torch.empty((block, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
     buffer = torch.empty(
-        (min(batch_size, total), *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device
+        (min(group, size), block, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device
     )
     with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            stop = min(start + batch_size, total)
-            rows = buffer[: stop - start]
-            noise.sample_(rows, generator)
-            owner = torch.arange(start, stop, device=inputs.device) // count
-            first, last = start // count, (stop - 1) // count
-            if first == last:
-                rows.add_(inputs[first])
-            else:
-                rows.add_(inputs.index_select(0, owner))
-            consume(owner, model(rows))
-            if advance is not None:
-                advance(stop - start)
+        for sample_start in range(0, count, block):
+            m = min(block, count - sample_start)
+            draws = noise.sample_(noise_rows[:m], generator)
+            for first in range(0, size, group):
+                last = min(first + group, size)
+                rows = buffer[: last - first, :m]
+                torch.add(inputs[first:last].unsqueeze(1), draws.unsqueeze(0), out=rows)
+                outputs = model(rows.flatten(0, 1))
+                consume(slice(first, last), slice(sample_start, sample_start + m), outputs)
+                if advance is not None:
+                    advance((last - first) * m)

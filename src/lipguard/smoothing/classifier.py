@@ -150,15 +150,15 @@ class SmoothedClassifier:
         counts = torch.zeros(x.shape[0] * self.num_classes, dtype=torch.long, device=x.device)
         classes = self.num_classes
 
-        def consume(owner: torch.Tensor, outputs: torch.Tensor) -> None:
+        def consume(rows: slice, _: slice, outputs: torch.Tensor) -> None:
             labels = _labels(outputs, classes)
             if bool(((labels < 0) | (labels >= classes)).any()):
                 raise InvalidArgumentError(
                     f"the base classifier returned labels outside [0, {classes})"
                 )
-            first = int(owner[0])
-            local = torch.bincount((owner - first) * classes + labels)
-            counts[first * classes : first * classes + local.numel()] += local
+            owner = torch.arange(rows.start, rows.stop, device=labels.device)
+            owner = owner.repeat_interleave(labels.numel() // (rows.stop - rows.start))
+            counts.index_add_(0, owner * classes + labels, torch.ones_like(labels))
 
         generator = generator or self._generator(x.device)
         with (

@@ -156,20 +156,24 @@ class SmoothedRegressor(_Smoothed):
         total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         squares = torch.zeros_like(total)
 
-        def consume(owner: torch.Tensor, outputs: torch.Tensor) -> None:
-            values = _scalar_outputs(outputs).to(torch.float64).clamp(a, b)
-            total.index_add_(0, owner, values)
-            squares.index_add_(0, owner, values * values)
+        def consume(rows: slice, _: slice, outputs: torch.Tensor) -> None:
+            values = _scalar_outputs(outputs).to(torch.float64).clamp(a, b) - a  # in [0, b - a]
+            values = values.view(rows.stop - rows.start, -1)
+            total[rows] += values.sum(1)
+            squares[rows] += (values * values).sum(1)
 
         self._sample(x, n, batch_size, consume, progress)
-        mean = (total / n).cpu()
+        shifted = (total / n).cpu()
+        mean = a + shifted
+        width = b - a
         if bound == "hoeffding":
-            radius = torch.full_like(mean, confidence.hoeffding_radius(n, alpha / 2, b - a))
+            radius = torch.full_like(mean, confidence.hoeffding_radius(n, alpha / 2, width))
         else:
-            variance = ((squares.cpu() - n * mean * mean) / (n - 1)).clamp_min(0)
-            radius = torch.as_tensor(
-                confidence.bernstein_radius(variance.numpy(), n, alpha / 2, b - a)
-            )
+            # the sample variance from the sums, plus a margin for their float64 rounding
+            variance = (squares.cpu() - n * shifted * shifted) / (n - 1)
+            variance = variance.clamp_min(0) + 1e-12 * width * width
+            radius = confidence.bernstein_radius(variance.numpy(), n, alpha / 2, width)
+            radius = torch.as_tensor(radius)
         lower = (mean - radius).clamp(a, b)
         upper = (mean + radius).clamp(a, b)
         return RegressionCertificates(mean, lower, upper, self.output_range, self.noise, alpha, n)
@@ -243,18 +247,15 @@ class SmoothedQuantile(_Smoothed):
         progress: bool = False,
     ) -> QuantileCertificates:
         alpha = _checks.probability("alpha", alpha)
-        outputs = torch.empty(x.shape[0] * n, dtype=torch.float64, device=x.device)
-        position = [0]
+        outputs = torch.empty(x.shape[0], n, dtype=torch.float64, device=x.device)
 
-        def consume(owner: torch.Tensor, values: torch.Tensor) -> None:
-            flat = _scalar_outputs(values)
-            outputs[position[0] : position[0] + flat.numel()] = flat
-            position[0] += flat.numel()
+        def consume(rows: slice, samples: slice, values: torch.Tensor) -> None:
+            outputs[rows, samples] = _scalar_outputs(values).view(rows.stop - rows.start, -1)
 
         self._sample(x, n, batch_size, consume, progress)
         if not bool(torch.isfinite(outputs).all()):
             raise InvalidArgumentError("the base model returned NaN or infinite outputs")
-        ordered = outputs.view(x.shape[0], n).sort(dim=1).values.cpu()
+        ordered = outputs.sort(dim=1).values.cpu()
         return QuantileCertificates(ordered, self.quantile, self.noise, alpha)
 
 
