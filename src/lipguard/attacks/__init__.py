@@ -1,0 +1,46 @@
+"""Attacks on any model output: classifiers, rewards, preferences, policies (SPEC C1–C4).
+
+Every attack is called as ``attack(model, x, objective)`` and returns an
+:class:`AttackResult`; the template (:class:`Attack`) validates the inputs, runs the model in
+eval mode, and projects the result into the :class:`ThreatModel` (norm ball, box, mask), so no
+attack can return an out-of-budget point. See ``docs/attacks.md``.
+"""
+
+from lipguard.attacks.base import Attack, AttackResult
+from lipguard.attacks.blackbox import RandomNoise, Square, Transfer
+from lipguard.attacks.gradient import APGD, FGSM, PGD
+from lipguard.attacks.minimal import MinimalNorm
+from lipguard.attacks.objectives import (
+    DLR,
+    ActionChange,
+    BoundObjective,
+    CrossEntropy,
+    CustomObjective,
+    Margin,
+    Objective,
+    PreferenceFlip,
+    RewardShift,
+)
+from lipguard.attacks.threat import ThreatModel
+
+__all__ = [
+    "APGD",
+    "DLR",
+    "FGSM",
+    "PGD",
+    "ActionChange",
+    "Attack",
+    "AttackResult",
+    "BoundObjective",
+    "CrossEntropy",
+    "CustomObjective",
+    "Margin",
+    "MinimalNorm",
+    "Objective",
+    "PreferenceFlip",
+    "RandomNoise",
+    "RewardShift",
+    "Square",
+    "ThreatModel",
+    "Transfer",
+]

@@ -1,0 +1,106 @@
+"""The attack template: validate, bind the objective, run, project, evaluate.
+
+:meth:`Attack.__call__` is the only entry point (Foolbox 3's design): it checks the clean inputs
+against the threat model, puts the model in eval mode (restoring every submodule's mode after),
+binds the objective to the clean outputs, lets the subclass search (:meth:`Attack._run`), then
+projects the result into the threat set and evaluates it. Whatever a subclass does, the returned
+points respect the budget, the box and the mask.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lipguard import _checks
+from lipguard.attacks.objectives import BoundObjective, Objective
+from lipguard.attacks.threat import ThreatModel
+from lipguard.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Adversarial inputs and how they fared; one entry per input."""
+
+    x_adv: torch.Tensor
+    clean_outputs: torch.Tensor
+    outputs: torch.Tensor
+    loss: torch.Tensor
+    success: torch.Tensor
+    norm: torch.Tensor
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+
+class Best:
+    """Per-sample best iterate: a successful one beats a failed one, then the higher loss."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
+        self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def update(self, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+        better = (success & ~self.success) | ((success == self.success) & (loss > self.loss))
+        self.x[better] = x[better].detach()
+        self.loss = torch.where(better, loss.detach(), self.loss)
+        self.success |= success
+
+
+def loss_and_gradient(
+    model: nn.Module, bound: BoundObjective, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, success, ∇_x loss)`` for each sample at ``x`` (one forward and backward)."""
+    with torch.enable_grad():
+        point = x.detach().requires_grad_(True)
+        outputs = model(point)
+        loss = bound.loss(outputs)
+        (gradient,) = torch.autograd.grad(loss.sum(), point)
+    return loss.detach(), bound.success(outputs.detach()), gradient
+
+
+def evaluate(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
+    """``(outputs, loss, success)`` at ``x`` without gradients."""
+    with torch.no_grad():
+        outputs = model(x)
+        return outputs, bound.loss(outputs), bound.success(outputs)
+
+
+class Attack(ABC):
+    """Base class of every attack. Subclasses implement :meth:`_run`.
+
+    Args:
+        threat: the threat model (budget, norm, box, mask).
+        seed: seed of the attack's randomness (random starts, proposals).
+    """
+
+    def __init__(self, threat: ThreatModel, *, seed: int = 0) -> None:
+        if not isinstance(threat, ThreatModel):
+            raise InvalidArgumentError("threat must be a lipguard.attacks.ThreatModel")
+        self.threat = threat
+        self.seed = seed
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, objective: Objective) -> AttackResult:
+        self.threat.check_inputs(x)
+        if not isinstance(objective, Objective):
+            raise InvalidArgumentError("objective must be a lipguard.attacks Objective")
+        x = x.detach()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        with _checks.evaluating(model):
+            with torch.no_grad():
+                clean = model(x)
+            bound = objective.bind(model, x, clean)
+            x_adv = self.threat.project(x, self._run(model, x, bound, generator).detach())
+            outputs, loss, success = evaluate(model, bound, x_adv)
+        return AttackResult(x_adv, clean, outputs, loss, success, self.threat.norm_of(x_adv - x))
+
+    @abstractmethod
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Search for adversarial inputs; the template projects whatever is returned."""

@@ -1,0 +1,238 @@
+"""What an attack optimises: an objective on *any* model output.
+
+An :class:`Objective` is bound to a model and its clean inputs before the attack starts
+(:meth:`Objective.bind`), which fixes the references it needs — the clean reward, the clean
+action, the other item of a preference pair. The bound objective gives, per sample:
+
+- ``loss(outputs)`` — what gradient attacks *maximise*;
+- ``margin(outputs)`` — the attack has succeeded when it is ``< 0`` (e.g. the correct logit minus
+  the best other one); ``None`` for objectives without a notion of success.
+
+Attacks keep, for each sample, the best iterate: a successful one over a failed one, then the
+higher loss.
+
+Classifiers: :class:`CrossEntropy`, :class:`Margin` (Carlini–Wagner), :class:`DLR` (Croce & Hein's
+difference of logits ratio), each untargeted or targeted. Rewards and values:
+:class:`RewardShift` (push up, push down, or maximise ``|Δr|``), :class:`PreferenceFlip`.
+Policies: :class:`ActionChange` (continuous actions, or the KL of categorical logits, as in MAD).
+Any callable ``(outputs, clean_outputs) -> loss`` becomes one with :class:`CustomObjective`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from lipguard.errors import InvalidArgumentError, ShapeError
+
+
+@dataclass(frozen=True)
+class BoundObjective:
+    """An objective fixed to one batch of clean inputs."""
+
+    source: Objective
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    margin: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def success(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Whether the attack succeeded on each sample."""
+        if self.margin is None:
+            return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
+        return self.margin(outputs) < 0
+
+
+class Objective(ABC):
+    """Base class: subclasses implement :meth:`bind`."""
+
+    @abstractmethod
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor) -> BoundObjective:
+        """Fix the references for clean inputs ``x`` with clean outputs ``clean``."""
+
+
+def _logits(outputs: torch.Tensor) -> torch.Tensor:
+    if outputs.dim() != 2 or outputs.shape[1] < 2:
+        raise ShapeError(
+            f"a classification objective needs (batch, classes) logits, got {tuple(outputs.shape)}"
+        )
+    return outputs
+
+
+def _other_best(logits: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """``max_{j != exclude} logits_j`` per row."""
+    masked = logits.masked_fill(functional.one_hot(exclude, logits.shape[1]).bool(), -torch.inf)
+    return masked.amax(1)
+
+
+class _Classification(Objective):
+    def __init__(self, labels: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        self.labels = torch.as_tensor(labels).long()
+        self.target = None if target is None else torch.as_tensor(target).long()
+
+    def _labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.labels.shape != (x.shape[0],):
+            raise ShapeError(
+                f"need one label per input ({x.shape[0]}), got {tuple(self.labels.shape)}"
+            )
+        target = None if self.target is None else self.target.to(x.device)
+        return self.labels.to(x.device), target
+
+    def _margin(self, labels, target) -> Callable[[torch.Tensor], torch.Tensor]:
+        if target is None:  # untargeted: correct logit above all others
+            return lambda out: (
+                _logits(out).gather(1, labels[:, None])[:, 0] - _other_best(out, labels)
+            )
+        return lambda out: _other_best(_logits(out), target) - out.gather(1, target[:, None])[:, 0]
+
+
+class CrossEntropy(_Classification):
+    """Cross-entropy of the true class (maximised), or minus that of ``target`` (targeted)."""
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        labels, target = self._labels(x)
+        if target is None:
+            loss = lambda out: functional.cross_entropy(_logits(out), labels, reduction="none")  # noqa: E731
+        else:
+            loss = lambda out: -functional.cross_entropy(_logits(out), target, reduction="none")  # noqa: E731
+        return BoundObjective(self, loss, self._margin(labels, target))
+
+
+class Margin(_Classification):
+    """Carlini–Wagner margin: best other logit minus the true one (targeted: the target's logit
+    minus the best other one)."""
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        margin = self._margin(*self._labels(x))
+        return BoundObjective(self, lambda out: -margin(out), margin)
+
+
+class DLR(_Classification):
+    """Croce & Hein's difference of logits ratio: ``-(z_y - max_{j≠y} z_j)/(z_π1 - z_π3)``, scale
+    invariant (needs >= 3 classes)."""
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        labels, target = self._labels(x)
+        margin = self._margin(labels, target)
+
+        def loss(out: torch.Tensor) -> torch.Tensor:
+            logits = _logits(out)
+            if logits.shape[1] < 3:
+                raise InvalidArgumentError("DLR needs at least 3 classes")
+            top = logits.sort(1, descending=True).values
+            return -margin(logits) / (top[:, 0] - top[:, 2] + 1e-12)
+
+        return BoundObjective(self, loss, margin)
+
+
+def _scalar(outputs: torch.Tensor) -> torch.Tensor:
+    if outputs.dim() == 2 and outputs.shape[1] == 1:
+        return outputs[:, 0]
+    if outputs.dim() != 1:
+        raise ShapeError(
+            f"a reward objective needs one value per input, got {tuple(outputs.shape)}"
+        )
+    return outputs
+
+
+class RewardShift(Objective):
+    """Move a scalar output (a reward or value) away from its clean value.
+
+    ``direction``: ``"up"`` maximises ``r(x') - r(x)``, ``"down"`` maximises ``r(x) - r(x')``,
+    ``"abs"`` maximises ``|r(x') - r(x)|``. Success: the shift reaches ``threshold``.
+    """
+
+    DIRECTIONS = ("up", "down", "abs")
+
+    def __init__(self, direction: str = "abs", threshold: float = 0.0) -> None:
+        if direction not in self.DIRECTIONS:
+            raise InvalidArgumentError(
+                f"direction must be one of {self.DIRECTIONS}, got {direction!r}"
+            )
+        self.direction = direction
+        self.threshold = float(threshold)
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        reference = _scalar(clean).detach()
+
+        def shift(out: torch.Tensor) -> torch.Tensor:
+            change = _scalar(out) - reference
+            if self.direction == "up":
+                return change
+            return -change if self.direction == "down" else change.abs()
+
+        return BoundObjective(self, shift, lambda out: self.threshold - shift(out))
+
+
+class PreferenceFlip(Objective):
+    """Make the model reverse its preference between each attacked input ``a`` and a fixed
+    ``other`` input ``b``: the loss is ``-s·(r(a') - r(b))`` with ``s`` the clean sign; success
+    when the sign changes."""
+
+    def __init__(self, other: torch.Tensor) -> None:
+        self.other = other
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        if self.other.shape != x.shape:
+            raise ShapeError(f"other has shape {tuple(self.other.shape)}, inputs {tuple(x.shape)}")
+        with torch.no_grad():
+            other = _scalar(model(self.other.to(x.device))).detach()
+        sign = torch.where(_scalar(clean).detach() >= other, 1.0, -1.0)
+        margin = lambda out: sign * (_scalar(out) - other)  # noqa: E731
+        return BoundObjective(self, lambda out: -margin(out), margin)
+
+
+class ActionChange(Objective):
+    """Change a policy's action. ``kind="continuous"``: ``||a(x') - a(x)||₂``; ``"categorical"``:
+    ``KL(π(·|x) || π(·|x'))`` from logits (MAD). Success: the change reaches ``threshold``
+    (categorical: also whenever the greedy action changes)."""
+
+    KINDS = ("continuous", "categorical")
+
+    def __init__(self, kind: str = "continuous", threshold: float = 0.0) -> None:
+        if kind not in self.KINDS:
+            raise InvalidArgumentError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
+        self.threshold = float(threshold)
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        reference = clean.detach()
+        if self.kind == "continuous":
+            change = lambda out: (out - reference).flatten(1).norm(dim=1)  # noqa: E731
+            return BoundObjective(self, change, lambda out: self.threshold - change(out))
+        log_p = functional.log_softmax(reference, dim=-1)
+        greedy = reference.argmax(-1)
+
+        def kl(out: torch.Tensor) -> torch.Tensor:
+            log_q = functional.log_softmax(out, dim=-1)
+            return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+        def margin(out: torch.Tensor) -> torch.Tensor:
+            flipped = out.argmax(-1) != greedy
+            return torch.where(flipped, -1.0, self.threshold - kl(out))
+
+        return BoundObjective(self, kl, margin)
+
+
+class CustomObjective(Objective):
+    """Any ``loss(outputs, clean_outputs) -> (batch,)`` to maximise; success when
+    ``success(outputs, clean_outputs)`` (default: never)."""
+
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        success: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.loss = loss
+        self.success = success
+
+    def bind(self, model, x, clean) -> BoundObjective:
+        reference = clean.detach()
+        success = self.success
+        margin = None
+        if success is not None:
+            margin = lambda out: torch.where(success(out, reference), -1.0, 1.0)  # noqa: E731
+        return BoundObjective(self, lambda out: self.loss(out, reference), margin)

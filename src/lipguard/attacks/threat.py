@@ -1,0 +1,143 @@
+"""The threat model: which perturbed inputs an attack may return.
+
+A :class:`ThreatModel` is a norm ball ``||x' - x|| <= eps`` (ℓ∞ or ℓ2), optionally intersected
+with a box ``low <= x' <= high`` (valid pixel or feature ranges) and restricted to a mask of
+attackable features (the others stay exactly at their clean values). :meth:`project` maps any
+point into that set — first zeroing masked-out coordinates, then the exact projection onto the
+ball, then clipping to the box (clipping only shrinks each coordinate's distance to ``x``, so the
+result stays in the ball). Every attack's result goes through it, so no attack can return an
+out-of-budget point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lipguard import _checks
+from lipguard._norms import parse_norm
+from lipguard.errors import InvalidArgumentError, ShapeError
+
+SUPPORTED_NORMS = (2.0, math.inf)
+
+
+def _flat_norm(delta: torch.Tensor, p: float) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if p == math.inf else flat.norm(dim=1)
+
+
+def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """``{x' : ||x' - x||_p <= eps, low <= x' <= high, x'_i = x_i outside mask}``.
+
+    Args:
+        eps: the budget (>= 0).
+        norm: 2 or ``inf``.
+        bounds: optional ``(low, high)`` box for every feature (floats or tensors broadcastable to
+            a sample).
+        mask: optional boolean tensor of a sample's shape; ``True`` = attackable.
+    """
+
+    eps: float
+    norm: float | str = math.inf
+    bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        eps = float(self.eps)
+        if not math.isfinite(eps) or eps < 0:
+            raise InvalidArgumentError(f"eps must be finite and >= 0, got {self.eps!r}")
+        object.__setattr__(self, "eps", eps)
+        p = parse_norm(self.norm)
+        if p not in SUPPORTED_NORMS:
+            raise InvalidArgumentError(f"attacks support the ℓ2 and ℓ∞ norms, got {self.norm!r}")
+        object.__setattr__(self, "norm", p)
+        if self.bounds is not None:
+            low, high = self.bounds
+            if bool(torch.as_tensor(low >= high).any()):
+                raise InvalidArgumentError("bounds must satisfy low < high")
+        if self.mask is not None and self.mask.dtype != torch.bool:
+            raise InvalidArgumentError("mask must be a boolean tensor (True = attackable)")
+
+    def with_eps(self, eps: float) -> ThreatModel:
+        return ThreatModel(eps, self.norm, self.bounds, self.mask)
+
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """Clean inputs must be finite, batched, inside the box and match the mask's shape."""
+        _checks.finite_tensor("x", x)
+        if not x.is_floating_point() or x.dim() < 2:
+            raise ShapeError("x must be a floating-point batch of shape (N, *input_shape)")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(x.shape[1:]):
+            raise ShapeError(f"mask has shape {tuple(self.mask.shape)}; samples {x.shape[1:]}")
+        if self.bounds is not None:
+            low, high = self._box(x)
+            if bool((x < low).any() or (x > high).any()):
+                raise InvalidArgumentError("clean inputs lie outside the threat model's bounds")
+
+    def _box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self.bounds  # type: ignore[misc]
+        return (
+            torch.as_tensor(low, dtype=like.dtype, device=like.device),
+            torch.as_tensor(high, dtype=like.dtype, device=like.device),
+        )
+
+    def norm_of(self, delta: torch.Tensor) -> torch.Tensor:
+        """``||delta_i||_p`` for each sample."""
+        return _flat_norm(delta, self.norm)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """The point of the threat set for ``x`` obtained from ``x_adv`` (mask, ball, box)."""
+        delta = x_adv - x
+        if self.mask is not None:
+            delta = delta * self.mask.to(delta.device)
+        if self.norm == math.inf:
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            size = _flat_norm(delta, 2.0)
+            scale = torch.where(size > self.eps, self.eps / size.clamp_min(1e-30), 1.0)
+            delta = delta * _view(scale, delta)
+        result = x + delta
+        if self.bounds is not None:
+            low, high = self._box(x)
+            result = torch.maximum(torch.minimum(result, high), low)
+        return result
+
+    def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A random point of the threat set: uniform in the ℓ∞ box, or uniform in the ℓ2 ball."""
+        if self.norm == math.inf:
+            delta = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            delta = (2 * delta - 1) * self.eps
+        else:
+            direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            direction = direction / _view(_flat_norm(direction, 2.0).clamp_min(1e-30), x)
+            dimension = x[0].numel()
+            radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+            delta = direction * _view(self.eps * radius ** (1.0 / dimension), x)
+        return self.project(x, x + delta)
+
+    def ascent_direction(self, gradient: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent direction of unit ``p``-norm: ``sign(g)`` for ℓ∞,
+        ``g/||g||₂`` for ℓ2 (zero where the gradient is zero)."""
+        if self.mask is not None:
+            gradient = gradient * self.mask.to(gradient.device)
+        if self.norm == math.inf:
+            return gradient.sign()
+        size = _flat_norm(gradient, 2.0)
+        return gradient / _view(size.clamp_min(1e-30), gradient)
+
+    def contains(self, x: torch.Tensor, x_adv: torch.Tensor, tolerance: float = 1e-6) -> bool:
+        """Whether every ``x_adv[i]`` is in the threat set of ``x[i]`` (up to ``tolerance``)."""
+        delta = x_adv - x
+        ok = bool((self.norm_of(delta) <= self.eps * (1 + tolerance) + tolerance).all())
+        if self.mask is not None:
+            ok &= bool((delta[:, ~self.mask.to(delta.device)] == 0).all())
+        if self.bounds is not None:
+            low, high = self._box(x)
+            ok &= bool((x_adv >= low).all() and (x_adv <= high).all())
+        return ok

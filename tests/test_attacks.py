@@ -1,0 +1,221 @@
+"""Attacks: closed-form optima, success where they must succeed, and the threat model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from lipguard.attacks import (
+    APGD,
+    DLR,
+    FGSM,
+    PGD,
+    ActionChange,
+    CrossEntropy,
+    CustomObjective,
+    Margin,
+    MinimalNorm,
+    PreferenceFlip,
+    RandomNoise,
+    RewardShift,
+    Square,
+    ThreatModel,
+    Transfer,
+)
+from lipguard.errors import InvalidArgumentError
+
+
+def linear_classifier(seed: int = 0, features: int = 8) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(features, 2)
+
+
+def test_minimal_norm_finds_the_exact_distance_to_a_linear_boundary():
+    model = linear_classifier()
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+        w = model.weight[1] - model.weight[0]
+        distance = (x @ w + model.bias[1] - model.bias[0]).abs() / w.norm()
+    attack = MinimalNorm(ThreatModel(eps=100.0, norm=2), steps=100, search_steps=8)
+    result = attack(model, x, Margin(labels))
+    assert bool(result.success.all())
+    assert result.norm.numpy() == pytest.approx(distance.numpy(), rel=0.01)
+
+
+def test_pgd_linf_reaches_the_closed_form_optimum_of_a_linear_reward():
+    torch.manual_seed(0)
+    reward = nn.Linear(10, 1)
+    x = torch.randn(4, 10)
+    eps = 0.1
+    result = PGD(ThreatModel(eps=eps, norm="inf"), steps=5)(
+        model=reward, x=x, objective=RewardShift("up")
+    )
+    optimum = eps * reward.weight.detach().abs().sum()
+    assert result.loss.numpy() == pytest.approx([float(optimum)] * 4, rel=1e-5)
+
+
+def test_pgd_l2_reaches_the_closed_form_optimum_of_a_linear_reward():
+    torch.manual_seed(0)
+    reward = nn.Linear(10, 1)
+    x = torch.randn(4, 10)
+    attack = PGD(ThreatModel(eps=0.5, norm=2), steps=10, random_start=False)
+    result = attack(reward, x, RewardShift("down"))
+    assert result.loss.numpy() == pytest.approx(
+        [0.5 * float(reward.weight.detach().norm())] * 4, rel=1e-4
+    )
+
+
+ATTACKS = {
+    "fgsm": lambda threat: FGSM(threat),
+    "pgd": lambda threat: PGD(threat, steps=5, restarts=2),
+    "apgd": lambda threat: APGD(threat, steps=10),
+    "random": lambda threat: RandomNoise(threat, samples=5),
+    "square": lambda threat: (
+        Square(threat, queries=20) if threat.norm == math.inf else FGSM(threat)
+    ),
+    "minimal": lambda threat: (
+        MinimalNorm(threat, steps=5, search_steps=2) if threat.norm == 2 else PGD(threat, steps=3)
+    ),
+}
+
+
+@given(
+    name=st.sampled_from(sorted(ATTACKS)),
+    eps=st.floats(0.0, 2.0),
+    norm=st.sampled_from(["inf", 2]),
+    boxed=st.booleans(),
+    masked=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_every_attack_respects_the_threat_model(name, eps, norm, boxed, masked, seed):
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.rand(5, 6, generator=generator)
+    mask = torch.rand(6, generator=generator) > 0.5 if masked else None
+    threat = ThreatModel(eps, norm, bounds=(0.0, 1.0) if boxed else None, mask=mask)
+    labels = torch.randint(0, 3, (5,), generator=generator)
+    result = ATTACKS[name](threat)(model, x, Margin(labels))
+    assert threat.contains(x, result.x_adv)
+    assert bool((result.norm <= eps * (1 + 1e-6) + 1e-6).all())
+    if mask is not None:
+        assert bool((result.x_adv[:, ~mask] == x[:, ~mask]).all())
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(20):
+        for batch in torch.randperm(1400).split(100):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test_x, test_y = x[1400:1600], y[1400:1600]
+    assert float((model(test_x).argmax(1) == test_y).float().mean()) > 0.9
+    return model.eval(), test_x, test_y
+
+
+def _accuracy(result, labels) -> float:
+    return float((result.outputs.argmax(1) == labels).float().mean())
+
+
+def test_pgd20_breaks_an_undefended_digits_mlp(digits):
+    model, x, y = digits
+    threat = ThreatModel(eps=0.3, norm="inf", bounds=(0.0, 1.0))
+    result = PGD(threat, steps=20)(model, x, CrossEntropy(y))
+    assert _accuracy(result, y) < 0.10
+    assert threat.contains(x, result.x_adv)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd(digits):
+    model, x, y = digits
+    threat = ThreatModel(eps=0.1, norm="inf", bounds=(0.0, 1.0))
+    pgd = _accuracy(PGD(threat, steps=20)(model, x, CrossEntropy(y)), y)
+    apgd = _accuracy(APGD(threat, steps=20)(model, x, CrossEntropy(y)), y)
+    apgd_dlr = _accuracy(APGD(threat, steps=20)(model, x, DLR(y)), y)
+    assert apgd <= pgd + 0.01
+    assert apgd_dlr <= pgd + 0.05
+
+
+def test_black_box_and_transfer_attacks_succeed(digits):
+    model, x, y = digits
+    threat = ThreatModel(eps=0.3, norm="inf", bounds=(0.0, 1.0))
+    square = Square(threat, queries=300)(model, x[:50], Margin(y[:50]))
+    noise = RandomNoise(threat, samples=20)(model, x[:50], Margin(y[:50]))
+    assert square.success_rate > 0.7
+    assert square.success_rate > noise.success_rate
+    torch.manual_seed(1)
+    surrogate = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    surrogate.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for parameter in surrogate.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    transfer = Transfer(PGD(threat, steps=10), surrogate)(model, x[:50], CrossEntropy(y[:50]))
+    assert transfer.success_rate > 0.5
+
+
+def test_preference_flip_and_action_change_objectives():
+    torch.manual_seed(0)
+    reward = nn.Linear(4, 1, bias=False)
+    a, b = torch.randn(8, 4), torch.randn(8, 4)
+    with torch.no_grad():
+        gap = (reward(a) - reward(b)).abs()[:, 0]
+        needed = gap / reward.weight.norm()  # ℓ2 distance that flips each preference
+    threat = ThreatModel(eps=float(needed.max()) * 1.05, norm=2)
+    result = PGD(threat, steps=30)(reward, a, PreferenceFlip(b))
+    assert bool(result.success.all())
+    small = PGD(ThreatModel(eps=float(needed.min()) * 0.9, norm=2), steps=30)(
+        reward, a, PreferenceFlip(b)
+    )
+    assert not bool(small.success.any())  # below the exact distance nothing can flip
+
+    policy = nn.Linear(4, 3)
+    kl = PGD(ThreatModel(eps=0.5, norm="inf"), steps=10)(policy, a, ActionChange("categorical"))
+    assert bool((kl.loss > 0).all())
+    big_steps = PGD(ThreatModel(eps=0.2, norm=2), steps=30, step_size=0.2)
+    moved = big_steps(policy, a, ActionChange("continuous"))
+    optimum = 0.2 * float(torch.linalg.matrix_norm(policy.weight.detach(), 2))
+    assert bool((moved.loss <= optimum * (1 + 1e-5)).all())  # ||W δ|| <= σ_max·ε
+    assert bool((moved.loss >= 0.95 * optimum).all())  # and PGD gets there (power iteration)
+
+
+def test_custom_objective_and_mode_restoration():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).train()
+    objective = CustomObjective(lambda out, clean: (out - clean).pow(2).sum(1))
+    result = PGD(ThreatModel(eps=0.1), steps=3)(model, torch.randn(4, 3), objective)
+    assert model.training
+    assert model[1].training
+    assert bool((result.loss >= 0).all())
+    assert not bool(result.success.any())
+
+
+def test_invalid_inputs_are_refused():
+    model = nn.Linear(3, 2)
+    with pytest.raises(InvalidArgumentError):
+        ThreatModel(eps=-1.0)
+    with pytest.raises(InvalidArgumentError):
+        ThreatModel(eps=0.1, norm=1)
+    with pytest.raises(InvalidArgumentError, match="outside"):
+        PGD(ThreatModel(0.1, bounds=(0.0, 1.0)))(
+            model, torch.full((2, 3), 2.0), Margin(torch.zeros(2))
+        )
+    with pytest.raises(ValueError, match="NaN"):
+        PGD(ThreatModel(0.1))(model, torch.full((2, 3), math.nan), Margin(torch.zeros(2)))
+    with pytest.raises(InvalidArgumentError):
+        MinimalNorm(ThreatModel(1.0, norm="inf"))
