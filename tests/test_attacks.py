@@ -26,6 +26,12 @@ from lipguard.attacks import (
     Square,
     ThreatModel,
     Transfer,
+    feature_ranking,
+    masking_audit,
+    plot_robustness_curve,
+    robustness_curve,
+    single_feature_flip,
+    substitution_scan,
 )
 from lipguard.errors import InvalidArgumentError
 
@@ -219,3 +225,80 @@ def test_invalid_inputs_are_refused():
         PGD(ThreatModel(0.1))(model, torch.full((2, 3), math.nan), Margin(torch.zeros(2)))
     with pytest.raises(InvalidArgumentError):
         MinimalNorm(ThreatModel(1.0, norm="inf"))
+
+
+class Quantise(nn.Module):
+    """A gradient-masking 'defence': rounding kills every input gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 4) / 4
+
+
+def test_masking_audit_flags_a_masked_model_and_passes_a_clean_one(digits):
+    model, x, y = digits
+    x, y = x[:100], y[:100]
+    clean = masking_audit(model, x, y, eps=0.1, bounds=(0.0, 1.0))
+    assert not clean.suspicious, str(clean)
+    masked = nn.Sequential(Quantise(), model)
+    report = masking_audit(masked, x, y, eps=0.1, bounds=(0.0, 1.0), surrogate=model)
+    assert report.suspicious
+    assert report.verdict("zero or NaN gradients") == "warn"
+    assert report.verdict("random search vs gradients") == "warn"
+    assert report.verdict("transfer vs white-box") == "warn"
+    assert "WARN" in str(report)
+
+
+def test_robustness_curve_and_plot(digits, tmp_path):
+    model, x, y = digits
+    attacks = {"FGSM": FGSM, "PGD-10": lambda threat: PGD(threat, steps=10)}
+    curve = robustness_curve(
+        model,
+        x[:100],
+        CrossEntropy(y[:100]),
+        [0.0, 0.05, 0.1, 0.2],
+        attacks,
+        ThreatModel(0.0, "inf", bounds=(0.0, 1.0)),
+    )
+    clean_error = float((model(x[:100]).argmax(1) != y[:100]).float().mean())
+    for name in attacks:
+        rates = curve.success_rate[name]
+        assert rates[0] == pytest.approx(clean_error)
+        assert rates[-1] > rates[0]
+    assert bool((curve.success_rate["PGD-10"] >= curve.success_rate["FGSM"] - 0.02).all())
+    plot_robustness_curve(curve, path=tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_substitution_scan_finds_a_planted_motif():
+    class Motif(nn.Module):  # the output jumps when position 7 holds symbol 2
+        def forward(self, x):
+            return 3.0 * x[:, 7, 2] + 0.01 * x[:, :, 0].sum(1)
+
+    generator = torch.Generator().manual_seed(0)
+    symbols = torch.randint(0, 4, (5, 12), generator=generator)
+    symbols[:, 7] = 0
+    sequences = nn.functional.one_hot(symbols, 4).float()
+    scan = substitution_scan(Motif(), sequences)
+    assert scan.change.shape == (5, 12, 4)
+    assert all(top[0][:2] == (7, 2) for top in scan.top(1))
+    assert scan.change[0, 7, 2] == pytest.approx(3.0 - 0.01)
+
+
+def test_feature_ranking_and_single_feature_flip():
+    torch.manual_seed(0)
+    reward = nn.Linear(6, 1)
+    x = torch.randn(10, 6)
+    order = reward.weight.detach().abs()[0].argsort(descending=True)
+    for method in ("gradient", "attack"):
+        scores = feature_ranking(reward, x, RewardShift("up"), method=method, eps=0.1)
+        assert scores.argsort(descending=True).tolist() == order.tolist()
+
+    classifier = linear_classifier(features=6)
+    with torch.no_grad():
+        labels = classifier(x).argmax(1)
+        w = classifier.weight[1] - classifier.weight[0]
+        margin = x @ w + classifier.bias[1] - classifier.bias[0]
+    flip = single_feature_flip(classifier, x, Margin(labels), max_change=100.0)
+    best = w.abs().argmax()
+    assert bool((flip.feature == best).all())
+    assert flip.change.numpy() == pytest.approx((-margin / w[best]).numpy(), rel=1e-3)

@@ -6,8 +6,10 @@ eval mode, and projects the result into the :class:`ThreatModel` (norm ball, box
 attack can return an out-of-budget point. See ``docs/attacks.md``.
 """
 
+from lipguard.attacks.audit import Check, MaskingReport, masking_audit
 from lipguard.attacks.base import Attack, AttackResult
 from lipguard.attacks.blackbox import RandomNoise, Square, Transfer
+from lipguard.attacks.curves import RobustnessCurve, plot_robustness_curve, robustness_curve
 from lipguard.attacks.gradient import APGD, FGSM, PGD
 from lipguard.attacks.minimal import MinimalNorm
 from lipguard.attacks.objectives import (
@@ -21,6 +23,13 @@ from lipguard.attacks.objectives import (
     PreferenceFlip,
     RewardShift,
 )
+from lipguard.attacks.sensitivity import (
+    FeatureFlip,
+    SubstitutionScan,
+    feature_ranking,
+    single_feature_flip,
+    substitution_scan,
+)
 from lipguard.attacks.threat import ThreatModel
 
 __all__ = [
@@ -32,15 +41,26 @@ __all__ = [
     "Attack",
     "AttackResult",
     "BoundObjective",
+    "Check",
     "CrossEntropy",
     "CustomObjective",
+    "FeatureFlip",
     "Margin",
+    "MaskingReport",
     "MinimalNorm",
     "Objective",
     "PreferenceFlip",
     "RandomNoise",
     "RewardShift",
+    "RobustnessCurve",
     "Square",
+    "SubstitutionScan",
     "ThreatModel",
     "Transfer",
+    "feature_ranking",
+    "masking_audit",
+    "plot_robustness_curve",
+    "robustness_curve",
+    "single_feature_flip",
+    "substitution_scan",
 ]

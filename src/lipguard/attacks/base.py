@@ -38,30 +38,41 @@ class AttackResult:
 
 
 class Best:
-    """Per-sample best iterate: a successful one beats a failed one, then the higher loss."""
+    """Per-sample best iterate: a successful one beats a failed one, then the higher loss. It
+    keeps each best iterate's outputs too, so the template need not evaluate it again."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x.clone()
+        self.outputs: torch.Tensor | None = None
         self.loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
         self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
-    def update(self, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+    def update(
+        self, x: torch.Tensor, outputs: torch.Tensor, loss: torch.Tensor, success: torch.Tensor
+    ) -> None:
         better = (success & ~self.success) | ((success == self.success) & (loss > self.loss))
-        self.x[better] = x[better].detach()
-        self.loss = torch.where(better, loss.detach(), self.loss)
+        torch.where(_rows(better, x), x.detach(), self.x, out=self.x)
+        if self.outputs is None:
+            self.outputs = outputs.detach().clone()
+        else:
+            torch.where(_rows(better, outputs), outputs.detach(), self.outputs, out=self.outputs)
+        torch.where(better, loss.detach(), self.loss, out=self.loss)
         self.success |= success
 
 
-def loss_and_gradient(
-    model: nn.Module, bound: BoundObjective, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, success, ∇_x loss)`` for each sample at ``x`` (one forward and backward)."""
+def _rows(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flags.view(-1, *([1] * (like.dim() - 1)))
+
+
+def loss_and_gradient(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
+    """``(outputs, loss, success, ∇_x loss)`` at ``x`` (one forward and backward)."""
     with torch.enable_grad():
         point = x.detach().requires_grad_(True)
         outputs = model(point)
         loss = bound.loss(outputs)
         (gradient,) = torch.autograd.grad(loss.sum(), point)
-    return loss.detach(), bound.success(outputs.detach()), gradient
+    outputs = outputs.detach()
+    return outputs, loss.detach(), bound.success(outputs), gradient
 
 
 def evaluate(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
@@ -95,12 +106,21 @@ class Attack(ABC):
             with torch.no_grad():
                 clean = model(x)
             bound = objective.bind(model, x, clean)
-            x_adv = self.threat.project(x, self._run(model, x, bound, generator).detach())
-            outputs, loss, success = evaluate(model, bound, x_adv)
+            found = self._run(model, x, bound, generator)
+            candidate = found.x if isinstance(found, Best) else found.detach()
+            x_adv = self.threat.project(x, candidate)
+            reuse = isinstance(found, Best) and found.outputs is not None
+            reuse = reuse and bool(torch.isfinite(found.loss).all())
+            if reuse and torch.equal(x_adv, candidate):
+                outputs, loss, success = found.outputs, found.loss, found.success
+            else:
+                outputs, loss, success = evaluate(model, bound, x_adv)
         return AttackResult(x_adv, clean, outputs, loss, success, self.threat.norm_of(x_adv - x))
 
     @abstractmethod
     def _run(
         self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Search for adversarial inputs; the template projects whatever is returned."""
+    ) -> torch.Tensor | Best:
+        """Search for adversarial inputs (or return the :class:`Best` tracker, whose stored
+        outputs are reused if projection leaves its points unchanged); the template projects
+        whatever is returned."""

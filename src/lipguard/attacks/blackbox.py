@@ -37,9 +37,9 @@ class RandomNoise(Attack):
                 size = direction.flatten(1).norm(dim=1).clamp_min(1e-30)
                 direction = direction / size.view(-1, *([1] * (x.dim() - 1)))
             point = self.threat.project(x, x + self.threat.eps * direction)
-            _, loss, success = evaluate(model, bound, point)
-            best.update(point, loss, success)
-        return best.x
+            outputs, loss, success = evaluate(model, bound, point)
+            best.update(point, outputs, loss, success)
+        return best
 
 
 def _square_fraction(p_init: float, query: int, budget: int) -> float:

@@ -18,7 +18,7 @@ class FGSM(Attack):
     ℓ∞, the normalised gradient for ℓ2; Goodfellow et al., 2015)."""
 
     def _run(self, model, x, bound, generator) -> torch.Tensor:
-        _, _, gradient = loss_and_gradient(model, bound, x)
+        _, _, _, gradient = loss_and_gradient(model, bound, x)
         return x + self.threat.eps * self.threat.ascent_direction(gradient)
 
 
@@ -59,13 +59,13 @@ class PGD(Attack):
             start_random = self.random_start or restart > 0
             x_adv = self.threat.random_start(x, generator) if start_random else x.clone()
             for _ in range(self.steps):
-                loss, success, gradient = loss_and_gradient(model, bound, x_adv)
-                best.update(x_adv, loss, success)
+                outputs, loss, success, gradient = loss_and_gradient(model, bound, x_adv)
+                best.update(x_adv, outputs, loss, success)
                 step = self.step_size * self.threat.ascent_direction(gradient)
                 x_adv = self.threat.project(x, x_adv + step)
-            _, loss, success = evaluate(model, bound, x_adv)
-            best.update(x_adv, loss, success)
-        return best.x
+            outputs, loss, success = evaluate(model, bound, x_adv)
+            best.update(x_adv, outputs, loss, success)
+        return best
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -106,7 +106,7 @@ class APGD(Attack):
         best = Best(x)
         for _ in range(self.restarts):
             self._single(model, x, bound, generator, best)
-        return best.x
+        return best
 
     def _single(self, model, x, bound, generator, best: Best) -> None:
         threat = self.threat
@@ -114,8 +114,8 @@ class APGD(Attack):
         checkpoints = apgd_checkpoints(self.steps)
         eta = torch.full((x.shape[0],), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
         current = threat.random_start(x, generator)
-        loss, success, gradient = loss_and_gradient(model, bound, current)
-        best.update(current, loss, success)
+        outputs, loss, success, gradient = loss_and_gradient(model, bound, current)
+        best.update(current, outputs, loss, success)
         run_best_x, run_best_loss = current.clone(), loss.clone()
         previous = current.clone()
         increases = torch.zeros_like(eta)
@@ -132,8 +132,8 @@ class APGD(Attack):
                 proposal = proposal + (1 - self.momentum) * (current - previous)
                 proposal = threat.project(x, proposal)
             previous, current = current, proposal
-            new_loss, success, gradient = loss_and_gradient(model, bound, current)
-            best.update(current, new_loss, success)
+            outputs, new_loss, success, gradient = loss_and_gradient(model, bound, current)
+            best.update(current, outputs, new_loss, success)
             increases += (new_loss > loss).to(x.dtype)
             loss = new_loss
             improved = new_loss > run_best_loss
@@ -148,7 +148,7 @@ class APGD(Attack):
                 if bool(reduce.any()):
                     current = torch.where(reduce.view(shape), run_best_x, current)
                     previous = current.clone()
-                    loss, success, gradient = loss_and_gradient(model, bound, current)
+                    _, loss, success, gradient = loss_and_gradient(model, bound, current)
                 increases.zero_()
                 eta_at_checkpoint, best_at_checkpoint = eta.clone(), run_best_loss.clone()
                 last_checkpoint = k + 1

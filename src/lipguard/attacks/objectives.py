@@ -64,8 +64,7 @@ def _logits(outputs: torch.Tensor) -> torch.Tensor:
 
 def _other_best(logits: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     """``max_{j != exclude} logits_j`` per row."""
-    masked = logits.masked_fill(functional.one_hot(exclude, logits.shape[1]).bool(), -torch.inf)
-    return masked.amax(1)
+    return logits.scatter(1, exclude[:, None], -torch.inf).amax(1)
 
 
 class _Classification(Objective):

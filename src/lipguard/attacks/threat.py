@@ -104,8 +104,11 @@ class ThreatModel:
             delta = delta * _view(scale, delta)
         result = x + delta
         if self.bounds is not None:
-            low, high = self._box(x)
-            result = torch.maximum(torch.minimum(result, high), low)
+            low, high = self.bounds
+            if isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
+                low, high = self._box(x)
+                return torch.maximum(torch.minimum(result, high), low)
+            return result.clamp_(float(low), float(high))
         return result
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
