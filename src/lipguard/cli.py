@@ -16,6 +16,7 @@ from rich.table import Table
 
 import lipguard
 from lipguard._cli_support import console, fail, load_model, parse_shape
+from lipguard.cli_attack import attack_command
 from lipguard.cli_smooth import smooth_app
 from lipguard.demo import (
     DemoConfig,
@@ -33,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(smooth_app, name="smooth")
+app.command("attack")(attack_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,127 @@
+"""``lipguard attack``: attack a model file on a data file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich import box
+from rich.table import Table
+
+from lipguard._cli_support import console, fail, load_model, parse_shape
+from lipguard._progress import progress_bar
+from lipguard.errors import InvalidArgumentError, LipguardError
+
+OBJECTIVES = ("ce", "margin", "dlr", "reward-up", "reward-down", "reward-abs")
+ATTACKS = ("pgd", "apgd", "fgsm", "square", "random")
+
+
+def _objective(name: str, labels: torch.Tensor | None):
+    from lipguard.attacks import DLR, CrossEntropy, Margin, RewardShift
+
+    if name.startswith("reward-"):
+        return RewardShift(name.removeprefix("reward-"))
+    if labels is None:
+        raise InvalidArgumentError(f"objective {name!r} needs labels: an array 'y' in the data")
+    return {"ce": CrossEntropy, "margin": Margin, "dlr": DLR}[name](labels)
+
+
+def _attack(name: str, threat, steps: int, seed: int):
+    from lipguard.attacks import APGD, FGSM, PGD, RandomNoise, Square
+
+    builders = {
+        "pgd": lambda: PGD(threat, steps=steps, seed=seed),
+        "apgd": lambda: APGD(threat, steps=steps, seed=seed),
+        "fgsm": lambda: FGSM(threat, seed=seed),
+        "square": lambda: Square(threat, queries=steps, seed=seed),
+        "random": lambda: RandomNoise(threat, samples=steps, seed=seed),
+    }
+    return builders[name]()
+
+
+def _parse_bounds(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"bounds must look like 0,1; got {text!r}") from None
+    return low, high
+
+
+def attack_command(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a lipguard checkpoint.")],
+    data: Annotated[Path, typer.Option(help=".npz (x, optional labels y), .npy or .csv inputs.")],
+    eps: Annotated[float, typer.Option(help="Perturbation budget.")],
+    norm: Annotated[str, typer.Option(help="inf or 2.")] = "inf",
+    objective: Annotated[str, typer.Option(help=f"One of {', '.join(OBJECTIVES)}.")] = "ce",
+    attack: Annotated[str, typer.Option(help=f"One of {', '.join(ATTACKS)}.")] = "pgd",
+    steps: Annotated[
+        int, typer.Option(help="Steps (pgd, apgd), queries (square) or samples (random).")
+    ] = 20,
+    bounds: Annotated[str | None, typer.Option(help="Valid input box, e.g. 0,1.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs attacked together.")] = 512,
+    label_column: Annotated[int | None, typer.Option(help="CSV column holding labels.")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="Per-sample input shape.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the attack's randomness.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write per-input results as JSON here.")] = None,
+    save_adversarial: Annotated[
+        Path | None, typer.Option(help="Write the adversarial inputs to this .npy file.")
+    ] = None,
+) -> None:
+    """Attack every input of a data file and report the success rate."""
+    from lipguard.attacks import ThreatModel
+    from lipguard.cli_smooth import load_data
+
+    try:
+        if objective not in OBJECTIVES:
+            raise InvalidArgumentError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if attack not in ATTACKS:
+            raise InvalidArgumentError(f"attack must be one of {ATTACKS}, got {attack!r}")
+        network, stored_shape = load_model(model)
+        x, y = load_data(data, label_column)
+        shape = parse_shape(input_shape) or stored_shape
+        if shape is not None:
+            x = x.reshape(x.shape[0], *shape)
+        threat = ThreatModel(eps, norm, bounds=_parse_bounds(bounds))
+        runner = _attack(attack, threat, steps, seed)
+        started = time.perf_counter()
+        results = []
+        with progress_bar(x.shape[0], f"{attack} ε = {eps:g}", True) as advance:
+            for start in range(0, x.shape[0], batch_size):
+                chunk = slice(start, start + batch_size)
+                labels = None if y is None else y[chunk]
+                results.append(runner(network, x[chunk], _objective(objective, labels)))
+                advance(x[chunk].shape[0])
+        seconds = time.perf_counter() - started
+    except LipguardError as error:
+        fail(error)
+    success = torch.cat([r.success for r in results])
+    loss = torch.cat([r.loss for r in results])
+    table = Table(title=f"{attack} on {model.name} ({data.name})", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("inputs", str(x.shape[0]))
+    table.add_row("threat", f"ℓ{norm} ε = {eps:g}" + (f", box [{bounds}]" if bounds else ""))
+    table.add_row("objective", objective)
+    table.add_row("success rate", f"{float(success.float().mean()):.1%}")
+    if y is not None and not objective.startswith("reward-"):
+        clean = torch.cat([r.clean_outputs.argmax(1) for r in results]) == y
+        robust = torch.cat([r.outputs.argmax(1) for r in results]) == y
+        table.add_row("clean accuracy", f"{float(clean.float().mean()):.1%}")
+        table.add_row("robust accuracy", f"{float(robust.float().mean()):.1%}")
+    table.add_row("mean / max loss", f"{float(loss.mean()):.4g} / {float(loss.max()):.4g}")
+    table.add_row("time", f"{seconds:.2f} s")
+    console.print(table)
+    if out is not None:
+        payload = {"success": success.tolist(), "loss": loss.tolist(), "eps": eps, "norm": norm}
+        out.write_text(json.dumps(payload, indent=2))
+        console.print(f"results: {out}")
+    if save_adversarial is not None:
+        np.save(save_adversarial, torch.cat([r.x_adv for r in results]).numpy())
+        console.print(f"adversarial inputs: {save_adversarial}")
