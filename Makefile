@@ -28,9 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1  # its torchvision pin is unused
 	$(BIN)/python benchmarks/layers.py
 	$(BIN)/python benchmarks/bounds.py
 	$(BIN)/python benchmarks/smoothing.py
+	$(BIN)/python benchmarks/attacks.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .hypothesis

@@ -58,14 +58,15 @@ def trained_mlp() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor, float]:
     return model, x[test], y[test], accuracy
 
 
-def lipguard_pgd(model, x, y, eps, steps):
+def lipguard_pgd(model, x, y, eps, steps, seed):
     threat = ThreatModel(eps, "inf", bounds=(0.0, 1.0))
-    return PGD(threat, steps=steps, step_size=2.5 * eps / steps)(model, x, CrossEntropy(y)).x_adv
+    attack = PGD(threat, steps=steps, step_size=2.5 * eps / steps, seed=seed)
+    return attack(model, x, CrossEntropy(y)).x_adv
 
 
-def lipguard_apgd(model, x, y, eps, steps):
+def lipguard_apgd(model, x, y, eps, steps, seed):
     threat = ThreatModel(eps, "inf", bounds=(0.0, 1.0))
-    return APGD(threat, steps=steps)(model, x, CrossEntropy(y)).x_adv
+    return APGD(threat, steps=steps, seed=seed)(model, x, CrossEntropy(y)).x_adv
 
 
 def _as_images(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -73,7 +74,7 @@ def _as_images(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tens
     return nn.Sequential(nn.Flatten(), model).eval(), x.view(-1, 1, 8, 8)
 
 
-def torchattacks_pgd(model, x, y, eps, steps):
+def torchattacks_pgd(model, x, y, eps, steps, seed):  # seeded through torch.manual_seed
     import torchattacks
 
     wrapped, images = _as_images(model, x)
@@ -81,15 +82,15 @@ def torchattacks_pgd(model, x, y, eps, steps):
     return attack(images, y).view(len(x), -1)
 
 
-def torchattacks_apgd(model, x, y, eps, steps):
+def torchattacks_apgd(model, x, y, eps, steps, seed):
     import torchattacks
 
     wrapped, images = _as_images(model, x)
-    attack = torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=steps, loss="ce")
+    attack = torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=steps, loss="ce", seed=seed)
     return attack(images, y).view(len(x), -1)
 
 
-def art_pgd(model, x, y, eps, steps):
+def art_pgd(model, x, y, eps, steps, seed):  # seeded through torch/numpy global state
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
@@ -118,8 +119,9 @@ def measure(name, attack, model, x, y, eps, steps, repeats) -> dict:
     seconds, accuracies, worst = [], [], 0.0
     for repeat in range(repeats):
         torch.manual_seed(repeat)
+        np.random.seed(repeat)  # noqa: NPY002  (ART draws its random start from it)
         started = time.perf_counter()
-        x_adv = attack(model, x, y, eps, steps)
+        x_adv = attack(model, x, y, eps, steps, repeat)
         seconds.append(time.perf_counter() - started)
         with torch.no_grad():
             accuracies.append(float((model(x_adv).argmax(1) == y).float().mean()))
@@ -145,7 +147,7 @@ def markdown(rows, meta) -> str:
         f"threads), torch {meta['machine']['torch']}. Undefended MLP 64-256-256-10 on "
         f"scikit-learn digits (clean test accuracy {meta['accuracy']:.3f}, {meta['inputs']} test "
         f"digits), ℓ∞ ε = {meta['eps']}, box [0, 1], one batch. Robust accuracy: lower is a "
-        f"stronger attack. Median of {meta['repeats']} runs.",
+        f"stronger attack. Median of {meta['repeats']} runs with seeds 0, 1, …",
         "",
         f"Command: `{meta['command']}`",
         "",

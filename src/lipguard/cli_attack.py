@@ -111,7 +111,8 @@ def attack_command(
     table.add_row("objective", objective)
     table.add_row("success rate", f"{float(success.float().mean()):.1%}")
     if y is not None and not objective.startswith("reward-"):
-        clean = torch.cat([r.clean_outputs.argmax(1) for r in results]) == y
+        with torch.no_grad():
+            clean = network.eval()(x).argmax(1) == y
         robust = torch.cat([r.outputs.argmax(1) for r in results]) == y
         table.add_row("clean accuracy", f"{float(clean.float().mean()):.1%}")
         table.add_row("robust accuracy", f"{float(robust.float().mean()):.1%}")

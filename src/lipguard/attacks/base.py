@@ -23,10 +23,11 @@ from lipguard.errors import InvalidArgumentError
 
 @dataclass(frozen=True)
 class AttackResult:
-    """Adversarial inputs and how they fared; one entry per input."""
+    """Adversarial inputs and how they fared; one entry per input. ``clean_outputs`` is
+    ``None`` when the objective did not need them (classification objectives)."""
 
     x_adv: torch.Tensor
-    clean_outputs: torch.Tensor
+    clean_outputs: torch.Tensor | None
     outputs: torch.Tensor
     loss: torch.Tensor
     success: torch.Tensor
@@ -50,7 +51,7 @@ class Best:
     def update(
         self, x: torch.Tensor, outputs: torch.Tensor, loss: torch.Tensor, success: torch.Tensor
     ) -> None:
-        better = (success & ~self.success) | ((success == self.success) & (loss > self.loss))
+        better = torch.where(success != self.success, success, loss > self.loss)
         torch.where(_rows(better, x), x.detach(), self.x, out=self.x)
         if self.outputs is None:
             self.outputs = outputs.detach().clone()
@@ -103,8 +104,10 @@ class Attack(ABC):
         x = x.detach()
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         with _checks.evaluating(model):
-            with torch.no_grad():
-                clean = model(x)
+            clean = None
+            if objective.uses_clean_outputs:
+                with torch.no_grad():
+                    clean = model(x)
             bound = objective.bind(model, x, clean)
             found = self._run(model, x, bound, generator)
             candidate = found.x if isinstance(found, Best) else found.detach()

@@ -47,10 +47,13 @@ class BoundObjective:
 
 
 class Objective(ABC):
-    """Base class: subclasses implement :meth:`bind`."""
+    """Base class: subclasses implement :meth:`bind`. ``uses_clean_outputs = False`` tells the
+    attack template it may skip the clean forward pass (``clean`` is then ``None``)."""
+
+    uses_clean_outputs = True
 
     @abstractmethod
-    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor) -> BoundObjective:
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         """Fix the references for clean inputs ``x`` with clean outputs ``clean``."""
 
 
@@ -68,6 +71,8 @@ def _other_best(logits: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
 
 
 class _Classification(Objective):
+    uses_clean_outputs = False  # labels are all they need
+
     def __init__(self, labels: torch.Tensor, target: torch.Tensor | None = None) -> None:
         self.labels = torch.as_tensor(labels).long()
         self.target = None if target is None else torch.as_tensor(target).long()
