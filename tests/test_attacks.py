@@ -302,3 +302,25 @@ def test_feature_ranking_and_single_feature_flip():
     best = w.abs().argmax()
     assert bool((flip.feature == best).all())
     assert flip.change.numpy() == pytest.approx((-margin / w[best]).numpy(), rel=1e-3)
+
+
+def test_gaussian_policy_kl_reaches_the_sa_ppo_oracle():
+    """1-D linear Gaussian policy μ = w·s, fixed σ: max KL over the ℓ∞ ball is (ε||w||₁)²/(2σ²)."""
+
+    class GaussianPolicy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean = nn.Linear(5, 1, bias=False)
+            self.log_std = nn.Parameter(torch.tensor([-0.5]))
+
+        def forward(self, s):
+            return torch.stack([self.mean(s), self.log_std.expand(len(s), 1)], dim=1)
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    eps, sigma = 0.1, math.exp(-0.5)
+    result = PGD(ThreatModel(eps, "inf"), steps=10)(
+        policy, torch.randn(6, 5), ActionChange("gaussian")
+    )
+    optimum = (eps * float(policy.mean.weight.detach().abs().sum())) ** 2 / (2 * sigma**2)
+    assert result.loss.numpy() == pytest.approx([optimum] * 6, rel=1e-4)

@@ -189,12 +189,29 @@ class PreferenceFlip(Objective):
         return BoundObjective(self, lambda out: -margin(out), margin)
 
 
-class ActionChange(Objective):
-    """Change a policy's action. ``kind="continuous"``: ``||a(x') - a(x)||₂``; ``"categorical"``:
-    ``KL(π(·|x) || π(·|x'))`` from logits (MAD). Success: the change reaches ``threshold``
-    (categorical: also whenever the greedy action changes)."""
+def _gaussian_kl(reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``KL(N(μ₀, σ₀²) || N(μ₁, σ₁²))`` summed over action dimensions; the outputs stack
+    ``(mean, log_std)`` on axis 1: shape ``(batch, 2, action_dim)``."""
+    if out.dim() != 3 or out.shape[1] != 2:
+        raise ShapeError(
+            f"a Gaussian policy must return (batch, 2, action_dim) = (mean, log_std), "
+            f"got {tuple(out.shape)}"
+        )
+    mean0, log_std0 = reference[:, 0], reference[:, 1]
+    mean1, log_std1 = out[:, 0], out[:, 1]
+    ratio = torch.exp(2 * (log_std0 - log_std1))
+    squared = (mean1 - mean0) ** 2 * torch.exp(-2 * log_std1)
+    return 0.5 * (ratio + squared - 1).sum(-1) + (log_std1 - log_std0).sum(-1)
 
-    KINDS = ("continuous", "categorical")
+
+class ActionChange(Objective):
+    """Change a policy's action (SA-PPO/MAD). ``kind="continuous"``: ``||a(x') - a(x)||₂`` for a
+    deterministic policy; ``"categorical"``: ``KL(π(·|x) || π(·|x'))`` from logits;
+    ``"gaussian"``: the same KL for a Gaussian policy returning ``(mean, log_std)`` stacked on
+    axis 1. Success: the change reaches ``threshold`` (categorical: also whenever the greedy
+    action changes)."""
+
+    KINDS = ("continuous", "categorical", "gaussian")
 
     def __init__(self, kind: str = "continuous", threshold: float = 0.0) -> None:
         if kind not in self.KINDS:
@@ -204,8 +221,11 @@ class ActionChange(Objective):
 
     def bind(self, model, x, clean) -> BoundObjective:
         reference = clean.detach()
-        if self.kind == "continuous":
-            change = lambda out: (out - reference).flatten(1).norm(dim=1)  # noqa: E731
+        if self.kind != "categorical":
+            if self.kind == "continuous":
+                change = lambda out: (out - reference).flatten(1).norm(dim=1)  # noqa: E731
+            else:
+                change = lambda out: _gaussian_kl(reference, out)  # noqa: E731
             return BoundObjective(self, change, lambda out: self.threshold - change(out))
         log_p = functional.log_softmax(reference, dim=-1)
         greedy = reference.argmax(-1)
