@@ -1,0 +1,374 @@
+"""Regularizers for robust training, all with one signature.
+
+``regularizer(model, task, x, y, generator) -> RegularizedLoss``: the full training loss of a
+batch (what to minimise) and its parts. By name (:func:`make_regularizer`):
+
+- ``none`` — the task loss;
+- ``constraint`` — the task loss for a model whose Lipschitz bound holds by construction
+  (lipguard's layers); refuses a model that cannot certify itself;
+- ``gradient_penalty`` — ``λ·E[max(0, ||∇_x g|| - L)²]`` on a per-sample scalar ``g`` (the
+  output; for classifiers the true class's log-probability);
+- ``jacobian`` — ``λ·½·E||J_f(x)||_F²``, by Hoffman et al.'s random projections
+  (``C·||vᵀJ||²`` with ``v`` uniform on the unit sphere of the ``C`` outputs is unbiased) or
+  exactly;
+- ``pgd_at`` — Madry et al.: the task loss at the PGD adversary's point;
+- ``trades`` — Zhang et al.: ``loss(x) + β·KL(f(x) || f(x'))`` (squared distance for real
+  outputs), ``x'`` maximising that divergence from ``x + 0.001·N(0, I)``;
+- ``aajr`` — Adversarially-Aligned Jacobian Regularization (below).
+
+**AAJR** (arXiv 2603.04378; the definition lipguard adopts). Run the adversary's PGD on any
+attack objective, ``δ_{k+1} = Π(δ_k + α·s(∇_δ ℓ_adv))``, record its steps
+``u_k = (δ_{k+1} - δ_k)/max(||δ_{k+1} - δ_k||₂, η)`` and penalise how much the model moves along
+them: ``(1/K)·Σ_k ||J_f(x + δ_k)·u_k||²``, each term one forward-mode ``torch.func.jvp`` (no
+Jacobian is formed). Options: all ``K`` steps or one step sampled uniformly per batch (an
+unbiased estimate of the same mean), δ and u detached (default) or unrolled through the
+adversary, ℓ∞ or ℓ2 adversary.
+
+*Where it reduces to a gradient penalty*: a scalar output, an ℓ2 adversary and one step from
+``δ₀ = 0`` give ``u₀ = ∇f/||∇f||`` (for a loss increasing in ``f``), so the penalty is
+``(∇fᵀu₀)² = ||∇f||²``. *Where it differs*: with several outputs it only penalises the
+directions an adversary actually uses (for ``f = (a·x, b·x)`` with ``b ⟂ a`` and an adversary on
+the first output the penalty is ``||a||²`` while the Jacobian penalty is ``||a||² + ||b||²`` — the
+price of robustness in miniature), and along a multi-step ℓ∞ path it measures the Jacobian at the
+adversarial points, not at ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from lipguard import _checks
+from lipguard.attacks.objectives import Objective
+from lipguard.attacks.threat import ThreatModel
+from lipguard.errors import InvalidArgumentError
+from lipguard.train.inner import adversary_path
+from lipguard.train.tasks import Task
+
+
+@dataclass(frozen=True)
+class RegularizedLoss:
+    """The batch's training loss (with its graph) and its parts as floats."""
+
+    total: torch.Tensor
+    task_loss: float
+    penalty: float
+
+
+class Regularizer(ABC):
+    """Base class: :meth:`__call__` returns the batch's full training loss."""
+
+    name: str
+
+    @abstractmethod
+    def __call__(
+        self,
+        model: nn.Module,
+        task: Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> RegularizedLoss: ...
+
+    def describe(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if _plain(v)}}
+
+
+def _plain(value) -> bool:
+    return isinstance(value, bool | int | float | str) or value is None
+
+
+def _value(tensor: torch.Tensor) -> float:
+    return float(tensor.detach())
+
+
+def _task_loss(model, task, x, y) -> torch.Tensor:
+    return task.loss(task.forward(model, x), y).mean()
+
+
+class NoRegularizer(Regularizer):
+    name = "none"
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        loss = _task_loss(model, task, x, y)
+        return RegularizedLoss(loss, _value(loss), 0.0)
+
+
+class HardConstraint(NoRegularizer):
+    """No penalty: the model's layers guarantee its bound (``certified_lipschitz()``)."""
+
+    name = "constraint"
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        if not callable(getattr(model, "certified_lipschitz", None)):
+            raise InvalidArgumentError(
+                "the 'constraint' regularizer needs a model built from lipguard's constrained "
+                "layers (e.g. LipschitzMLP), which certify their own bound"
+            )
+        return super().__call__(model, task, x, y, generator)
+
+
+class GradientPenalty(Regularizer):
+    name = "gradient_penalty"
+
+    def __init__(self, weight: float = 1.0, lipschitz: float = 1.0, norm: float | str = 2) -> None:
+        self.weight = _checks.positive_float("weight", weight)
+        self.lipschitz = _checks.positive_float("lipschitz", lipschitz)
+        self.norm = norm
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        from lipguard._norms import dual_norm
+
+        points = x.detach().requires_grad_(True)
+        outputs = task.forward(model, points)
+        loss = task.loss(outputs, y).mean()
+        (gradient,) = torch.autograd.grad(task.scalar(outputs, y).sum(), points, create_graph=True)
+        size = torch.linalg.vector_norm(gradient.flatten(1), ord=dual_norm(self.norm), dim=1)
+        penalty = (functional.relu(size - self.lipschitz) ** 2).mean()
+        return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
+
+
+def _flat_outputs(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.reshape(outputs.shape[0], -1)
+
+
+class JacobianPenalty(Regularizer):
+    """``λ·½·E||J||_F²`` (Hoffman, Roberts & Yaida, 2019)."""
+
+    name = "jacobian"
+
+    def __init__(self, weight: float = 0.01, projections: int = 1, exact: bool = False) -> None:
+        self.weight = _checks.positive_float("weight", weight)
+        self.projections = _checks.positive_int("projections", projections)
+        self.exact = exact
+
+    def frobenius(self, model, task, x, generator=None, create_graph: bool = True):
+        """Per-sample estimate (or exact value) of ``||J_f(x)||_F²``, with its graph."""
+        points = x.detach().requires_grad_(True)
+        outputs = _flat_outputs(task.forward(model, points))
+        classes = outputs.shape[1]
+        total = torch.zeros(x.shape[0], dtype=outputs.dtype, device=x.device)
+        if self.exact:
+            for j in range(classes):
+                (row,) = torch.autograd.grad(
+                    outputs[:, j].sum(), points, create_graph=create_graph, retain_graph=True
+                )
+                total = total + row.flatten(1).pow(2).sum(1)
+            return total
+        for _ in range(self.projections):
+            v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype)
+            v = (v / v.norm(dim=1, keepdim=True)).to(outputs.device)
+            (row,) = torch.autograd.grad(
+                (outputs * v).sum(), points, create_graph=create_graph, retain_graph=True
+            )
+            total = total + classes * row.flatten(1).pow(2).sum(1)
+        return total / self.projections
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        loss = _task_loss(model, task, x, y)
+        penalty = 0.5 * self.frobenius(model, task, x, generator).mean()
+        return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
+
+
+class _Adversarial(Regularizer):
+    """Shared by the regularizers that run an adversary inside training."""
+
+    def __init__(
+        self,
+        eps: float,
+        norm: float | str = "inf",
+        steps: int = 7,
+        step_size: float | None = None,
+        bounds: tuple[float, float] | None = None,
+        random_start: bool = True,
+    ) -> None:
+        self.threat = ThreatModel(eps, norm, bounds=bounds)
+        self.random_start = random_start
+        self.eps = self.threat.eps
+        self.steps = _checks.positive_int("steps", steps)
+        self.step_size = 2.5 * self.eps / steps if step_size is None else float(step_size)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "norm": "inf" if self.threat.norm == math.inf else 2}
+
+
+class PGDAdversarialTraining(_Adversarial):
+    """Madry et al.: minimise the loss at the PGD adversary's point (random start)."""
+
+    name = "pgd_at"
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        path = adversary_path(
+            lambda p: task.loss(task.forward(model, p), y),
+            x,
+            self.threat,
+            self.steps,
+            self.step_size,
+            random_start=self.random_start,
+            generator=generator,
+        )
+        loss = _task_loss(model, task, path[-1], y)
+        clean = _task_loss(model, task, x, y)
+        return RegularizedLoss(loss, _value(clean), _value(loss - clean))
+
+
+def _divergence(task: Task, clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """KL between the predicted distributions (classification) or the squared distance."""
+    if task.name == "classification":
+        log_p = functional.log_softmax(clean, dim=1)
+        log_q = functional.log_softmax(perturbed, dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(1)
+    return _flat_outputs(perturbed - clean).pow(2).sum(1)
+
+
+class TRADES(_Adversarial):
+    name = "trades"
+
+    def __init__(
+        self,
+        beta: float = 6.0,
+        eps: float = 0.031,
+        norm="inf",
+        steps=10,
+        step_size: float | None = 0.007,
+        bounds=None,
+    ) -> None:
+        super().__init__(eps, norm, steps, step_size, bounds)
+        self.beta = _checks.positive_float("beta", beta)
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        clean_outputs = task.forward(model, x)
+        reference = clean_outputs.detach()
+        noise = 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        path = adversary_path(
+            lambda p: _divergence(task, reference, task.forward(model, p)),
+            x,
+            self.threat,
+            self.steps,
+            self.step_size,
+            start=x + noise,
+        )
+        loss = task.loss(clean_outputs, y).mean()
+        divergence = _divergence(task, clean_outputs, task.forward(model, path[-1])).mean()
+        total = loss + self.beta * divergence
+        return RegularizedLoss(total, _value(loss), _value(divergence))
+
+
+class AAJR(_Adversarial):
+    """Adversarially-Aligned Jacobian Regularization (see the module docstring).
+
+    Args:
+        weight: λ, the penalty's weight.
+        eps, norm, steps, step_size, bounds: the adversary's PGD.
+        objective: a factory ``y -> Objective`` from :mod:`lipguard.attacks` for the adversary;
+            default: the task's own (maximise the task loss).
+        sample_step: penalise one uniformly sampled step per batch instead of all ``K``.
+        unrolled: differentiate through the adversary's steps.
+        eta: floor of the step length in ``u_k``'s normalisation (guards zero steps).
+        random_start: start the adversary at a random point of the ball (else at ``x``).
+    """
+
+    name = "aajr"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        eps: float = 0.1,
+        norm="inf",
+        steps: int = 7,
+        step_size: float | None = None,
+        bounds=None,
+        *,
+        objective=None,
+        sample_step: bool = False,
+        unrolled: bool = False,
+        eta: float = 1e-12,
+        random_start: bool = True,
+    ) -> None:
+        super().__init__(eps, norm, steps, step_size, bounds, random_start)
+        self.weight = _checks.positive_float("weight", weight)
+        self.objective = objective
+        self.sample_step = sample_step
+        self.unrolled = unrolled
+        self.eta = _checks.positive_float("eta", eta)
+
+    def _adversary_loss(self, model, task, x, y):
+        if self.objective is None:
+            return lambda p: task.loss(task.forward(model, p), y)
+        target: Objective = self.objective(y)
+        wrapped = _TaskModel(model, task)
+        clean = wrapped(x).detach() if target.uses_clean_outputs else None
+        bound = target.bind(wrapped, x, clean)
+        return lambda p: bound.loss(wrapped(p))
+
+    def penalty(self, model, task, x, y, generator=None) -> torch.Tensor:
+        """``(1/K)·Σ_k mean_i ||J_f(x_i + δ_k)·u_k||²`` (or one sampled term)."""
+        path = adversary_path(
+            self._adversary_loss(model, task, x, y),
+            x,
+            self.threat,
+            self.steps,
+            self.step_size,
+            random_start=self.random_start,
+            generator=generator,
+            unrolled=self.unrolled,
+        )
+        steps = range(len(path) - 1)
+        if self.sample_step:
+            steps = [int(torch.randint(len(path) - 1, (1,), generator=generator))]
+        terms = []
+        for k in steps:
+            move = path[k + 1] - path[k]
+            length = move.flatten(1).norm(dim=1).clamp_min(self.eta)
+            direction = move / length.view(-1, *([1] * (x.dim() - 1)))
+            point = path[k]
+            if not self.unrolled:
+                point, direction = point.detach(), direction.detach()
+            _, tangent = torch.func.jvp(lambda p: task.forward(model, p), (point,), (direction,))
+            terms.append(_flat_outputs(tangent).pow(2).sum(1).mean())
+        return torch.stack(terms).mean()
+
+    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+        loss = _task_loss(model, task, x, y)
+        penalty = self.penalty(model, task, x, y, generator)
+        return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
+
+
+class _TaskModel(nn.Module):
+    """``x ↦ task.forward(model, x)`` as a module, for attack objectives."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x):
+        return self.task.forward(self.model, x)
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {
+    "none": NoRegularizer,
+    "constraint": HardConstraint,
+    "gradient_penalty": GradientPenalty,
+    "jacobian": JacobianPenalty,
+    "pgd_at": PGDAdversarialTraining,
+    "trades": TRADES,
+    "aajr": AAJR,
+}
+
+
+def make_regularizer(regularizer: str | Regularizer, **options) -> Regularizer:
+    """A regularizer by name (options are its constructor's keywords), or one passed through."""
+    if isinstance(regularizer, Regularizer):
+        if options:
+            raise InvalidArgumentError("options are only for a regularizer given by name")
+        return regularizer
+    if regularizer not in REGULARIZERS:
+        raise InvalidArgumentError(
+            f"regularizer must be one of {tuple(REGULARIZERS)}, got {regularizer!r}"
+        )
+    return REGULARIZERS[regularizer](**options)
