@@ -1,0 +1,223 @@
+"""One trainer for every task and regularizer: :func:`fit`."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from lipguard import _checks
+from lipguard._progress import progress_bar
+from lipguard.attacks.gradient import PGD
+from lipguard.attacks.threat import ThreatModel
+from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.train.regularizers import Regularizer, _TaskModel, make_regularizer
+from lipguard.train.stability import DivergenceError, Oscillation, diverged, oscillation
+from lipguard.train.tasks import Task, make_task
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    task_loss: float
+    penalty: float
+    validation_loss: float
+    clean_metric: float
+    robust_metric: float | None
+    certified_lipschitz: float | None
+    gradient_norm_mean: float
+    gradient_norm_max: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    """The training history; the model itself is trained in place."""
+
+    history: list[EpochMetrics] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int = 0
+
+    @property
+    def stability(self) -> Oscillation:
+        return oscillation(self.step_losses)
+
+    def to_dict(self) -> dict:
+        return {
+            "history": [asdict(m) for m in self.history],
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch,
+            "stability": asdict(self.stability),
+        }
+
+
+def _split(data, validation, fraction: float, generator: torch.Generator):
+    x, y = data
+    if x.shape[0] != y.shape[0]:
+        raise ShapeError(f"{x.shape[0]} inputs but {y.shape[0]} targets")
+    if validation is not None:
+        return (x, y), validation
+    order = torch.randperm(x.shape[0], generator=generator)
+    cut = max(1, round(fraction * x.shape[0]))
+    return (x[order[cut:]], y[order[cut:]]), (x[order[:cut]], y[order[:cut]])
+
+
+def _gradient_norms(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor):
+    points = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        outputs = task.forward(model, points)
+        (gradient,) = torch.autograd.grad(task.scalar(outputs, y).sum(), points)
+    return gradient.flatten(1).norm(dim=1)
+
+
+def _certified(model: nn.Module) -> float | None:
+    certify = getattr(model, "certified_lipschitz", None)
+    if callable(certify):
+        return float(certify().value)
+    from lipguard.bounds import lipschitz_bound
+    from lipguard.errors import LipguardError
+
+    try:
+        return float(lipschitz_bound(model, 2, "compositional").value)
+    except LipguardError:
+        return None
+
+
+def fit(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    task: str | Task = "classification",
+    regularizer: str | Regularizer = "none",
+    *,
+    regularizer_options: dict | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    validation_fraction: float = 0.2,
+    epochs: int = 20,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    patience: int | None = None,
+    robust_eps: float | None = None,
+    robust_norm: float | str = "inf",
+    robust_steps: int = 10,
+    bounds: tuple[float, float] | None = None,
+    certify: bool = False,
+    divergence_factor: float = 1e4,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` in place with Adam on ``task`` and ``regularizer``.
+
+    Every epoch reports the training loss and its parts, the validation loss and metric
+    (accuracy, or MSE for regression), the metric under PGD at ``robust_eps`` if given, the
+    certified ℓ2 Lipschitz bound if ``certify`` (the model's own certificate, else the
+    compositional bound), and input-gradient norm statistics. With ``patience`` training stops
+    after that many epochs without a better validation loss and the best weights are restored.
+    A non-finite or exploding loss (above ``divergence_factor`` × the first) raises
+    :class:`DivergenceError` after restoring the weights of the last completed epoch.
+    """
+    task = make_task(task)
+    regularizer = make_regularizer(regularizer, **(regularizer_options or {}))
+    _checks.positive_int("epochs", epochs)
+    _checks.positive_int("batch_size", batch_size)
+    _checks.positive_float("learning_rate", learning_rate)
+    if patience is not None:
+        _checks.positive_int("patience", patience)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    (x, y), (x_val, y_val) = _split(data, validation, validation_fraction, generator)
+    _checks.finite_tensor("x", x)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    result = FitResult()
+    best_loss, best_state, reference = math.inf, None, None
+    stale = 0
+    with progress_bar(epochs, f"training ({regularizer.name})", progress) as advance:
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            good_state = copy.deepcopy(model.state_dict())
+            model.train()
+            totals = {"train": 0.0, "task": 0.0, "penalty": 0.0}
+            order = torch.randperm(x.shape[0], generator=generator)
+            batches = order.split(batch_size)
+            for step, batch in enumerate(batches):
+                outcome = regularizer(model, task, x[batch], y[batch], generator)
+                value = float(outcome.total.detach())
+                reference = value if reference is None else reference
+                if diverged(value, reference, divergence_factor):
+                    model.load_state_dict(good_state)
+                    raise DivergenceError(
+                        f"training diverged at epoch {epoch}, step {step}: loss {value:.4g} "
+                        f"(first batch {reference:.4g}); the weights of epoch {epoch - 1} are "
+                        "restored. Lower the learning rate or the regularizer's strength."
+                    )
+                optimizer.zero_grad()
+                outcome.total.backward()
+                optimizer.step()
+                result.step_losses.append(value)
+                totals["train"] += value / len(batches)
+                totals["task"] += outcome.task_loss / len(batches)
+                totals["penalty"] += outcome.penalty / len(batches)
+            metrics = _evaluate(
+                model,
+                task,
+                x_val,
+                y_val,
+                robust_eps,
+                robust_norm,
+                robust_steps,
+                bounds,
+                certify,
+                seed,
+            )
+            result.history.append(
+                EpochMetrics(
+                    epoch,
+                    totals["train"],
+                    totals["task"],
+                    totals["penalty"],
+                    **metrics,
+                    seconds=time.perf_counter() - started,
+                )
+            )
+            advance(1)
+            if metrics["validation_loss"] < best_loss:
+                best_loss, stale, result.best_epoch = metrics["validation_loss"], 0, epoch
+                best_state = copy.deepcopy(model.state_dict()) if patience else None
+            else:
+                stale += 1
+                if patience is not None and stale >= patience:
+                    result.stopped_early = True
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _evaluate(model, task, x, y, robust_eps, robust_norm, robust_steps, bounds, certify, seed):
+    model.eval()
+    with torch.no_grad():
+        outputs = task.forward(model, x)
+        validation_loss = float(task.loss(outputs, y).mean())
+        clean = task.metric(outputs, y)
+    robust = None
+    if robust_eps is not None:
+        if robust_eps < 0:
+            raise InvalidArgumentError("robust_eps must be >= 0")
+        attack = PGD(ThreatModel(robust_eps, robust_norm, bounds=bounds), robust_steps, seed=seed)
+        robust = task.metric(attack(_TaskModel(model, task), x, task.objective(y)).outputs, y)
+    norms = _gradient_norms(model, task, x, y)
+    return {
+        "validation_loss": validation_loss,
+        "clean_metric": clean,
+        "robust_metric": robust,
+        "certified_lipschitz": _certified(model) if certify else None,
+        "gradient_norm_mean": float(norms.mean()),
+        "gradient_norm_max": float(norms.max()),
+    }
