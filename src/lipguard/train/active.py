@@ -3,9 +3,9 @@
 An expensive oracle (a simulator, a human labeller, the true reward) is queried only where the
 ensemble disagrees: members trained on bootstrap resamples of the labelled data predict every
 pool point, and their standard deviation — the predicted error — decides. Points below
-``tolerance`` are trusted to the ensemble; up to ``per_round`` of those above it are labelled per
-round, drawn in proportion to their uncertainty; the loop ends when no pool point exceeds the tolerance or the budget is
-spent. :func:`random_sampling` is the baseline with the same budget.
+``tolerance`` are trusted to the ensemble; up to ``per_round`` of those above it are labelled
+per round, drawn in proportion to their uncertainty; the loop ends when no pool point exceeds
+the tolerance or the budget is spent. :func:`random_sampling` is the baseline with the same budget.
 
 Members are any ``fit(x, y) -> predict`` callables; :class:`RandomFeatureRidge` (random Fourier
 features + ridge regression, closed form) is a fast default.
