@@ -1,6 +1,8 @@
 """Robust training: regularizers (incl. AAJR), tasks, one trainer (SPEC D1–D4). See
 ``docs/training.md``."""
 
+from lipguard.train.active import Ensemble, RandomFeatureRidge, active_learning, random_sampling
+from lipguard.train.dro import dual_norm_regularizer, robust_linear_loss
 from lipguard.train.regularizers import (
     AAJR,
     REGULARIZERS,
@@ -15,6 +17,13 @@ from lipguard.train.regularizers import (
     make_regularizer,
 )
 from lipguard.train.stability import DivergenceError, Oscillation, oscillation
+from lipguard.train.sweep import (
+    SweepPoint,
+    at_matched,
+    pareto_front,
+    plot_price_of_robustness,
+    price_of_robustness,
+)
 from lipguard.train.tasks import Classification, Preference, Regression, Task, make_task
 from lipguard.train.trainer import EpochMetrics, FitResult, fit
 
@@ -24,6 +33,7 @@ __all__ = [
     "TRADES",
     "Classification",
     "DivergenceError",
+    "Ensemble",
     "EpochMetrics",
     "FitResult",
     "GradientPenalty",
@@ -33,12 +43,22 @@ __all__ = [
     "Oscillation",
     "PGDAdversarialTraining",
     "Preference",
+    "RandomFeatureRidge",
     "Regression",
     "RegularizedLoss",
     "Regularizer",
+    "SweepPoint",
     "Task",
+    "active_learning",
+    "at_matched",
+    "dual_norm_regularizer",
     "fit",
     "make_regularizer",
     "make_task",
     "oscillation",
+    "pareto_front",
+    "plot_price_of_robustness",
+    "price_of_robustness",
+    "random_sampling",
+    "robust_linear_loss",
 ]

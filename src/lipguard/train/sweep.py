@@ -1,0 +1,170 @@
+"""The price of robustness: train each regularizer over a grid of strengths on the same data and
+compare clean against robust performance (SPEC D2, seed 002).
+
+:func:`price_of_robustness` returns one :class:`SweepPoint` per (regularizer, options, seed);
+:func:`pareto_front` keeps the points no other point beats on both metrics; :func:`at_matched`
+picks, per regularizer, the setting whose robust metric is closest to a common target — the fair
+way to compare clean-accuracy costs; :func:`plot_price_of_robustness` draws it all.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lipguard._progress import progress_bar
+from lipguard.train.trainer import fit
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    regularizer: str
+    options: dict
+    seed: int
+    clean_metric: float
+    robust_metric: float
+    seconds_per_epoch: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def price_of_robustness(
+    make_model: Callable[[int], nn.Module],
+    data: tuple[torch.Tensor, torch.Tensor],
+    grid: Mapping[str, Sequence[dict]],
+    *,
+    validation: tuple[torch.Tensor, torch.Tensor],
+    task: str = "classification",
+    robust_eps: float,
+    robust_norm: float | str = "inf",
+    robust_steps: int = 10,
+    bounds: tuple[float, float] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 20,
+    learning_rate: float = 1e-3,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[SweepPoint]:
+    """Train a fresh ``make_model(seed)`` for every regularizer, option set and seed; evaluate
+    clean and robust (PGD at ``robust_eps``) metrics on ``validation`` after the last epoch."""
+    runs = [
+        (name, options, seed)
+        for name, settings in grid.items()
+        for options in settings
+        for seed in seeds
+    ]
+    points = []
+    with progress_bar(len(runs), "price of robustness", progress) as advance:
+        for name, options, seed in runs:
+            result = fit(
+                make_model(seed),
+                data,
+                task,
+                name,
+                regularizer_options=dict(options),
+                validation=validation,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                seed=seed,
+                robust_eps=robust_eps,
+                robust_norm=robust_norm,
+                robust_steps=robust_steps,
+                bounds=bounds,
+                progress=False,
+            )
+            last = result.history[-1]
+            seconds = statistics.median(m.seconds for m in result.history)
+            points.append(
+                SweepPoint(
+                    name, dict(options), seed, last.clean_metric, float(last.robust_metric), seconds
+                )
+            )
+            advance(1)
+    return points
+
+
+def median_over_seeds(points: Sequence[SweepPoint]) -> list[SweepPoint]:
+    """One point per (regularizer, options): the medians over seeds (seed = -1)."""
+    groups: dict[tuple, list[SweepPoint]] = {}
+    for point in points:
+        groups.setdefault((point.regularizer, repr(sorted(point.options.items()))), []).append(
+            point
+        )
+    return [
+        SweepPoint(
+            group[0].regularizer,
+            group[0].options,
+            -1,
+            statistics.median(p.clean_metric for p in group),
+            statistics.median(p.robust_metric for p in group),
+            statistics.median(p.seconds_per_epoch for p in group),
+        )
+        for group in groups.values()
+    ]
+
+
+def pareto_front(points: Sequence[SweepPoint]) -> list[SweepPoint]:
+    """Points not dominated on (clean, robust) — higher is better for both."""
+    front = [
+        p
+        for p in points
+        if not any(
+            q.clean_metric >= p.clean_metric
+            and q.robust_metric >= p.robust_metric
+            and (q.clean_metric > p.clean_metric or q.robust_metric > p.robust_metric)
+            for q in points
+        )
+    ]
+    return sorted(front, key=lambda p: p.robust_metric)
+
+
+def at_matched(points: Sequence[SweepPoint], target: float) -> dict[str, SweepPoint]:
+    """Per regularizer, the (seed-median) setting whose robust metric is closest to ``target``."""
+    chosen: dict[str, SweepPoint] = {}
+    for point in median_over_seeds(points):
+        best = chosen.get(point.regularizer)
+        if best is None or abs(point.robust_metric - target) < abs(best.robust_metric - target):
+            chosen[point.regularizer] = point
+    return chosen
+
+
+def plot_price_of_robustness(
+    points: Sequence[SweepPoint], path: str | Path | None = None, ax=None, title: str = ""
+):
+    """Clean against robust metric for every setting (seed medians), the Pareto front dashed."""
+    import matplotlib
+
+    if ax is None:
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    medians = median_over_seeds(points)
+    for name in dict.fromkeys(p.regularizer for p in medians):
+        mine = sorted((p for p in medians if p.regularizer == name), key=lambda p: p.robust_metric)
+        ax.plot(
+            [p.robust_metric for p in mine], [p.clean_metric for p in mine], marker="o", label=name
+        )
+    front = pareto_front(medians)
+    ax.plot(
+        [p.robust_metric for p in front],
+        [p.clean_metric for p in front],
+        "k--",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.set_xlabel("robust accuracy")
+    ax.set_ylabel("clean accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if path is not None:
+        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+    return ax
