@@ -5,9 +5,9 @@ breast cancer (30 standardised features, MLP 30-64-2). Each regularizer — none
 penalty, Jacobian penalty, PGD-AT, TRADES, AAJR — is trained over a grid of strengths with
 ``--seeds`` seeds; robust accuracy is measured by PGD-20 at a fixed ℓ∞ ε on held-out data. The
 table compares the regularizers *at matched robust accuracy* (each one's setting closest to
-PGD-AT's robust accuracy), with the time per epoch and the peak memory of one training run
-(measured in a fresh subprocess, resident-set growth). Writes ``price_of_robustness.json``, a
-markdown table and one Pareto plot per dataset to ``--out``.
+PGD-AT's robust accuracy), with the time per epoch and the peak memory of one training epoch
+(torch profiler: the peak of live tensor memory). Writes ``price_of_robustness.json``, a markdown
+table and one Pareto plot per dataset to ``--out``.
 
     python benchmarks/price_of_robustness.py
     python benchmarks/price_of_robustness.py --seeds 1 --epochs 5   # quick
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing
-import resource
 import sys
 from pathlib import Path
 
@@ -87,32 +85,27 @@ def _model_factory(features: int, hidden: int, classes: int):
     return make
 
 
-def _peak_memory_child(spec, queue) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    name, options, data, epochs = spec
-    fit(
-        _model_factory(data["features"], data["hidden"], data["classes"])(0),
-        data["train"],
-        "classification",
-        name,
-        regularizer_options=options,
-        epochs=epochs,
-        progress=False,
-    )
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+def peak_memory_mb(name, options, data) -> float:
+    """Peak memory (MiB) of the tensors torch allocates during one training epoch: the running
+    sum of every op's allocations minus frees, from the torch profiler, at its maximum."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def peak_memory_mb(name, options, data, epochs) -> float:
-    """Resident-set growth (MiB) of one training run, in a fresh process (spawned: a fork of a
-    process whose OpenMP pool is running can deadlock)."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(
-        target=_peak_memory_child, args=((name, options, data, epochs), queue)
-    )
-    process.start()
-    process.join()
-    return float(queue.get())
+    model = _model_factory(data["features"], data["hidden"], data["classes"])(0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        fit(
+            model,
+            data["train"],
+            "classification",
+            name,
+            regularizer_options=options,
+            epochs=1,
+            progress=False,
+        )
+    total = peak = 0
+    for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
+        total += event.self_cpu_memory_usage
+        peak = max(peak, total)
+    return peak / 2**20
 
 
 def main() -> None:
@@ -142,8 +135,8 @@ def main() -> None:
         f"batch 64; medians over {args.seeds} seeds; robust accuracy under PGD-20 (ℓ∞) on "
         f"held-out data; {STEPS} adversary steps inside PGD-AT, TRADES and AAJR. Each "
         "regularizer is shown at its setting whose robust accuracy is closest to PGD-AT's "
-        "(matched robust accuracy); peak memory is the resident-set growth of one 2-epoch "
-        "training run in a fresh process (these models are small: it is mostly under 1 MiB). "
+        "(matched robust accuracy); peak memory is the largest total of live tensors torch "
+        "allocates during one training epoch (torch profiler). "
         "AAJR penalises one uniformly sampled adversary step per batch (an unbiased estimate "
         "of its K-step mean).",
         "",
@@ -179,12 +172,12 @@ def main() -> None:
         rows = []
         for reg, point in matched.items():
             options = {k: v for k, v in point.options.items() if k not in ("bounds",)}
-            memory = peak_memory_mb(reg, point.options, data, 2)
+            memory = peak_memory_mb(reg, point.options, data)
             rows.append({**point.to_dict(), "peak_memory_mb": memory})
             lines.append(
                 f"| {reg} | {options or '—'} | {point.clean_metric:.1%} | "
                 f"{point.robust_metric:.1%} | {point.seconds_per_epoch:.3f} | "
-                f"{point.seconds_per_epoch / pgd_epoch:.2f} | {memory:.1f} |"
+                f"{point.seconds_per_epoch / pgd_epoch:.2f} | {memory:.2f} |"
             )
         report["datasets"][name] = {
             "target_robust_accuracy": target,
