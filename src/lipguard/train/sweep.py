@@ -138,7 +138,8 @@ def at_matched(points: Sequence[SweepPoint], target: float) -> dict[str, SweepPo
 def plot_price_of_robustness(
     points: Sequence[SweepPoint], path: str | Path | None = None, ax=None, title: str = ""
 ):
-    """Clean against robust metric for every setting (seed medians), the Pareto front dashed."""
+    """Clean against robust metric for every setting (seed medians), each regularizer's points
+    joined in grid order (the order of its strengths), the Pareto front dashed."""
     import matplotlib
 
     if ax is None:
@@ -148,7 +149,7 @@ def plot_price_of_robustness(
         _, ax = plt.subplots(figsize=(6, 4.5))
     medians = median_over_seeds(points)
     for name in dict.fromkeys(p.regularizer for p in medians):
-        mine = sorted((p for p in medians if p.regularizer == name), key=lambda p: p.robust_metric)
+        mine = [p for p in medians if p.regularizer == name]  # grid order: rising strength
         ax.plot(
             [p.robust_metric for p in mine], [p.clean_metric for p in mine], marker="o", label=name
         )
