@@ -1,0 +1,128 @@
+"""Exact search for Lipschitz violations between two sets of (state, reward) observations.
+
+A pair ``(s, s')`` violates the bound when ``|r - r'| > L·d(s, s') + tolerance`` with
+``d(s, s') >= noise_floor`` (closer pairs are sensor noise). Since ``|r - r'|`` can be at most
+``max(r - q_min, q_max - r)`` against a pool whose rewards lie in ``[q_min, q_max]``, only pool
+points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance)/L`` of ``s`` can violate:
+:func:`find_violations` asks a KD-tree for exactly those (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) and
+checks each candidate — the result equals brute force over all pairs (property-tested), at a cost
+that depends on how many neighbours fall in the radius rather than on the pool size. Small
+problems use one dense distance block instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+DENSE_LIMIT = 200_000  # pairs below which one dense distance block is cheaper than a tree
+
+
+@dataclass(frozen=True)
+class PairViolations:
+    """Violating pairs: ``first[k]`` indexes the queries, ``second[k]`` the pool."""
+
+    first: np.ndarray
+    second: np.ndarray
+    distance: np.ndarray
+    difference: np.ndarray  # |r - r'|
+    bound: np.ndarray  # L·d (+ tolerance)
+
+
+def _norm_order(norm: float) -> float:
+    return math.inf if norm == math.inf else 2.0
+
+
+def _empty() -> PairViolations:
+    e = np.zeros(0)
+    return PairViolations(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), e, e, e)
+
+
+def find_violations(
+    states: np.ndarray,
+    rewards: np.ndarray,
+    pool_states: np.ndarray,
+    pool_rewards: np.ndarray,
+    lipschitz: float | np.ndarray,
+    *,
+    pool_lipschitz: np.ndarray | None = None,
+    norm: float = 2.0,
+    tolerance: float = 0.0,
+    noise_floor: float = 0.0,
+    tree: cKDTree | None = None,
+    exclude_self: bool = False,
+) -> PairViolations:
+    """All violating pairs between queries ``(states, rewards)`` and a pool.
+
+    ``lipschitz`` is a scalar or one bound per query (state-dependent ``L(s)``); with per-pool
+    bounds ``pool_lipschitz`` a pair uses the larger of its two bounds (the alarm is raised only
+    when even the more permissive bound is exceeded). ``exclude_self`` skips pairs ``(i, j)``
+    with ``j <= i`` (a set against itself). ``tree`` reuses a KD-tree built on the pool.
+    """
+    m, n = len(states), len(pool_states)
+    if m == 0 or n == 0:
+        return _empty()
+    p = _norm_order(norm)
+    query_l = np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (m,))
+    smallest_l = float(query_l.min())
+    if pool_lipschitz is not None:
+        smallest_l = min(smallest_l, float(pool_lipschitz.min()))
+    reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards) - tolerance
+    # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
+    radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
+    if m * n <= DENSE_LIMIT:
+        distance = _dense_distances(states, pool_states, p)
+        rows, cols = np.nonzero(distance <= radius[:, None])
+        dist = distance[rows, cols]
+    else:
+        tree = tree if tree is not None else cKDTree(pool_states)
+        candidates = tree.query_ball_point(states, np.maximum(radius, 0.0), p=p)
+        rows = np.repeat(np.arange(m), [len(c) for c in candidates])
+        cols = np.fromiter((j for c in candidates for j in c), dtype=np.int64, count=len(rows))
+        keep = radius[rows] >= 0
+        rows, cols = rows[keep], cols[keep]
+        diff = states[rows] - pool_states[cols]
+        dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
+    if exclude_self:
+        keep = cols > rows
+        rows, cols, dist = rows[keep], cols[keep], dist[keep]
+    pair_l = query_l[rows]
+    if pool_lipschitz is not None:
+        pair_l = np.maximum(pair_l, pool_lipschitz[cols])
+    difference = np.abs(rewards[rows] - pool_rewards[cols])
+    bound = pair_l * dist + tolerance
+    violating = (difference > bound) & (dist >= noise_floor)
+    return PairViolations(
+        rows[violating].astype(np.int64),
+        cols[violating].astype(np.int64),
+        dist[violating],
+        difference[violating],
+        bound[violating],
+    )
+
+
+def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
+    diff = a[:, None, :] - b[None, :, :]
+    return np.abs(diff).max(2) if p == math.inf else np.sqrt((diff * diff).sum(2))
+
+
+def brute_force_violations(
+    states,
+    rewards,
+    pool_states,
+    pool_rewards,
+    lipschitz,
+    *,
+    norm=2.0,
+    tolerance=0.0,
+    noise_floor=0.0,
+) -> set[tuple[int, int]]:
+    """All violating index pairs by checking every pair (the oracle of the tests)."""
+    distance = _dense_distances(states, pool_states, _norm_order(norm))
+    difference = np.abs(rewards[:, None] - pool_rewards[None, :])
+    bound = np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (len(states),))[:, None]
+    violating = (difference > bound * distance + tolerance) & (distance >= noise_floor)
+    return {(int(i), int(j)) for i, j in zip(*np.nonzero(violating), strict=True)}
