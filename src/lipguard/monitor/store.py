@@ -41,6 +41,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from lipguard.errors import InvalidArgumentError, LipguardError
 
@@ -49,7 +50,7 @@ KEY_VARIABLE = "LIPGUARD_AUDIT_KEY"
 
 
 class AuditError(LipguardError, RuntimeError):
-    """The audit store cannot be used (e.g. its chain is already broken when appending)."""
+    """The audit store cannot be opened (bad URL, unreachable server, unwritable file)."""
 
 
 def _table(metadata: MetaData) -> Table:
@@ -98,11 +99,14 @@ class AuditStore:
         self.url = _url(target)
         key = key if key is not None else os.environ.get(KEY_VARIABLE)
         self.key = key.encode() if isinstance(key, str) else key
-        self.engine = create_engine(self.url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.table = _table(MetaData())
-        self.table.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(self.url)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.table = _table(MetaData())
+            self.table.metadata.create_all(self.engine)
+        except SQLAlchemyError as error:
+            raise AuditError(f"cannot open the audit store {self.url}: {error}") from None
 
     def _hash(self, prev: str, seq: int, created: str, kind: str, payload: str) -> str:
         message = f"{prev}|{seq}|{created}|{kind}|{payload}".encode()

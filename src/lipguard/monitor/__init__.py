@@ -1,0 +1,22 @@
+"""Runtime monitoring: Lipschitz violations, drift alarms, a tamper-evident audit log
+(SPEC G1–G5). See ``docs/monitor.md``."""
+
+from lipguard.monitor.drift import ADWIN, PageHinkley
+from lipguard.monitor.monitor import Event, LipschitzMonitor, Observation
+from lipguard.monitor.pairs import PairViolations, brute_force_violations, find_violations
+from lipguard.monitor.store import AuditError, AuditRecord, AuditStore, VerifyReport
+
+__all__ = [
+    "ADWIN",
+    "AuditError",
+    "AuditRecord",
+    "AuditStore",
+    "Event",
+    "LipschitzMonitor",
+    "Observation",
+    "PageHinkley",
+    "PairViolations",
+    "VerifyReport",
+    "brute_force_violations",
+    "find_violations",
+]

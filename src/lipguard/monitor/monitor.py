@@ -1,0 +1,305 @@
+"""The runtime Lipschitz monitor (SPEC G1–G5).
+
+:class:`LipschitzMonitor` watches a stream of (state, reward) observations from a deployed reward
+or value model and raises alarms when the promised smoothness fails:
+
+- **pair violations**: ``|r - r'| > L·d(s, s') + tolerance`` between each new observation and
+  the sliding window of recent ones, the reference set (e.g. training states) and the rest of
+  its batch, exactly (:mod:`lipguard.monitor.pairs`), ignoring pairs closer than the noise floor;
+- **safety envelope**: a state further than ``envelope_radius`` from every reference state;
+- **model checks** (when ``model`` is given): an input gradient above ``L`` at an observed state,
+  and the model's weights changed since the certificate (sha256) — re-certification required;
+- **drift**: Page–Hinkley and ADWIN on the violation indicator and on the observed ratio.
+
+Every event goes to the audit store (if any), to the callbacks and to Python logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import nn
+
+from lipguard import _checks
+from lipguard._norms import dual_norm, parse_norm
+from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.monitor.drift import ADWIN, PageHinkley
+from lipguard.monitor.pairs import find_violations
+from lipguard.monitor.store import AuditStore
+
+logger = logging.getLogger("lipguard.monitor")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One finding. ``kind``: ``violation``, ``out_of_envelope``, ``gradient``,
+    ``weights_changed`` or ``drift``; ``step`` is the stream index of the observation."""
+
+    kind: str
+    step: int
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one :meth:`LipschitzMonitor.observe` call found."""
+
+    events: list[Event]
+
+    @property
+    def violations(self) -> list[Event]:
+        return [e for e in self.events if e.kind == "violation"]
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+
+class LipschitzMonitor:
+    """Check a reward stream against a Lipschitz bound.
+
+    Args:
+        lipschitz: the bound ``L``, or a function ``states (N, d) -> L(s) (N,)`` for
+            state-dependent bounds (a pair uses the larger of its two bounds).
+        norm: 2 or ``inf``, the state distance.
+        window: how many recent observations new ones are compared with.
+        reference: states and rewards to compare every observation with, e.g. training data
+            ``(states, rewards)``; also defines the safety envelope.
+        tolerance: slack added to every bound (reward noise).
+        noise_floor: pairs closer than this are ignored (sensor noise).
+        envelope_radius: alarm when a state is further than this from every reference state.
+        model: the reward model, for gradient checks at observed states and weight hashes.
+        weights_sha256: the certificate's weight hash; a different hash of ``model`` is an alarm.
+        store: an :class:`AuditStore` (or a path / URL to open one) for every event.
+        callbacks: functions called with each :class:`Event`.
+        drift: run Page–Hinkley and ADWIN on the violation indicator and the observed ratio.
+    """
+
+    def __init__(
+        self,
+        lipschitz: float | Callable[[np.ndarray], np.ndarray],
+        norm: float | str = 2,
+        *,
+        window: int = 1024,
+        reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
+        tolerance: float = 0.0,
+        noise_floor: float = 0.0,
+        envelope_radius: float | None = None,
+        model: nn.Module | None = None,
+        weights_sha256: str | None = None,
+        store: AuditStore | str | None = None,
+        callbacks: Sequence[Callable[[Event], None]] = (),
+        drift: bool = True,
+    ) -> None:
+        if callable(lipschitz):
+            self._bound_of: Callable[[np.ndarray], np.ndarray] = lipschitz
+        else:
+            value = _checks.positive_float("lipschitz", lipschitz)
+            self._bound_of = lambda states: np.full(len(states), value)
+        self.norm = parse_norm(norm)
+        if self.norm not in (2.0, math.inf):
+            raise InvalidArgumentError("the monitor measures distances in ℓ2 or ℓ∞")
+        self.window = _checks.positive_int("window", window)
+        self.tolerance = float(tolerance)
+        self.noise_floor = float(noise_floor)
+        if self.tolerance < 0 or self.noise_floor < 0:
+            raise InvalidArgumentError("tolerance and noise_floor must be >= 0")
+        self.envelope_radius = envelope_radius
+        self.model = model
+        self.weights_sha256 = weights_sha256
+        self.store = AuditStore(store) if isinstance(store, str) else store
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self._states = np.zeros((0, 0))
+        self._rewards = np.zeros(0)
+        self._steps = np.zeros(0, dtype=np.int64)
+        self._reference = None
+        if reference is not None:
+            states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
+            if states.ndim != 2 or rewards.shape != (len(states),):
+                raise ShapeError("reference must be (states (N, d), rewards (N,))")
+            self._reference = (states, rewards, self._bound_of(states), cKDTree(states))
+        elif envelope_radius is not None:
+            raise InvalidArgumentError("a safety envelope needs reference states")
+        self._detectors = (
+            {
+                "violations/page-hinkley": PageHinkley(delta=0.005, threshold=20.0),
+                "violations/adwin": ADWIN(),
+                "ratio/adwin": ADWIN(),
+            }
+            if drift
+            else {}
+        )
+
+    def observe(self, states, rewards) -> Observation:
+        """Check a batch of observations (states ``(N, d)``, rewards ``(N,)``) and remember them."""
+        states = np.asarray(_numpy(states), dtype=np.float64)
+        rewards = np.asarray(_numpy(rewards), dtype=np.float64).reshape(-1)
+        if states.ndim != 2 or len(rewards) != len(states):
+            raise ShapeError("observe needs states (N, d) and one reward per state")
+        if not (np.isfinite(states).all() and np.isfinite(rewards).all()):
+            raise InvalidArgumentError("observations must be finite")
+        if self._states.size and states.shape[1] != self._states.shape[1]:
+            raise ShapeError(
+                f"states have {states.shape[1]} features, expected {self._states.shape[1]}"
+            )
+        steps = self.step + np.arange(len(states))
+        bounds = self._bound_of(states)
+        events: list[Event] = []
+        worst_ratio = np.zeros(len(states))
+        window_bounds = self._bound_of(self._states) if len(self._states) else None
+        pools = [
+            ("window", self._states, self._rewards, window_bounds, self._steps, None, False),
+            ("batch", states, rewards, bounds, steps, None, True),
+        ]
+        if self._reference is not None:
+            ref_states, ref_rewards, ref_bounds, tree = self._reference
+            pools.append(
+                (
+                    "reference",
+                    ref_states,
+                    ref_rewards,
+                    ref_bounds,
+                    np.arange(len(ref_states)),
+                    tree,
+                    False,
+                )
+            )
+        for name, pool_states, pool_rewards, pool_bounds, pool_ids, tree, self_pairs in pools:
+            if len(pool_states) == 0:
+                continue
+            found = find_violations(
+                states,
+                rewards,
+                pool_states,
+                pool_rewards,
+                bounds,
+                pool_lipschitz=pool_bounds,
+                norm=self.norm,
+                tolerance=self.tolerance,
+                noise_floor=self.noise_floor,
+                tree=tree,
+                exclude_self=self_pairs,
+            )
+            for i, j, d, diff, bound in zip(
+                found.first,
+                found.second,
+                found.distance,
+                found.difference,
+                found.bound,
+                strict=True,
+            ):
+                ratio = diff / d if d > 0 else math.inf
+                worst_ratio[i] = max(worst_ratio[i], ratio)
+                events.append(
+                    Event(
+                        "violation",
+                        int(steps[i]),
+                        {
+                            "against": name,
+                            "other": int(pool_ids[j]),
+                            "distance": float(d),
+                            "reward_difference": float(diff),
+                            "bound": float(bound),
+                            "ratio": float(ratio),
+                        },
+                    )
+                )
+        events += self._envelope(states, steps)
+        events += self._model_checks(states, steps, bounds)
+        events += self._drift(steps, worst_ratio, bounds)
+        self._remember(states, rewards, steps)
+        self.step += len(states)
+        self._emit(events)
+        return Observation(events)
+
+    def _envelope(self, states, steps) -> list[Event]:
+        if self.envelope_radius is None:
+            return []
+        tree = self._reference[3]
+        distance, _ = tree.query(states, p=self.norm)
+        outside = np.nonzero(distance > self.envelope_radius)[0]
+        return [
+            Event(
+                "out_of_envelope",
+                int(steps[i]),
+                {"distance": float(distance[i]), "radius": self.envelope_radius},
+            )
+            for i in outside
+        ]
+
+    def _model_checks(self, states, steps, bounds) -> list[Event]:
+        if self.model is None:
+            return []
+        events = []
+        if self.weights_sha256 is not None:
+            from lipguard.bounds import weights_sha256
+
+            current = weights_sha256(self.model)
+            if current != self.weights_sha256:
+                events.append(
+                    Event(
+                        "weights_changed",
+                        int(steps[0]),
+                        {
+                            "certified": self.weights_sha256,
+                            "current": current,
+                            "action": "re-certification required",
+                        },
+                    )
+                )
+        parameter = next(self.model.parameters(), None)
+        dtype = parameter.dtype if parameter is not None else torch.float32
+        points = torch.as_tensor(states, dtype=dtype).requires_grad_(True)
+        with torch.enable_grad(), _checks.evaluating(self.model):
+            outputs = self.model(points).reshape(len(states), -1)[:, 0]
+            (gradient,) = torch.autograd.grad(outputs.sum(), points)
+        norms = torch.linalg.vector_norm(gradient, ord=dual_norm(self.norm), dim=1).numpy()
+        for i in np.nonzero(norms > bounds + self.tolerance)[0]:
+            events.append(
+                Event(
+                    "gradient",
+                    int(steps[i]),
+                    {"gradient_norm": float(norms[i]), "bound": float(bounds[i])},
+                )
+            )
+        return events
+
+    def _drift(self, steps, worst_ratio, bounds) -> list[Event]:
+        events = []
+        for i in range(len(steps)):
+            indicator = float(worst_ratio[i] > bounds[i])
+            for name, detector in self._detectors.items():
+                value = indicator if name.startswith("violations") else worst_ratio[i] / bounds[i]
+                if detector.update(value):
+                    events.append(Event("drift", int(steps[i]), {"detector": name}))
+        return events
+
+    def _remember(self, states, rewards, steps) -> None:
+        if self._states.size == 0:
+            self._states = np.zeros((0, states.shape[1]))
+        self._states = np.concatenate([self._states, states])[-self.window :]
+        self._rewards = np.concatenate([self._rewards, rewards])[-self.window :]
+        self._steps = np.concatenate([self._steps, steps])[-self.window :]
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        if self.store is not None:
+            self.store.append((e.kind, {"step": e.step, **e.details}) for e in events)
+        for event in events:
+            level = logging.INFO if event.kind == "violation" else logging.WARNING
+            logger.log(level, "%s at step %d: %s", event.kind, event.step, event.details)
+            for callback in self.callbacks:
+                callback(event)
+
+
+def _numpy(values):
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return values

@@ -1,0 +1,246 @@
+"""The runtime monitor: exact pruning, planted violations, drift, tamper-evident storage."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from lipguard.bounds import weights_sha256
+from lipguard.monitor import (
+    ADWIN,
+    AuditStore,
+    LipschitzMonitor,
+    PageHinkley,
+    brute_force_violations,
+    find_violations,
+)
+from lipguard.monitor import pairs as pairs_module
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    lipschitz=st.floats(0.1, 5.0),
+    tolerance=st.floats(0.0, 0.5),
+    noise_floor=st.floats(0.0, 0.3),
+    norm=st.sampled_from([2.0, float("inf")]),
+    dense=st.booleans(),
+)
+def test_pruned_search_equals_brute_force(seed, lipschitz, tolerance, noise_floor, norm, dense):
+    rng = np.random.default_rng(seed)
+    states, pool = rng.normal(size=(40, 3)), rng.normal(size=(60, 3))
+    rewards, pool_rewards = rng.normal(size=40), rng.normal(size=60)
+    original = pairs_module.DENSE_LIMIT
+    pairs_module.DENSE_LIMIT = 10**9 if dense else 0
+    try:
+        found = find_violations(
+            states,
+            rewards,
+            pool,
+            pool_rewards,
+            lipschitz,
+            norm=norm,
+            tolerance=tolerance,
+            noise_floor=noise_floor,
+        )
+    finally:
+        pairs_module.DENSE_LIMIT = original
+    expected = brute_force_violations(
+        states,
+        rewards,
+        pool,
+        pool_rewards,
+        lipschitz,
+        norm=norm,
+        tolerance=tolerance,
+        noise_floor=noise_floor,
+    )
+    assert set(zip(found.first.tolist(), found.second.tolist(), strict=True)) == expected
+
+
+def _stream(rng, n, slope):
+    states = rng.normal(size=(n, 4))
+    return states, states @ slope
+
+
+def test_planted_violation_is_found_and_a_compliant_stream_is_clean():
+    rng = np.random.default_rng(0)
+    slope = np.array([0.5, -0.5, 0.3, 0.0])  # ||w||₂ < 1: a 1-Lipschitz reward
+    monitor = LipschitzMonitor(1.0, window=256, drift=False)
+    for _ in range(10):
+        assert monitor.observe(*_stream(rng, 64, slope)).violations == []
+    states, rewards = _stream(rng, 64, slope)
+    rewards[17] += 5.0  # a spike no 1-Lipschitz function allows next to its neighbours
+    found = monitor.observe(states, rewards).violations
+    assert found
+    assert all(640 + 17 in (e.step, e.details["other"]) for e in found)
+    assert all(e.details["ratio"] > 1.0 for e in found)
+
+
+def test_noise_floor_pairs_are_ignored():
+    states = np.array([[0.0, 0.0], [0.001, 0.0], [3.0, 0.0]])
+    rewards = np.array([0.0, 0.5, 0.0])  # slope 500 between two points 0.001 apart
+    noisy = LipschitzMonitor(1.0, noise_floor=0.01, drift=False).observe(states, rewards)
+    assert noisy.violations == []
+    strict = LipschitzMonitor(1.0, drift=False).observe(states, rewards)
+    assert len(strict.violations) == 1
+
+
+def test_reference_set_envelope_model_checks_and_state_dependent_bounds(tmp_path):
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(200, 2))
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0]]))  # slope 3
+    reference_rewards = model(torch.tensor(reference, dtype=torch.float32)).detach().numpy()[:, 0]
+    certified = weights_sha256(model)
+    store = AuditStore(tmp_path / "audit.db")
+    monitor = LipschitzMonitor(
+        lambda s: np.where(s[:, 0] > 0, 4.0, 2.0),  # tighter where s₁ <= 0
+        reference=(reference, reference_rewards),
+        envelope_radius=1.5,
+        model=model,
+        weights_sha256=certified,
+        store=store,
+        drift=False,
+    )
+    far = np.array([[10.0, 10.0]])
+    events = monitor.observe(far, model(torch.tensor(far, dtype=torch.float32)).detach()[:, 0])
+    assert events.of_kind("out_of_envelope")
+    gradient_alarms = monitor.observe(np.array([[-0.5, 0.0]]), np.array([0.0])).of_kind("gradient")
+    assert gradient_alarms[0].details["bound"] == 2.0  # slope 3 > L(s) = 2 where s₁ <= 0
+    with torch.no_grad():
+        model.weight.add_(0.01)
+    changed = monitor.observe(np.array([[0.5, 0.0]]), np.array([1.5])).of_kind("weights_changed")
+    assert changed
+    assert changed[0].details["action"] == "re-certification required"
+    kinds = {record.kind for record in store.records()}
+    assert {"out_of_envelope", "gradient", "weights_changed"} <= kinds
+    assert store.verify().ok
+
+
+def test_drift_detectors_fire_after_a_change_and_stay_quiet_otherwise():
+    for detector_type in (PageHinkley, ADWIN):
+        rng = random.Random(0)
+        quiet = detector_type()
+        assert not any(quiet.update(float(rng.random() < 0.02)) for _ in range(5000))
+        detector = detector_type()
+        alarms = [
+            t
+            for t in range(3000)
+            if detector.update(float(rng.random() < (0.02 if t < 1000 else 0.5)))
+        ]
+        assert alarms, detector_type.__name__
+        assert 1000 <= alarms[0] <= 1200, (detector_type.__name__, alarms[0])
+
+
+def _tamper(path, sql, *parameters):
+    connection = sqlite3.connect(path)
+    connection.execute(sql, parameters)
+    connection.commit()
+    connection.close()
+
+
+@pytest.fixture
+def filled(tmp_path):
+    path = tmp_path / "audit.db"
+    store = AuditStore(path, key="secret")
+    store.append(("violation", {"i": i, "ratio": 1.0 + i}) for i in range(20))
+    assert store.verify().ok
+    return path, store
+
+
+def test_an_edit_is_detected(filled):
+    path, store = filled
+    _tamper(path, "UPDATE audit_records SET payload = ? WHERE seq = 7", '{"i":7,"ratio":0.5}')
+    report = store.verify()
+    assert not report.ok
+    assert any("record 7" in p and "edited" in p for p in report.problems)
+
+
+def test_a_deletion_is_detected(filled):
+    path, store = filled
+    _tamper(path, "DELETE FROM audit_records WHERE seq = 5")
+    assert not store.verify().ok
+
+
+def test_a_reordering_is_detected(filled):
+    path, store = filled
+    _tamper(path, "UPDATE audit_records SET seq = -3 WHERE seq = 3")
+    _tamper(path, "UPDATE audit_records SET seq = 3 WHERE seq = 4")
+    _tamper(path, "UPDATE audit_records SET seq = 4 WHERE seq = -3")
+    assert not store.verify().ok
+
+
+def test_truncate_and_append_is_detected(filled):
+    path, store = filled
+    _tamper(path, "DELETE FROM audit_records WHERE seq > 15")
+    AuditStore(path).append([("violation", {"forged": True})] * 5)  # no key: cannot forge
+    report = store.verify()
+    assert not report.ok
+    # without a key, a rewritten tail is caught by the head kept elsewhere
+    plain = AuditStore(path.with_name("plain.db"))
+    plain.append([("a", {"i": i}) for i in range(10)])
+    head = plain.head()
+    _tamper(plain.url.removeprefix("sqlite:///"), "DELETE FROM audit_records WHERE seq > 7")
+    plain.append([("a", {"i": 99})] * 3)
+    assert plain.verify().ok  # a consistent rewrite...
+    assert not plain.verify(expected_head=head).ok  # ...that the external head exposes
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from lipguard.monitor import AuditStore
+    store = AuditStore(sys.argv[1])
+    batch = 0
+    while True:
+        last = store.append(("violation", {"batch": batch, "i": i}) for i in range(200))
+        print(last, flush=True)
+        batch += 1
+""")
+
+
+def test_kill_minus_nine_loses_no_committed_record(tmp_path):
+    rng = random.Random(0)
+    for trial in range(3):
+        path = tmp_path / f"killed{trial}.db"
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        committed = 0
+        deadline = time.monotonic() + 1.0 + rng.random()
+        while time.monotonic() < deadline:
+            line = writer.stdout.readline()
+            if line:
+                committed = int(line)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        store = AuditStore(path)
+        report = store.verify()
+        assert report.ok, report.problems
+        assert committed > 0
+        assert report.records >= committed
+
+
+def test_postgresql_path():
+    url = os.environ.get("LIPGUARD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server here: set LIPGUARD_TEST_POSTGRES_URL to run this test")
+    store = AuditStore(url, key="k")
+    before = store.count()
+    store.append([("violation", {"i": i}) for i in range(100)])
+    assert store.count() == before + 100
+    assert store.verify().ok
