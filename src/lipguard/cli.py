@@ -17,6 +17,7 @@ from rich.table import Table
 import lipguard
 from lipguard._cli_support import console, fail, load_model, parse_shape
 from lipguard.cli_attack import attack_command
+from lipguard.cli_monitor import audit_app, monitor_command
 from lipguard.cli_smooth import smooth_app
 from lipguard.demo import (
     DemoConfig,
@@ -35,6 +36,8 @@ app = typer.Typer(
 )
 app.add_typer(smooth_app, name="smooth")
 app.command("attack")(attack_command)
+app.command("monitor")(monitor_command)
+app.add_typer(audit_app, name="audit")
 
 
 def _version(value: bool) -> None:
