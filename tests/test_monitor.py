@@ -37,10 +37,13 @@ from lipguard.monitor import pairs as pairs_module
     noise_floor=st.floats(0.0, 0.3),
     norm=st.sampled_from([2.0, float("inf")]),
     dense=st.booleans(),
+    dimension=st.sampled_from([3, 20]),
 )
-def test_pruned_search_equals_brute_force(seed, lipschitz, tolerance, noise_floor, norm, dense):
+def test_pruned_search_equals_brute_force(
+    seed, lipschitz, tolerance, noise_floor, norm, dense, dimension
+):
     rng = np.random.default_rng(seed)
-    states, pool = rng.normal(size=(40, 3)), rng.normal(size=(60, 3))
+    states, pool = rng.normal(size=(40, dimension)), rng.normal(size=(60, dimension))
     rewards, pool_rewards = rng.normal(size=40), rng.normal(size=60)
     original = pairs_module.DENSE_LIMIT
     pairs_module.DENSE_LIMIT = 10**9 if dense else 0

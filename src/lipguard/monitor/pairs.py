@@ -7,7 +7,8 @@ points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance)/L`` of
 :func:`find_violations` asks a KD-tree for exactly those (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) and
 checks each candidate — the result equals brute force over all pairs (property-tested), at a cost
 that depends on how many neighbours fall in the radius rather than on the pool size. Small
-problems use one dense distance block instead.
+problems, and states with more than 16 features (where trees degrade to linear scans), use one
+dense screening block instead: a matrix product for ℓ2, then exact distances for the survivors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-DENSE_LIMIT = 200_000  # pairs below which one dense distance block is cheaper than a tree
+DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,8 @@ def find_violations(
     reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards) - tolerance
     # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
     radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
-    if m * n <= DENSE_LIMIT:
-        distance = _dense_distances(states, pool_states, p)
-        rows, cols = np.nonzero(distance <= radius[:, None])
-        dist = distance[rows, cols]
+    if m * n <= DENSE_LIMIT or states.shape[1] > 16:  # trees do not help in many dimensions
+        rows, cols, dist = _dense_candidates(states, pool_states, radius, p)
     else:
         tree = tree if tree is not None else cKDTree(pool_states)
         candidates = tree.query_ball_point(states, np.maximum(radius, 0.0), p=p)
@@ -105,8 +104,34 @@ def find_violations(
 
 
 def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
+    """All pairwise distances, by direct differences (exact, memory ``O(|a|·|b|·d)``)."""
     diff = a[:, None, :] - b[None, :, :]
     return np.abs(diff).max(2) if p == math.inf else np.sqrt((diff * diff).sum(2))
+
+
+def _dense_candidates(a, b, radius, p, chunk: int = 256):
+    """Pairs with ``d(a_i, b_j) <= radius_i``, with their exact distances. ℓ2 screens with the
+    Gram identity ``|a|² + |b|² - 2a·b`` (one matrix product) under a radius widened by its
+    rounding error, then recomputes the survivors' distances directly, so the result is exact."""
+    rows_all, cols_all = [], []
+    if p == 2.0:
+        a_sq, b_sq = (a * a).sum(1), (b * b).sum(1)
+        scale = a_sq[:, None] + b_sq[None, :]
+        squared = scale - 2.0 * (a @ b.T)
+        slack = 8 * a.shape[1] * np.finfo(np.float64).eps * scale
+        reach = np.maximum(radius, 0.0)[:, None] ** 2 + slack
+        rows_all, cols_all = np.nonzero((squared <= reach) & (radius[:, None] >= 0))
+    else:
+        for start in range(0, len(a), chunk):
+            block = np.abs(a[start : start + chunk, None, :] - b[None, :, :]).max(2)
+            r, c = np.nonzero(block <= radius[start : start + chunk, None])
+            rows_all.append(r + start)
+            cols_all.append(c)
+        rows_all, cols_all = np.concatenate(rows_all), np.concatenate(cols_all)
+    diff = a[rows_all] - b[cols_all]
+    dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
+    keep = dist <= radius[rows_all]
+    return rows_all[keep], cols_all[keep], dist[keep]
 
 
 def brute_force_violations(
