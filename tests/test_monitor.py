@@ -247,3 +247,17 @@ def test_postgresql_path():
     store.append([("violation", {"i": i}) for i in range(100)])
     assert store.count() == before + 100
     assert store.verify().ok
+
+
+def test_batched_drift_updates_equal_one_at_a_time():
+    rng = np.random.default_rng(3)
+    values = (rng.random(4000) < np.where(np.arange(4000) < 2000, 0.02, 0.4)).astype(float)
+    for detector_type in (PageHinkley, ADWIN):
+        single, batched = detector_type(), detector_type()
+        one = [t for t, v in enumerate(values) if single.update(v)]
+        many, offset = [], 0
+        for chunk in np.array_split(values, 37):
+            many += [offset + i for i in batched.update_many(chunk)]
+            offset += len(chunk)
+        assert one == many, detector_type.__name__
+        assert one

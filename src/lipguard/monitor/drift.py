@@ -1,7 +1,9 @@
 """Drift detectors for monitoring streams: Page–Hinkley and ADWIN.
 
-Both consume one value at a time (the violation indicator, or the observed ratio) and return
-``True`` when they detect a change; then they reset and start afresh.
+Both consume one value at a time (``update``, the violation indicator or the observed ratio)
+and return ``True`` when they detect a change; then they reset and start afresh.
+``update_many`` consumes a batch with the same result as value-by-value updates and returns the
+positions of the alarms.
 
 - :class:`PageHinkley` (Page, 1954): cumulative deviation ``m_t = Σ (x_i - x̄_i - δ)`` against its
   running minimum; alarm when ``m_t - min m > threshold``. Detects increases of the mean.
@@ -43,6 +45,29 @@ class PageHinkley:
             return True
         return False
 
+    def update_many(self, values) -> list[int]:
+        """Vectorised :meth:`update`: cumulative sums over the batch, restarted after each
+        alarm."""
+        values = np.asarray(values, dtype=np.float64)
+        alarms, start = [], 0
+        while start < len(values):
+            segment = values[start:]
+            counts = self.count + np.arange(1, len(segment) + 1)
+            means = (self.mean * self.count + np.cumsum(segment)) / counts
+            cumulative = self.cumulative + np.cumsum(segment - means - self.delta)
+            minima = np.minimum(self.minimum, np.minimum.accumulate(cumulative))
+            fired = np.flatnonzero(
+                (counts >= self.min_samples) & (cumulative - minima > self.threshold)
+            )
+            if fired.size == 0:
+                self.count, self.mean = int(counts[-1]), float(means[-1])
+                self.cumulative, self.minimum = float(cumulative[-1]), float(minima[-1])
+                break
+            alarms.append(start + int(fired[0]))
+            self.reset()
+            start += int(fired[0]) + 1
+        return alarms
+
 
 class ADWIN:
     def __init__(
@@ -57,6 +82,20 @@ class ADWIN:
 
     def reset(self) -> None:
         self.window.clear()
+
+    def update_many(self, values) -> list[int]:
+        """:meth:`update` for a batch: the window is extended up to each clock tick at once."""
+        values = np.asarray(values, dtype=np.float64)
+        alarms, start = [], 0
+        while start < len(values):
+            until_tick = self.clock - self.seen % self.clock
+            segment = values[start : start + until_tick]
+            self.window.extend(segment[:-1].tolist())
+            self.seen += len(segment) - 1
+            if self.update(float(segment[-1])):
+                alarms.append(start + len(segment) - 1)
+            start += len(segment)
+        return alarms
 
     def update(self, value: float) -> bool:
         self.window.append(float(value))

@@ -271,14 +271,13 @@ class LipschitzMonitor:
         return events
 
     def _drift(self, steps, worst_ratio, bounds) -> list[Event]:
+        indicator = (worst_ratio > bounds).astype(np.float64)
         events = []
-        for i in range(len(steps)):
-            indicator = float(worst_ratio[i] > bounds[i])
-            for name, detector in self._detectors.items():
-                value = indicator if name.startswith("violations") else worst_ratio[i] / bounds[i]
-                if detector.update(value):
-                    events.append(Event("drift", int(steps[i]), {"detector": name}))
-        return events
+        for name, detector in self._detectors.items():
+            values = indicator if name.startswith("violations") else worst_ratio / bounds
+            for index in detector.update_many(values):
+                events.append(Event("drift", int(steps[index]), {"detector": name}))
+        return sorted(events, key=lambda e: e.step)
 
     def _remember(self, states, rewards, steps) -> None:
         if self._states.size == 0:

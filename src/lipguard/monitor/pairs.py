@@ -7,8 +7,9 @@ points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance)/L`` of
 :func:`find_violations` asks a KD-tree for exactly those (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) and
 checks each candidate — the result equals brute force over all pairs (property-tested), at a cost
 that depends on how many neighbours fall in the radius rather than on the pool size. Small
-problems, and states with more than 16 features (where trees degrade to linear scans), use one
-dense screening block instead: a matrix product for ℓ2, then exact distances for the survivors.
+problems use one dense screening block instead (a matrix product for ℓ2, then exact distances
+for the survivors); states with more than 16 features, where trees degrade to linear scans, are
+pruned with the exact lower bound ``|‖s‖ - ‖s'‖| <= ‖s - s'‖`` on a pool sorted by norm.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def find_violations(
     reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards) - tolerance
     # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
     radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
-    if m * n <= DENSE_LIMIT or states.shape[1] > 16:  # trees do not help in many dimensions
+    if m * n <= DENSE_LIMIT:
         rows, cols, dist = _dense_candidates(states, pool_states, radius, p)
+    elif states.shape[1] > 16:  # trees degrade to linear scans in many dimensions
+        rows, cols, dist = _norm_sorted_candidates(states, pool_states, radius, p)
     else:
         tree = tree if tree is not None else cKDTree(pool_states)
         candidates = tree.query_ball_point(states, np.maximum(radius, 0.0), p=p)
@@ -109,6 +112,32 @@ def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return np.abs(diff).max(2) if p == math.inf else np.sqrt((diff * diff).sum(2))
 
 
+def _exact_within(a, b, rows, cols, radius, p):
+    diff = a[rows] - b[cols]
+    dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
+    keep = dist <= radius[rows]
+    return rows[keep], cols[keep], dist[keep]
+
+
+def _norm_sorted_candidates(a, b, radius, p):
+    """Pairs within ``radius`` via the exact lower bound ``|‖a‖ - ‖b‖| <= ‖a - b‖`` (any norm):
+    with the pool sorted by norm, each query's candidates are one contiguous range."""
+    norm_a = np.abs(a).max(1) if p == math.inf else np.sqrt((a * a).sum(1))
+    norm_b = np.abs(b).max(1) if p == math.inf else np.sqrt((b * b).sum(1))
+    order = np.argsort(norm_b)
+    sorted_b = norm_b[order]
+    reach = np.maximum(radius, 0.0) * (1 + 1e-9) + 1e-12
+    low = np.searchsorted(sorted_b, norm_a - reach, side="left")
+    high = np.searchsorted(sorted_b, norm_a + reach, side="right")
+    counts = np.where(radius >= 0, np.maximum(high - low, 0), 0)
+    if counts.sum() > 0.25 * len(a) * len(b):
+        return _dense_candidates(a, b, radius, p)
+    rows = np.repeat(np.arange(len(a)), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    cols = order[np.repeat(low, counts) + np.arange(counts.sum()) - starts]
+    return _exact_within(a, b, rows, cols, radius, p)
+
+
 def _dense_candidates(a, b, radius, p, chunk: int = 256):
     """Pairs with ``d(a_i, b_j) <= radius_i``, with their exact distances. ℓ2 screens with the
     Gram identity ``|a|² + |b|² - 2a·b`` (one matrix product) under a radius widened by its
@@ -128,10 +157,7 @@ def _dense_candidates(a, b, radius, p, chunk: int = 256):
             rows_all.append(r + start)
             cols_all.append(c)
         rows_all, cols_all = np.concatenate(rows_all), np.concatenate(cols_all)
-    diff = a[rows_all] - b[cols_all]
-    dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
-    keep = dist <= radius[rows_all]
-    return rows_all[keep], cols_all[keep], dist[keep]
+    return _exact_within(a, b, rows_all, cols_all, radius, p)
 
 
 def brute_force_violations(
