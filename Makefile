@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bounds.py
 	$(BIN)/python benchmarks/smoothing.py
 	$(BIN)/python benchmarks/attacks.py
+	$(BIN)/python benchmarks/price_of_robustness.py
+	$(BIN)/python benchmarks/monitor.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .hypothesis
