@@ -261,3 +261,12 @@ def test_batched_drift_updates_equal_one_at_a_time():
             offset += len(chunk)
         assert one == many, detector_type.__name__
         assert one
+
+
+def test_adwin_window_is_capped():
+    detector = ADWIN(max_window=100, clock=7)
+    detector.update_many(np.zeros(1234))
+    for value in np.ones(50):
+        detector.update(value)
+    assert len(detector.window) <= 100
+    assert detector.window[-1] == 1.0

@@ -18,7 +18,6 @@ positions of the alarms.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 
@@ -77,11 +76,29 @@ class ADWIN:
         self.max_window = _checks.positive_int("max_window", max_window)
         self.clock = _checks.positive_int("clock", clock)
         self.min_split = _checks.positive_int("min_split", min_split)
-        self.window: deque[float] = deque(maxlen=self.max_window)
+        # the window is buffer[first:last]; the buffer is compacted when it fills (amortised O(1))
+        self._buffer = np.empty(2 * self.max_window)
+        self._first = self._last = 0
         self.seen = 0
 
+    @property
+    def window(self) -> np.ndarray:
+        return self._buffer[self._first : self._last]
+
     def reset(self) -> None:
-        self.window.clear()
+        self._first = self._last = 0
+
+    def _extend(self, values: np.ndarray) -> None:
+        """Append values, keeping at most ``max_window`` of the newest."""
+        for begin in range(0, len(values), self.max_window):
+            chunk = values[begin : begin + self.max_window]
+            if self._last + len(chunk) > len(self._buffer):  # compact: window to the front
+                size = self._last - self._first
+                self._buffer[:size] = self._buffer[self._first : self._last].copy()
+                self._first, self._last = 0, size
+            self._buffer[self._last : self._last + len(chunk)] = chunk
+            self._last += len(chunk)
+            self._first = max(self._first, self._last - self.max_window)
 
     def update_many(self, values) -> list[int]:
         """:meth:`update` for a batch: the window is extended up to each clock tick at once."""
@@ -90,7 +107,7 @@ class ADWIN:
         while start < len(values):
             until_tick = self.clock - self.seen % self.clock
             segment = values[start : start + until_tick]
-            self.window.extend(segment[:-1].tolist())
+            self._extend(segment[:-1])
             self.seen += len(segment) - 1
             if self.update(float(segment[-1])):
                 alarms.append(start + len(segment) - 1)
@@ -98,11 +115,11 @@ class ADWIN:
         return alarms
 
     def update(self, value: float) -> bool:
-        self.window.append(float(value))
+        self._extend(np.array([float(value)]))
         self.seen += 1
         if self.seen % self.clock or len(self.window) < 2 * self.min_split:
             return False
-        values = np.fromiter(self.window, dtype=np.float64)
+        values = self.window
         n = len(values)
         prefix = np.cumsum(values)
         splits = np.arange(self.min_split, n - self.min_split + 1)
@@ -115,7 +132,5 @@ class ADWIN:
         changed = np.abs(left_mean - right_mean) > cut
         if not changed.any():
             return False
-        last = int(splits[np.nonzero(changed)[0][-1]])
-        for _ in range(last):  # drop the older part: the window now holds the new regime
-            self.window.popleft()
+        self._first += int(splits[np.nonzero(changed)[0][-1]])  # drop the older part
         return True
