@@ -92,6 +92,48 @@ def _record(curve, ensemble, labelled, x_test, y_test) -> None:
     curve.rmse.append(float(((mean - y_test.double()) ** 2).mean().sqrt()))
 
 
+Chooser = Callable[
+    [Ensemble, torch.Tensor, torch.Tensor, int, torch.Generator], torch.Tensor | None
+]
+
+
+def _query_loop(
+    oracle,
+    pool,
+    x_test,
+    y_test,
+    choose: Chooser,
+    *,
+    learner,
+    members,
+    initial,
+    per_round,
+    budget,
+    seed,
+) -> LearningCurve:
+    """Label ``initial`` random pool points, then per round the points ``choose`` picks among
+    the unlabelled ones (``None``: nothing worth querying), until the budget is spent."""
+    generator = torch.Generator().manual_seed(seed)
+    ensemble = Ensemble(learner or RandomFeatureRidge(), members, seed)
+    chosen = torch.randperm(pool.shape[0], generator=generator)[:initial]
+    remaining = torch.ones(pool.shape[0], dtype=torch.bool)
+    remaining[chosen] = False
+    x, y = pool[chosen], oracle(pool[chosen])
+    curve = LearningCurve()
+    while True:
+        ensemble.fit(x, y)
+        _record(curve, ensemble, x.shape[0], x_test, y_test)
+        if x.shape[0] >= budget or not bool(remaining.any()):
+            break
+        picked = choose(ensemble, pool, remaining, min(per_round, budget - x.shape[0]), generator)
+        if picked is None:
+            curve.stopped_confident = True
+            break
+        remaining[picked] = False
+        x, y = torch.cat([x, pool[picked]]), torch.cat([y, oracle(pool[picked])])
+    return curve
+
+
 def active_learning(
     oracle: Callable[[torch.Tensor], torch.Tensor],
     pool: torch.Tensor,
@@ -110,30 +152,31 @@ def active_learning(
     uncertain points whose ensemble standard deviation exceeds ``tolerance`` (drawn with
     probability proportional to it, which spreads a round's queries instead of stacking them on
     one uncertain spot)."""
-    generator = torch.Generator().manual_seed(seed)
-    ensemble = Ensemble(learner or RandomFeatureRidge(), members, seed)
-    order = torch.randperm(pool.shape[0], generator=generator)
-    chosen = order[:initial]
-    remaining = torch.ones(pool.shape[0], dtype=torch.bool)
-    remaining[chosen] = False
-    x, y = pool[chosen], oracle(pool[chosen])
-    curve = LearningCurve()
-    while True:
-        ensemble.fit(x, y)
-        _record(curve, ensemble, x.shape[0], x_test, y_test)
-        if x.shape[0] >= budget or not bool(remaining.any()):
-            break
+
+    def uncertain(ensemble, pool, remaining, count, generator):
         _, spread = ensemble.predict(pool[remaining])
-        candidates = remaining.nonzero().squeeze(1)[spread > tolerance]
+        above = spread > tolerance
+        candidates = remaining.nonzero().squeeze(1)[above]
         if candidates.numel() == 0:
-            curve.stopped_confident = True
-            break
-        count = min(per_round, budget - x.shape[0], candidates.numel())
-        weights = spread[spread > tolerance].double()
-        picked = candidates[torch.multinomial(weights, count, generator=generator)]
-        remaining[picked] = False
-        x, y = torch.cat([x, pool[picked]]), torch.cat([y, oracle(pool[picked])])
-    return curve
+            return None
+        draws = torch.multinomial(
+            spread[above].double(), min(count, candidates.numel()), generator=generator
+        )
+        return candidates[draws]
+
+    return _query_loop(
+        oracle,
+        pool,
+        x_test,
+        y_test,
+        uncertain,
+        learner=learner,
+        members=members,
+        initial=initial,
+        per_round=per_round,
+        budget=budget,
+        seed=seed,
+    )
 
 
 def random_sampling(
@@ -150,12 +193,21 @@ def random_sampling(
     seed: int = 0,
 ) -> LearningCurve:
     """The baseline: the same rounds, labelling random pool points."""
-    generator = torch.Generator().manual_seed(seed)
-    ensemble = Ensemble(learner or RandomFeatureRidge(), members, seed)
-    order = torch.randperm(pool.shape[0], generator=generator)
-    curve = LearningCurve()
-    for count in range(initial, min(budget, pool.shape[0]) + 1, per_round):
-        chosen = order[:count]
-        ensemble.fit(pool[chosen], oracle(pool[chosen]))
-        _record(curve, ensemble, count, x_test, y_test)
-    return curve
+
+    def anywhere(ensemble, pool, remaining, count, generator):
+        candidates = remaining.nonzero().squeeze(1)
+        return candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
+
+    return _query_loop(
+        oracle,
+        pool,
+        x_test,
+        y_test,
+        anywhere,
+        learner=learner,
+        members=members,
+        initial=initial,
+        per_round=per_round,
+        budget=budget,
+        seed=seed,
+    )
