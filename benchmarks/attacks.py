@@ -29,33 +29,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from digits import trained_digits_mlp
 from layers import machine
 from lipguard.attacks import APGD, PGD, CrossEntropy, ThreatModel
-
-
-def trained_mlp() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor, float]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1400], order[1400:]
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(30):
-        for batch in train[torch.randperm(len(train))].split(64):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
-    return model, x[test], y[test], accuracy
 
 
 def lipguard_pgd(model, x, y, eps, steps, seed):
@@ -174,7 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
-    model, x, y, accuracy = trained_mlp()
+    model, x, y, accuracy = trained_digits_mlp()
     runs = [
         ("lipguard PGD", lipguard_pgd, args.pgd_steps),
         ("torchattacks PGD", torchattacks_pgd, args.pgd_steps),

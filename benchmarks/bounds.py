@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from digits import trained_digits_mlp
 from layers import machine
 from lipguard.bounds import lipschitz_bound, lipschitz_lower_bound
 
@@ -60,29 +61,6 @@ def fixture(name: str) -> tuple[nn.Sequential, torch.Tensor]:
         layers += [layer] + ([nn.ReLU()] if index < len(matrices) - 1 else [])
     inputs = torch.randn(16, matrices[0].shape[1], generator=torch.Generator().manual_seed(0))
     return nn.Sequential(*layers).eval(), inputs
-
-
-def digits_mlp() -> tuple[nn.Sequential, torch.Tensor, float]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1400], order[1400:]
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(30):
-        for batch in train.split(64):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
-    return model.eval(), x[test][:16], accuracy
 
 
 def naive_product(model: nn.Sequential) -> float:
@@ -270,7 +248,8 @@ def main() -> None:
         ("random 2-10-30-20-2", *fixture("random_weights")),
         ("MNIST 784-50-10", *fixture("mnist_weights")),
     ]
-    digits, digits_inputs, accuracy = digits_mlp()
+    digits, test_inputs, _, accuracy = trained_digits_mlp()
+    digits_inputs = test_inputs[:16]
     networks.append(("digits MLP 64-256-256-10", digits, digits_inputs))
     rows: list[Row] = []
     for name, model, inputs in networks:

@@ -37,36 +37,11 @@ from scipy import stats
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from digits import trained_digits_mlp
 from layers import machine
 from lipguard.smoothing import SmoothedClassifier
 
 N0, ALPHA, RADII = 100, 0.001, (0.0, 0.25, 0.5, 0.75)
-
-
-def trained_mlp(sigma: float) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor, float]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = order[:1400], order[1400:]
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(60):
-        for batch in train[torch.randperm(len(train))].split(64):
-            noisy = x[batch] + sigma * torch.randn_like(x[batch])
-            loss = nn.functional.cross_entropy(model(noisy), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
-    return model, x[test], y[test], accuracy
 
 
 def raw_forward(model: nn.Module, x: torch.Tensor, sigma: float, n: int, batch_size: int) -> float:
@@ -209,7 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     import art
 
-    model, x_test, y_test, accuracy = trained_mlp(args.sigma)
+    model, x_test, y_test, accuracy = trained_digits_mlp(epochs=60, noise=args.sigma)
     x, y = x_test[: args.inputs], y_test[: args.inputs]
     rows, reference = [], None
     for name, runner in (

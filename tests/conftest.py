@@ -51,3 +51,15 @@ def lipsdp_fixture(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Se
         if index < len(matrices) - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="session")
+def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits, pixels scaled to [0, 1], in a fixed shuffled order."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return x[order], y[order]

@@ -11,14 +11,9 @@ from lipguard.train import DivergenceError, fit, oscillation
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[order][:1000], y[order][:1000]
+def digits(shuffled_digits):
+    x, y = shuffled_digits
+    return x[:1000], y[:1000]
 
 
 def _mlp(seed: int = 0) -> nn.Module:

@@ -118,6 +118,7 @@ class LipschitzMonitor:
         self._states = np.zeros((0, 0))
         self._rewards = np.zeros(0)
         self._steps = np.zeros(0, dtype=np.int64)
+        self._bounds = np.zeros(0)  # L(s) of the window's states, computed once
         self._reference = None
         if reference is not None:
             states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
@@ -152,9 +153,8 @@ class LipschitzMonitor:
         bounds = self._bound_of(states)
         events: list[Event] = []
         worst_ratio = np.zeros(len(states))
-        window_bounds = self._bound_of(self._states) if len(self._states) else None
         pools = [
-            ("window", self._states, self._rewards, window_bounds, self._steps, None, False),
+            ("window", self._states, self._rewards, self._bounds, self._steps, None, False),
             ("batch", states, rewards, bounds, steps, None, True),
         ]
         if self._reference is not None:
@@ -213,7 +213,7 @@ class LipschitzMonitor:
         events += self._envelope(states, steps)
         events += self._model_checks(states, steps, bounds)
         events += self._drift(steps, worst_ratio, bounds)
-        self._remember(states, rewards, steps)
+        self._remember(states, rewards, steps, bounds)
         self.step += len(states)
         self._emit(events)
         return Observation(events)
@@ -279,12 +279,13 @@ class LipschitzMonitor:
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
         return sorted(events, key=lambda e: e.step)
 
-    def _remember(self, states, rewards, steps) -> None:
+    def _remember(self, states, rewards, steps, bounds) -> None:
         if self._states.size == 0:
             self._states = np.zeros((0, states.shape[1]))
         self._states = np.concatenate([self._states, states])[-self.window :]
         self._rewards = np.concatenate([self._rewards, rewards])[-self.window :]
         self._steps = np.concatenate([self._steps, steps])[-self.window :]
+        self._bounds = np.concatenate([self._bounds, bounds])[-self.window :]
 
     def _emit(self, events: list[Event]) -> None:
         if not events:

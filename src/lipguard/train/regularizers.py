@@ -48,7 +48,7 @@ from lipguard.attacks.objectives import Objective
 from lipguard.attacks.threat import ThreatModel
 from lipguard.errors import InvalidArgumentError
 from lipguard.train.inner import adversary_path
-from lipguard.train.tasks import Task
+from lipguard.train.tasks import Task, TaskModel
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ class AAJR(_Adversarial):
         if self.objective is None:
             return lambda p: task.loss(task.forward(model, p), y)
         target: Objective = self.objective(y)
-        wrapped = _TaskModel(model, task)
+        wrapped = TaskModel(model, task)
         clean = wrapped(x).detach() if target.uses_clean_outputs else None
         bound = target.bind(wrapped, x, clean)
         return lambda p: bound.loss(wrapped(p))
@@ -337,17 +337,6 @@ class AAJR(_Adversarial):
         loss = _task_loss(model, task, x, y)
         penalty = self.penalty(model, task, x, y, generator)
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
-
-
-class _TaskModel(nn.Module):
-    """``x ↦ task.forward(model, x)`` as a module, for attack objectives."""
-
-    def __init__(self, model: nn.Module, task: Task) -> None:
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, x):
-        return self.task.forward(self.model, x)
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {

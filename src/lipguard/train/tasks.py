@@ -106,6 +106,17 @@ class Preference(Task):
         return float(((outputs > 0) == (y > 0.5)).float().mean())
 
 
+class TaskModel(nn.Module):
+    """``x ↦ task.forward(model, x)`` as a module: what attacks and objectives see."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x):
+        return self.task.forward(self.model, x)
+
+
 TASKS = {"classification": Classification, "regression": Regression, "preference": Preference}
 
 

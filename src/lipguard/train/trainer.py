@@ -15,9 +15,9 @@ from lipguard._progress import progress_bar
 from lipguard.attacks.gradient import PGD
 from lipguard.attacks.threat import ThreatModel
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.train.regularizers import Regularizer, _TaskModel, make_regularizer
+from lipguard.train.regularizers import Regularizer, make_regularizer
 from lipguard.train.stability import DivergenceError, Oscillation, diverged, oscillation
-from lipguard.train.tasks import Task, make_task
+from lipguard.train.tasks import Task, TaskModel, make_task
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def _evaluate(model, task, x, y, robust_eps, robust_norm, robust_steps, bounds, 
         if robust_eps < 0:
             raise InvalidArgumentError("robust_eps must be >= 0")
         attack = PGD(ThreatModel(robust_eps, robust_norm, bounds=bounds), robust_steps, seed=seed)
-        robust = task.metric(attack(_TaskModel(model, task), x, task.objective(y)).outputs, y)
+        robust = task.metric(attack(TaskModel(model, task), x, task.objective(y)).outputs, y)
     norms = _gradient_norms(model, task, x, y)
     return {
         "validation_loss": validation_loss,
