@@ -121,6 +121,8 @@ class ADWIN:
             return False
         values = self.window
         n = len(values)
+        if values[0] == values[-1] and values.min() == values.max():
+            return False  # a constant window has no change (the common all-clear indicator)
         prefix = np.cumsum(values)
         splits = np.arange(self.min_split, n - self.min_split + 1)
         left_mean = prefix[splits - 1] / splits

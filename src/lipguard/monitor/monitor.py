@@ -30,7 +30,7 @@ from lipguard import _checks
 from lipguard._norms import dual_norm, parse_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
-from lipguard.monitor.pairs import find_violations
+from lipguard.monitor.pairs import PoolIndex, find_violations
 from lipguard.monitor.store import AuditStore
 
 logger = logging.getLogger("lipguard.monitor")
@@ -124,7 +124,8 @@ class LipschitzMonitor:
             states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
             if states.ndim != 2 or rewards.shape != (len(states),):
                 raise ShapeError("reference must be (states (N, d), rewards (N,))")
-            self._reference = (states, rewards, self._bound_of(states), cKDTree(states))
+            self._reference = (states, rewards, self._bound_of(states), PoolIndex(states))
+            self._envelope_tree = cKDTree(states) if envelope_radius is not None else None
         elif envelope_radius is not None:
             raise InvalidArgumentError("a safety envelope needs reference states")
         self._detectors = (
@@ -158,7 +159,7 @@ class LipschitzMonitor:
             ("batch", states, rewards, bounds, steps, None, True),
         ]
         if self._reference is not None:
-            ref_states, ref_rewards, ref_bounds, tree = self._reference
+            ref_states, ref_rewards, ref_bounds, index = self._reference
             pools.append(
                 (
                     "reference",
@@ -166,11 +167,11 @@ class LipschitzMonitor:
                     ref_rewards,
                     ref_bounds,
                     np.arange(len(ref_states)),
-                    tree,
+                    index,
                     False,
                 )
             )
-        for name, pool_states, pool_rewards, pool_bounds, pool_ids, tree, self_pairs in pools:
+        for name, pool_states, pool_rewards, pool_bounds, pool_ids, index, self_pairs in pools:
             if len(pool_states) == 0:
                 continue
             found = find_violations(
@@ -183,7 +184,7 @@ class LipschitzMonitor:
                 norm=self.norm,
                 tolerance=self.tolerance,
                 noise_floor=self.noise_floor,
-                tree=tree,
+                index=index,
                 exclude_self=self_pairs,
             )
             for i, j, d, diff, bound in zip(
@@ -221,8 +222,7 @@ class LipschitzMonitor:
     def _envelope(self, states, steps) -> list[Event]:
         if self.envelope_radius is None:
             return []
-        tree = self._reference[3]
-        distance, _ = tree.query(states, p=self.norm)
+        distance, _ = self._envelope_tree.query(states, p=self.norm)
         outside = np.nonzero(distance > self.envelope_radius)[0]
         return [
             Event(

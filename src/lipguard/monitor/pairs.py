@@ -4,12 +4,12 @@ A pair ``(s, s')`` violates the bound when ``|r - r'| > L·d(s, s') + tolerance`
 ``d(s, s') >= noise_floor`` (closer pairs are sensor noise). Since ``|r - r'|`` can be at most
 ``max(r - q_min, q_max - r)`` against a pool whose rewards lie in ``[q_min, q_max]``, only pool
 points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance)/L`` of ``s`` can violate:
-:func:`find_violations` asks a KD-tree for exactly those (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) and
-checks each candidate — the result equals brute force over all pairs (property-tested), at a cost
-that depends on how many neighbours fall in the radius rather than on the pool size. Small
-problems use one dense screening block instead (a matrix product for ℓ2, then exact distances
-for the survivors); states with more than 16 features, where trees degrade to linear scans, are
-pruned with the exact lower bound ``|‖s‖ - ‖s'‖| <= ‖s - s'‖`` on a pool sorted by norm.
+:func:`find_violations` asks a KD-tree (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) for exactly those
+and checks each candidate — the result equals brute force over all pairs (property-tested), at a
+cost that depends on how many neighbours fall in the radius rather than on the pool size. States
+with more than ``TREE_DIMENSIONS`` features are indexed on their widest coordinates (a lower bound
+of the distance, so nothing is missed). Small problems use one dense screening block instead (a
+matrix product for ℓ2, then exact distances for the survivors).
 """
 
 from __future__ import annotations
@@ -18,9 +18,28 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
+TREE_DIMENSIONS = 8  # KD-trees degrade to linear scans in more dimensions
+
+
+class PoolIndex:
+    """A KD-tree over a pool of states, reusable across queries. Above ``TREE_DIMENSIONS``
+    features the tree indexes only the pool's ``TREE_DIMENSIONS`` highest-variance coordinates:
+    distances there are lower bounds of the full ones, so the tree still returns every pair
+    within a radius (plus some further ones, which the exact check removes)."""
+
+    def __init__(self, states: np.ndarray):
+        states = _as_rows(states)
+        if states.shape[1] > TREE_DIMENSIONS:
+            widest = np.argsort(states.var(0))[-TREE_DIMENSIONS:]
+            self.coordinates: np.ndarray | None = np.sort(widest)
+            states = states[:, self.coordinates]
+        else:
+            self.coordinates = None
+        self.tree = cKDTree(states)
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,10 @@ class PairViolations:
 
 def _norm_order(norm: float) -> float:
     return math.inf if norm == math.inf else 2.0
+
+
+def _as_rows(states) -> np.ndarray:
+    return np.ascontiguousarray(states, dtype=np.float64)
 
 
 def _empty() -> PairViolations:
@@ -54,7 +77,7 @@ def find_violations(
     norm: float = 2.0,
     tolerance: float = 0.0,
     noise_floor: float = 0.0,
-    tree: cKDTree | None = None,
+    index: PoolIndex | None = None,
     exclude_self: bool = False,
 ) -> PairViolations:
     """All violating pairs between queries ``(states, rewards)`` and a pool.
@@ -62,8 +85,9 @@ def find_violations(
     ``lipschitz`` is a scalar or one bound per query (state-dependent ``L(s)``); with per-pool
     bounds ``pool_lipschitz`` a pair uses the larger of its two bounds (the alarm is raised only
     when even the more permissive bound is exceeded). ``exclude_self`` skips pairs ``(i, j)``
-    with ``j <= i`` (a set against itself). ``tree`` reuses a KD-tree built on the pool.
+    with ``j <= i`` (a set against itself). ``index`` reuses a :class:`PoolIndex` of the pool.
     """
+    states, pool_states = _as_rows(states), _as_rows(pool_states)
     m, n = len(states), len(pool_states)
     if m == 0 or n == 0:
         return _empty()
@@ -77,17 +101,9 @@ def find_violations(
     radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
     if m * n <= DENSE_LIMIT:
         rows, cols, dist = _dense_candidates(states, pool_states, radius, p)
-    elif states.shape[1] > 16:  # trees degrade to linear scans in many dimensions
-        rows, cols, dist = _norm_sorted_candidates(states, pool_states, radius, p)
     else:
-        tree = tree if tree is not None else cKDTree(pool_states)
-        candidates = tree.query_ball_point(states, np.maximum(radius, 0.0), p=p)
-        rows = np.repeat(np.arange(m), [len(c) for c in candidates])
-        cols = np.fromiter((j for c in candidates for j in c), dtype=np.int64, count=len(rows))
-        keep = radius[rows] >= 0
-        rows, cols = rows[keep], cols[keep]
-        diff = states[rows] - pool_states[cols]
-        dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
+        index = index if index is not None else PoolIndex(pool_states)
+        rows, cols, dist = _tree_candidates(states, pool_states, radius, p, index)
     if exclude_self:
         keep = cols > rows
         rows, cols, dist = rows[keep], cols[keep], dist[keep]
@@ -106,35 +122,45 @@ def find_violations(
     )
 
 
+def _distances(diff: torch.Tensor, p: float) -> np.ndarray:
+    """Norms of differences along the last axis, in float64, one summation order for every
+    caller (so the pruned search and the brute-force oracle round identically). torch rather
+    than numpy: its allocator makes these short-lived gathers several times cheaper."""
+    norms = diff.abs().amax(-1) if p == math.inf else (diff * diff).sum(-1).sqrt()
+    return norms.numpy()
+
+
+def _pair_distances(a, b, rows, cols, p) -> np.ndarray:
+    """``d(a[rows[k]], b[cols[k]])`` for every k."""
+    first = torch.from_numpy(a).index_select(0, torch.from_numpy(rows))
+    return _distances(first - torch.from_numpy(b).index_select(0, torch.from_numpy(cols)), p)
+
+
 def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     """All pairwise distances, by direct differences (exact, memory ``O(|a|·|b|·d)``)."""
-    diff = a[:, None, :] - b[None, :, :]
-    return np.abs(diff).max(2) if p == math.inf else np.sqrt((diff * diff).sum(2))
+    first, second = torch.from_numpy(a), torch.from_numpy(b)
+    return _distances(first[:, None, :] - second[None, :, :], p)
 
 
 def _exact_within(a, b, rows, cols, radius, p):
-    diff = a[rows] - b[cols]
-    dist = np.abs(diff).max(1) if p == math.inf else np.sqrt((diff * diff).sum(1))
+    dist = _pair_distances(a, b, rows, cols, p)
     keep = dist <= radius[rows]
     return rows[keep], cols[keep], dist[keep]
 
 
-def _norm_sorted_candidates(a, b, radius, p):
-    """Pairs within ``radius`` via the exact lower bound ``|‖a‖ - ‖b‖| <= ‖a - b‖`` (any norm):
-    with the pool sorted by norm, each query's candidates are one contiguous range."""
-    norm_a = np.abs(a).max(1) if p == math.inf else np.sqrt((a * a).sum(1))
-    norm_b = np.abs(b).max(1) if p == math.inf else np.sqrt((b * b).sum(1))
-    order = np.argsort(norm_b)
-    sorted_b = norm_b[order]
-    reach = np.maximum(radius, 0.0) * (1 + 1e-9) + 1e-12
-    low = np.searchsorted(sorted_b, norm_a - reach, side="left")
-    high = np.searchsorted(sorted_b, norm_a + reach, side="right")
-    counts = np.where(radius >= 0, np.maximum(high - low, 0), 0)
-    if counts.sum() > 0.25 * len(a) * len(b):
+def _tree_candidates(a, b, radius, p, index: PoolIndex):
+    """Pairs within ``radius`` from the pool's KD-tree (on its widest coordinates: a coordinate
+    projection never lengthens a difference in ℓ2 or ℓ∞, so no pair is missed), with exact
+    distances. Falls back to one dense block when the radii cover most of the pool."""
+    queries = a if index.coordinates is None else a[:, index.coordinates]
+    active = np.flatnonzero(radius >= 0)
+    sample = active[:: max(1, len(active) // 64)]  # estimate the candidate count on ~64 queries
+    counts = index.tree.query_ball_point(queries[sample], radius[sample], p=p, return_length=True)
+    if counts.sum() > 0.25 * len(sample) * len(b):
         return _dense_candidates(a, b, radius, p)
-    rows = np.repeat(np.arange(len(a)), counts)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    cols = order[np.repeat(low, counts) + np.arange(counts.sum()) - starts]
+    candidates = index.tree.query_ball_point(queries[active], radius[active], p=p)
+    rows = np.repeat(active, [len(c) for c in candidates])
+    cols = np.fromiter((j for c in candidates for j in c), dtype=np.int64, count=len(rows))
     return _exact_within(a, b, rows, cols, radius, p)
 
 
@@ -143,13 +169,14 @@ def _dense_candidates(a, b, radius, p, chunk: int = 256):
     Gram identity ``|a|² + |b|² - 2a·b`` (one matrix product) under a radius widened by its
     rounding error, then recomputes the survivors' distances directly, so the result is exact."""
     rows_all, cols_all = [], []
-    if p == 2.0:
-        a_sq, b_sq = (a * a).sum(1), (b * b).sum(1)
-        scale = a_sq[:, None] + b_sq[None, :]
-        squared = scale - 2.0 * (a @ b.T)
+    if p == 2.0:  # in torch: numpy's BLAS threads would fight torch's for the two cores
+        first, second, limit = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(radius)
+        scale = (first * first).sum(1)[:, None] + (second * second).sum(1)[None, :]
+        squared = scale - 2.0 * (first @ second.T)
         slack = 8 * a.shape[1] * np.finfo(np.float64).eps * scale
-        reach = np.maximum(radius, 0.0)[:, None] ** 2 + slack
-        rows_all, cols_all = np.nonzero((squared <= reach) & (radius[:, None] >= 0))
+        reach = limit.clamp(min=0.0)[:, None] ** 2 + slack
+        mask = (squared <= reach) & (limit[:, None] >= 0)
+        rows_all, cols_all = (index.numpy() for index in torch.nonzero(mask, as_tuple=True))
     else:
         for start in range(0, len(a), chunk):
             block = np.abs(a[start : start + chunk, None, :] - b[None, :, :]).max(2)
@@ -172,7 +199,7 @@ def brute_force_violations(
     noise_floor=0.0,
 ) -> set[tuple[int, int]]:
     """All violating index pairs by checking every pair (the oracle of the tests)."""
-    distance = _dense_distances(states, pool_states, _norm_order(norm))
+    distance = _dense_distances(_as_rows(states), _as_rows(pool_states), _norm_order(norm))
     difference = np.abs(rewards[:, None] - pool_rewards[None, :])
     bound = np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (len(states),))[:, None]
     violating = (difference > bound * distance + tolerance) & (distance >= noise_floor)
