@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import numpy as np
+import sqlalchemy
 import pytest
 import torch
 from hypothesis import given
@@ -242,11 +243,19 @@ def test_postgresql_path():
     url = os.environ.get("LIPGUARD_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("no PostgreSQL server here: set LIPGUARD_TEST_POSTGRES_URL to run this test")
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:  # a fresh log: earlier runs tampered with theirs
+        connection.execute(sqlalchemy.text("DROP TABLE IF EXISTS audit_records"))
     store = AuditStore(url, key="k")
-    before = store.count()
     store.append([("violation", {"i": i}) for i in range(100)])
-    assert store.count() == before + 100
+    assert store.count() == 100
     assert store.verify().ok
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("UPDATE audit_records SET payload = :p WHERE seq = :s"),
+            {"p": '{"i": -1}', "s": 50},
+        )
+    assert not store.verify().ok
 
 
 def test_batched_drift_updates_equal_one_at_a_time():
