@@ -12,8 +12,8 @@ import textwrap
 import time
 
 import numpy as np
-import sqlalchemy
 import pytest
+import sqlalchemy
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
