@@ -32,6 +32,7 @@ from lipguard.bounds import activations as act
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.nn.activations import GroupSort, MaxMin
+from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.linear_model import LipschitzLinearModel
 from lipguard.nn.mlp import LipschitzMLP
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
@@ -152,6 +153,8 @@ def infer_input_shape(model: nn.Module) -> Shape:
     for attribute in ("in_features",):
         if hasattr(first, attribute) and not isinstance(first, nn.Sequential):
             return (int(getattr(first, attribute)),)
+    if isinstance(first, DiagonalAffine):
+        return (first.scale.numel(),)
     raise InvalidArgumentError(
         f"cannot infer the input shape of a model starting with {type(first).__name__}; "
         "pass input_shape=(...) (per sample, without the batch dimension)"
@@ -193,7 +196,9 @@ def _flat_size(shape: Shape, path: str, layer: nn.Module) -> int:
     return shape[0]
 
 
-def _sequential(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def sequential_handler(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+    """The handler of ``nn.Sequential``: its children's operators in order. Register it for
+    ``Sequential`` subclasses whose ``forward`` is the plain chain."""
     operators: list[Operator] = []
     for name, child in module.named_children():
         converted, shape = _convert(child, shape, f"{path}.{name}")
@@ -215,6 +220,10 @@ def _dense(
 
 def _linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     return _dense(module.weight, module.bias, shape, path, module)
+
+
+def _diagonal_affine(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+    return _dense(torch.diag(module.scale), module.offset, shape, path, module)
 
 
 def _lipguard_linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -335,8 +344,9 @@ def _residual(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator
 
 
 for _type in (nn.Sequential, LipschitzMLP):
-    register_module(_type, _sequential)
+    register_module(_type, sequential_handler)
 register_module(nn.Linear, _linear)
+register_module(DiagonalAffine, _diagonal_affine)
 for _type in (SpectralLinear, OrthogonalLinear, SVDLinear, LipschitzLinearModel):
     register_module(_type, _lipguard_linear)
 register_module(nn.Conv1d, _conv)

@@ -5,6 +5,7 @@ by :func:`lipguard.linalg.spectral_norm_certificate`, not estimated.
 """
 
 from lipguard.nn.activations import GroupSort, MaxMin
+from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.export import vanilla
 from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
@@ -15,6 +16,7 @@ from lipguard.nn.residual import Residual
 from lipguard.nn.spectral import SpectralLinear
 
 __all__ = [
+    "DiagonalAffine",
     "GroupSort",
     "LipschitzLinear",
     "LipschitzLinearModel",

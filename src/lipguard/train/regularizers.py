@@ -7,7 +7,8 @@ batch (what to minimise) and its parts. By name (:func:`make_regularizer`):
 - ``constraint`` — the task loss for a model whose Lipschitz bound holds by construction
   (lipguard's layers); refuses a model that cannot certify itself;
 - ``gradient_penalty`` — ``λ·E[max(0, ||∇_x g|| - L)²]`` on a per-sample scalar ``g`` (the
-  output; for classifiers the true class's log-probability);
+  output; for classifiers the true class's log-probability); ``L`` may be a function of the
+  inputs (a state-dependent target, e.g. :class:`lipguard.rl.AdaptiveLipschitz`);
 - ``jacobian`` — ``λ·½·E||J_f(x)||_F²``, by Hoffman et al.'s random projections
   (``C·||vᵀJ||²`` with ``v`` uniform on the unit sphere of the ``C`` outputs is unbiased) or
   exactly;
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,9 +118,16 @@ class HardConstraint(NoRegularizer):
 class GradientPenalty(Regularizer):
     name = "gradient_penalty"
 
-    def __init__(self, weight: float = 1.0, lipschitz: float = 1.0, norm: float | str = 2) -> None:
+    def __init__(
+        self,
+        weight: float = 1.0,
+        lipschitz: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
+        norm: float | str = 2,
+    ) -> None:
         self.weight = _checks.positive_float("weight", weight)
-        self.lipschitz = _checks.positive_float("lipschitz", lipschitz)
+        self.lipschitz = (
+            lipschitz if callable(lipschitz) else _checks.positive_float("lipschitz", lipschitz)
+        )
         self.norm = norm
 
     def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
@@ -129,7 +138,8 @@ class GradientPenalty(Regularizer):
         loss = task.loss(outputs, y).mean()
         (gradient,) = torch.autograd.grad(task.scalar(outputs, y).sum(), points, create_graph=True)
         size = torch.linalg.vector_norm(gradient.flatten(1), ord=dual_norm(self.norm), dim=1)
-        penalty = (functional.relu(size - self.lipschitz) ** 2).mean()
+        target = self.lipschitz(x.detach()) if callable(self.lipschitz) else self.lipschitz
+        penalty = (functional.relu(size - target) ** 2).mean()
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
 
 

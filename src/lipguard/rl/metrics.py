@@ -1,0 +1,122 @@
+"""Stability and alignment metrics for policies on learned rewards (SPEC F5).
+
+- :func:`max_reward_gradient` — the largest input-gradient norm of the reward over visited
+  states (an observed lower bound on its Lipschitz constant; compare it with the certificate).
+- :func:`discontinuity_rate` — the fraction of visited states where some perturbation within
+  ``ε`` changes the action by more than ``τ`` (discrete actions: changes the greedy action),
+  searched by PGD on the action change (random start, restarts); a lower bound on the true
+  rate, since an attack can only find changes that exist.
+- :func:`evaluate` — true and learned returns of the deterministic policy over whole episodes,
+  optionally under an observation perturbation (none, random, MAD, reward attack): the learned
+  minus true return is the reward-hacking gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+
+from lipguard import _checks
+from lipguard.attacks import PGD, ActionChange, ThreatModel
+from lipguard.rl.data import reward_features
+from lipguard.rl.policy import max_reward_gradient
+from lipguard.rl.wrappers import Perturbation
+
+__all__ = ["EvaluationResult", "discontinuity_rate", "evaluate", "max_reward_gradient"]
+
+
+def discontinuity_rate(
+    policy: torch.nn.Module,
+    states: torch.Tensor,
+    eps: float,
+    *,
+    tau: float = 0.1,
+    kind: str = "continuous",
+    norm: float | str = "inf",
+    steps: int = 20,
+    restarts: int = 2,
+    seed: int = 0,
+) -> float:
+    """Fraction of ``states`` with an ``eps``-perturbation that moves ``policy``'s action by more
+    than ``tau`` (``kind="categorical"``: flips its greedy action)."""
+    _checks.positive_float("eps", eps)
+    threat = ThreatModel(eps, norm)
+    attack = PGD(threat, steps=steps, restarts=restarts, seed=seed)
+    objective = ActionChange(kind, threshold=tau)
+    found = attack(policy, states.detach().float(), objective)
+    if kind == "categorical":
+        flipped = found.outputs.argmax(-1) != found.clean_outputs.argmax(-1)
+        return float(flipped.float().mean())
+    change = (found.outputs - found.clean_outputs).flatten(1).norm(dim=1)
+    return float((change > tau).float().mean())
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Mean returns over ``episodes`` episodes and the states the policy visited."""
+
+    true_return: float
+    true_return_std: float
+    learned_return: float | None
+    episodes: int
+    states: np.ndarray
+    actions: np.ndarray
+
+    @property
+    def reward_gap(self) -> float | None:
+        """Learned minus true return: how much the policy's own reward overstates the task."""
+        return None if self.learned_return is None else self.learned_return - self.true_return
+
+    def summary(self) -> dict:
+        row = {k: v for k, v in asdict(self).items() if k not in ("states", "actions")}
+        return {**row, "reward_gap": self.reward_gap}
+
+
+def evaluate(
+    model: BaseAlgorithm,
+    env_id: str,
+    *,
+    episodes: int = 10,
+    perturb: Perturbation | None = None,
+    reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reward_inputs: str = "state_action",
+    seed: int = 10_000,
+) -> EvaluationResult:
+    """Run ``episodes`` seeded episodes in parallel (one environment each) with the
+    deterministic policy, which sees ``perturb(observation)`` when given; sums the true rewards
+    and, with ``reward``, the learned reward of each true state (and action)."""
+    _checks.positive_int("episodes", episodes)
+    env = make_vec_env(env_id, n_envs=episodes, seed=seed)
+    observations = env.reset()
+    running = np.ones(episodes, dtype=bool)
+    true_total, learned_total = np.zeros(episodes), np.zeros(episodes)
+    states, actions = [], []
+    while running.any():
+        seen = observations if perturb is None else perturb(observations)
+        action, _ = model.predict(seen, deterministic=True)
+        states.append(observations[running])
+        actions.append(np.asarray(action).reshape(episodes, -1)[running])
+        if reward is not None:
+            features = reward_features(observations, action, "state")
+            if reward_inputs == "state_action":
+                features = reward_features(observations, action, "state_action")
+            with torch.no_grad():
+                scored = torch.as_tensor(reward(features)).double().numpy()
+            learned_total += np.where(running, scored, 0.0)
+        observations, rewards, dones, _ = env.step(action)
+        true_total += np.where(running, rewards, 0.0)
+        running &= ~dones
+    env.close()
+    return EvaluationResult(
+        float(true_total.mean()),
+        float(true_total.std()),
+        float(learned_total.mean()) if reward is not None else None,
+        episodes,
+        np.concatenate(states),
+        np.concatenate(actions),
+    )

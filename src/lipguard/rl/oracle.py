@@ -1,0 +1,116 @@
+"""What the policy is optimised against: smooth, pessimistic rewards and adaptive constants.
+
+- :class:`PessimisticReward` (SPEC F3): ``r̃(x) = r(x) - L(x)·ε`` with ``L(x)`` a *sound* bound on
+  the Lipschitz constant of ``r`` over the ball ``B(x, ε)`` — lipguard's local bound
+  (``local=True``) or the global certificate. Guarantee: ``r̃(x) <= min_{x' ∈ B(x, ε)} r(x')``
+  for the model's real-valued function (``r(x)`` is evaluated on a float64 copy of the model, so
+  float32 rounding of the deployed model is not covered). A policy that maximises ``r̃`` gains
+  nothing from states where a small perturbation could lower the reward a lot.
+- :class:`EnsembleReward`: ``mean - k·std`` over independently trained reward models (pessimism
+  where they disagree, i.e. away from the data).
+- :class:`AdaptiveLipschitz` (SPEC F4): ``L(s) = relaxed + risk(s)·(tight - relaxed)`` with a
+  risk in ``[0, 1]``: tighter constants where the risk is high. Use it as the target of a
+  state-dependent gradient penalty (``GradientPenalty(lipschitz=adaptive)``) and as the
+  monitor's state-dependent bound (``LipschitzMonitor(adaptive.numpy)``). It is a training target
+  and a runtime check, not a certificate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lipguard import _checks
+from lipguard._norms import parse_norm
+from lipguard.errors import InvalidArgumentError
+
+
+class PessimisticReward:
+    """``r(x) - L(x)·eps``, a lower bound of ``r`` over ``B(x, eps)`` (ℓ2 or ℓ∞).
+
+    Args:
+        model: the reward model, features ``(N, d) -> (N,)`` (any model the bound engine knows).
+        eps: the radius of the ball around each feature vector.
+        norm: 2 or ``inf``.
+        local: per-point local bounds (tighter, one interval propagation per point) instead of
+            the global bound (computed once).
+    """
+
+    def __init__(self, model: nn.Module, eps: float, norm: float | str = 2, *, local: bool = True):
+        from lipguard.bounds import lipschitz_bound
+
+        self.eps = _checks.positive_float("eps", eps)
+        self.norm = parse_norm(norm)
+        self.local = local
+        self.model = copy.deepcopy(model).to(torch.float64).eval()
+        self.global_bound = lipschitz_bound(
+            self.model, norm=self.norm, method="compositional"
+        ).value
+        certified = getattr(model, "certified_lipschitz", None)
+        if self.norm == 2.0 and certified is not None:
+            self.global_bound = min(self.global_bound, certified().value)
+
+    def lipschitz(self, features: torch.Tensor) -> torch.Tensor:
+        """The bound used at each point: local (never above the global one) or global."""
+        if not self.local:
+            return torch.full((len(features),), self.global_bound, dtype=torch.float64)
+        from lipguard.bounds import local_lipschitz_bound
+
+        bounds = local_lipschitz_bound(self.model, features.double(), self.eps, self.norm)
+        return torch.tensor([min(b.value, self.global_bound) for b in bounds], dtype=torch.float64)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reward = self.model(features.detach().double())
+        return reward - self.lipschitz(features) * self.eps
+
+
+class EnsembleReward(nn.Module):
+    """``mean - k·std`` of the members' rewards (sample standard deviation)."""
+
+    def __init__(self, models: Sequence[nn.Module], k: float = 1.0) -> None:
+        super().__init__()
+        if len(models) < 2:
+            raise InvalidArgumentError("an ensemble needs at least two reward models")
+        self.members = nn.ModuleList(models)
+        self.k = float(k)
+        if not (self.k >= 0 and math.isfinite(self.k)):
+            raise InvalidArgumentError("k must be finite and >= 0")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        rewards = torch.stack([member(features) for member in self.members])
+        return rewards.mean(0) - self.k * rewards.std(0)
+
+
+class AdaptiveLipschitz:
+    """``L(s) = relaxed + risk(s)·(tight - relaxed)``, ``risk`` clipped to ``[0, 1]``.
+
+    Args:
+        risk: states ``(N, d)`` (a tensor) -> risk ``(N,)``.
+        relaxed: the constant in safe states.
+        tight: the (smaller) constant in the riskiest states.
+    """
+
+    def __init__(
+        self, risk: Callable[[torch.Tensor], torch.Tensor], relaxed: float, tight: float
+    ) -> None:
+        self.risk = risk
+        self.relaxed = _checks.positive_float("relaxed", relaxed)
+        self.tight = _checks.positive_float("tight", tight)
+        if self.tight > self.relaxed:
+            raise InvalidArgumentError("tight must not exceed relaxed")
+
+    def __call__(self, states: torch.Tensor) -> torch.Tensor:
+        risk = self.risk(states).reshape(len(states)).clamp(0.0, 1.0)
+        return self.relaxed + risk * (self.tight - self.relaxed)
+
+    def numpy(self, states: np.ndarray) -> np.ndarray:
+        """The same on NumPy arrays (what :class:`~lipguard.monitor.LipschitzMonitor` calls)."""
+        with torch.no_grad():
+            values = self(torch.as_tensor(states, dtype=torch.float32))
+        return values.double().numpy()

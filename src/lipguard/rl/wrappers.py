@@ -1,0 +1,186 @@
+"""Vectorised-environment wrappers (Stable-Baselines3 ``VecEnv``): learned rewards and observation
+attacks.
+
+- :class:`LearnedRewardVecEnv` replaces the environment's reward by a learned one, computed in one
+  batched call per step. ``inputs``: ``"state"`` or ``"state_action"`` score the observation the
+  action was taken in (and the action); ``"next_state"`` scores the observation reached, which for
+  an episode's last step is ``info["terminal_observation"]`` (SB3 has already reset that
+  environment, so the returned observation belongs to the next episode). The true reward stays in
+  ``info["true_reward"]``; at the end of an episode ``info["learned_return"]`` and
+  ``info["true_return"]`` hold both returns. Never put ``VecNormalize`` on a learned reward: it
+  divides rewards by the return's standard deviation without removing the mean, which changes
+  what a bounded, certified reward means.
+- :class:`ObservationPerturbation` hands the policy perturbed observations
+  ``perturb(observations)``; the environment (and any reward wrapper inside it) keeps the true
+  state. Perturbations: :func:`random_perturbation` (uniform in the ε-box, or on the ε-sphere for
+  ℓ2), :func:`policy_attack` (MAD / SA-PPO: PGD maximising the change of the policy's action) and
+  :func:`reward_attack` (PGD minimising the learned reward of the action the policy takes in the
+  true state: the policy is fooled into the action the reward model likes least).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from lipguard import _checks
+from lipguard._norms import parse_norm
+from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
+from lipguard.errors import InvalidArgumentError
+from lipguard.rl.data import reward_features
+
+REWARD_INPUTS = ("state", "state_action", "next_state")
+Perturbation = Callable[[np.ndarray], np.ndarray]
+
+
+class LearnedRewardVecEnv(VecEnvWrapper):
+    """The environment with ``reward(features)`` in place of its reward.
+
+    Args:
+        venv: the vectorised environment.
+        reward: features ``(N, d)`` tensor -> rewards ``(N,)`` (a reward model, a
+            :class:`~lipguard.rl.PessimisticReward`, an ensemble, ...).
+        inputs: ``"state"``, ``"state_action"`` or ``"next_state"`` (see the module doc).
+        keep: how many recent feature rows to keep in :attr:`recent_features` (for metrics).
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        reward: Callable[[torch.Tensor], torch.Tensor],
+        inputs: str = "state_action",
+        keep: int = 4096,
+    ) -> None:
+        super().__init__(venv)
+        if inputs not in REWARD_INPUTS:
+            raise InvalidArgumentError(f"inputs must be one of {REWARD_INPUTS}, got {inputs!r}")
+        self.reward, self.inputs = reward, inputs
+        self.recent_features: deque[torch.Tensor] = deque(maxlen=_checks.positive_int("keep", keep))
+        self._observations: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self._learned_return = np.zeros(self.num_envs)
+        self._true_return = np.zeros(self.num_envs)
+
+    def reset(self) -> np.ndarray:
+        observations = self.venv.reset()
+        self._observations = np.array(observations, copy=True)
+        self._learned_return[:] = 0.0
+        self._true_return[:] = 0.0
+        return observations
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.array(actions, copy=True)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        observations, true_rewards, dones, infos = self.venv.step_wait()
+        if self.inputs == "next_state":
+            states = np.array(observations, copy=True)
+            for index in np.flatnonzero(dones):
+                states[index] = infos[index]["terminal_observation"]
+            features = reward_features(states, inputs="state")
+        else:
+            features = reward_features(self._observations, self._actions, self.inputs)
+        with torch.no_grad():
+            learned = torch.as_tensor(self.reward(features)).reshape(-1).double().numpy()
+        self.recent_features.extend(features)
+        self._learned_return += learned
+        self._true_return += true_rewards
+        infos = list(infos)
+        for index, info in enumerate(infos):
+            info["true_reward"] = float(true_rewards[index])
+            if dones[index]:
+                info["learned_return"] = float(self._learned_return[index])
+                info["true_return"] = float(self._true_return[index])
+                self._learned_return[index] = self._true_return[index] = 0.0
+        self._observations = np.array(observations, copy=True)
+        return observations, learned.astype(np.float32), dones, infos
+
+
+class ObservationPerturbation(VecEnvWrapper):
+    """The policy sees ``perturb(observations)``; the environment keeps the true state."""
+
+    def __init__(self, venv: VecEnv, perturb: Perturbation) -> None:
+        super().__init__(venv)
+        self.perturb = perturb
+        self.true_observations: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        self.true_observations = self.venv.reset()
+        return self.perturb(self.true_observations)
+
+    def step_wait(self):
+        observations, rewards, dones, infos = self.venv.step_wait()
+        self.true_observations = observations
+        return self.perturb(observations), rewards, dones, infos
+
+
+def random_perturbation(eps: float, norm: float | str = "inf", seed: int = 0) -> Perturbation:
+    """Uniform noise in the ℓ∞ box of radius ``eps``, or uniform on the ℓ2 sphere of radius
+    ``eps`` (a random direction at full budget)."""
+    eps, p = _checks.positive_float("eps", eps), parse_norm(norm)
+    rng = np.random.default_rng(seed)
+
+    def perturb(observations: np.ndarray) -> np.ndarray:
+        if p == np.inf:
+            noise = rng.uniform(-eps, eps, size=observations.shape)
+        else:
+            noise = rng.normal(size=observations.shape)
+            flat = noise.reshape(len(noise), -1)
+            noise = (flat * eps / np.linalg.norm(flat, axis=1, keepdims=True)).reshape(noise.shape)
+        return (observations + noise).astype(observations.dtype)
+
+    return perturb
+
+
+def _pgd(eps: float, norm: float | str, steps: int, seed: int) -> PGD:
+    threat = ThreatModel(_checks.positive_float("eps", eps), norm)
+    return PGD(threat, steps=steps, restarts=1, seed=seed)
+
+
+def policy_attack(
+    policy: torch.nn.Module,
+    kind: str,
+    eps: float,
+    norm: float | str = "inf",
+    steps: int = 10,
+    seed: int = 0,
+) -> Perturbation:
+    """MAD / SA-PPO's attack: PGD (random start) maximising the change of ``policy``'s action
+    (``kind`` ``"continuous"``: ``||a(ŝ) - a(s)||``; ``"categorical"``: the KL of its logits)."""
+    attack = _pgd(eps, norm, steps, seed)
+    objective = ActionChange(kind)
+
+    def perturb(observations: np.ndarray) -> np.ndarray:
+        states = torch.as_tensor(observations, dtype=torch.float32)
+        return attack(policy, states, objective).x_adv.numpy().astype(observations.dtype)
+
+    return perturb
+
+
+def reward_attack(
+    policy: torch.nn.Module,
+    reward: torch.nn.Module,
+    eps: float,
+    norm: float | str = "inf",
+    steps: int = 10,
+    seed: int = 0,
+) -> Perturbation:
+    """PGD on the observation the policy sees, minimising ``reward(s, policy(ŝ))`` with the true
+    state ``s`` (``policy`` returns environment actions; the reward takes state and action)."""
+    attack = _pgd(eps, norm, steps, seed)
+
+    def perturb(observations: np.ndarray) -> np.ndarray:
+        states = torch.as_tensor(observations, dtype=torch.float32)
+
+        def loss(actions: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+            return -reward(torch.cat([states, actions.reshape(len(states), -1)], dim=1))
+
+        found = attack(policy, states, CustomObjective(loss))
+        return found.x_adv.numpy().astype(observations.dtype)
+
+    return perturb
