@@ -4,8 +4,9 @@
   states (an observed lower bound on its Lipschitz constant; compare it with the certificate).
 - :func:`discontinuity_rate` — the fraction of visited states where some perturbation within
   ``ε`` changes the action by more than ``τ`` (discrete actions: changes the greedy action),
-  searched by PGD on the action change (random start, restarts); a lower bound on the true
-  rate, since an attack can only find changes that exist.
+  searched by PGD (random start, restarts) on the action change — for discrete actions on the
+  Carlini–Wagner margin of the clean greedy action, since the KL has no gradient at the clean
+  point; a lower bound on the true rate, since an attack only finds changes that exist.
 - :func:`evaluate` — true and learned returns of the deterministic policy over whole episodes,
   optionally under an observation perturbation (none, random, MAD, reward attack): the learned
   minus true return is the reward-hacking gap.
@@ -22,7 +23,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard import _checks
-from lipguard.attacks import PGD, ActionChange, ThreatModel
+from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
 from lipguard.rl.data import reward_features
 from lipguard.rl.policy import max_reward_gradient
 from lipguard.rl.wrappers import Perturbation
@@ -47,11 +48,15 @@ def discontinuity_rate(
     _checks.positive_float("eps", eps)
     threat = ThreatModel(eps, norm)
     attack = PGD(threat, steps=steps, restarts=restarts, seed=seed)
-    objective = ActionChange(kind, threshold=tau)
-    found = attack(policy, states.detach().float(), objective)
+    states = states.detach().float()
+    if kind == "categorical":  # push the greedy action's logit below another (CW margin)
+        with torch.no_grad():
+            objective: Objective = Margin(policy(states).argmax(-1))
+    else:
+        objective = ActionChange(kind, threshold=tau)
+    found = attack(policy, states, objective)
     if kind == "categorical":
-        flipped = found.outputs.argmax(-1) != found.clean_outputs.argmax(-1)
-        return float(flipped.float().mean())
+        return found.success_rate
     change = (found.outputs - found.clean_outputs).flatten(1).norm(dim=1)
     return float((change > tau).float().mean())
 

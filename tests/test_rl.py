@@ -1,0 +1,352 @@
+"""lipguard.rl: reward learning, wrappers, oracles, metrics and SB3 training."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
+
+from lipguard.attacks import PGD, RewardShift, ThreatModel
+from lipguard.errors import InvalidArgumentError
+from lipguard.rl import (
+    AdaptiveLipschitz,
+    EnsembleReward,
+    LearnedRewardVecEnv,
+    ObservationPerturbation,
+    PessimisticReward,
+    RewardMetricsCallback,
+    RewardModel,
+    action_network,
+    build_reward_model,
+    collect_transitions,
+    discontinuity_rate,
+    evaluate,
+    fit_preferences,
+    fit_reward,
+    max_reward_gradient,
+    policy_attack,
+    preference_pairs,
+    random_perturbation,
+    reward_attack,
+    reward_features,
+    train_policy,
+)
+from lipguard.train import GradientPenalty, Regression
+
+
+class Counter(gym.Env):
+    """obs = [t, 10·t]; the episode ends after 3 steps; the true reward is t + action."""
+
+    observation_space = gym.spaces.Box(-100, 100, shape=(2,))
+    action_space = gym.spaces.Box(-1, 1, shape=(1,))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([self.t, 10 * self.t], dtype=np.float32)
+
+    def step(self, action):
+        reward = float(self.t + action[0])
+        self.t += 1
+        return self._obs(), reward, self.t == 3, False, {}
+
+
+class Linear(nn.Module):
+    def __init__(self, weights):
+        super().__init__()
+        self.w = torch.tensor(weights, dtype=torch.float32)
+
+    def forward(self, x):
+        return x @ self.w
+
+
+@pytest.mark.parametrize("inputs", ["state", "state_action", "next_state"])
+def test_learned_reward_wrapper_matches_a_hand_computed_episode(inputs):
+    weights = {"state": [1.0, 0.5], "state_action": [1.0, 0.5, 100.0], "next_state": [1.0, 0.5]}
+    env = LearnedRewardVecEnv(DummyVecEnv([Counter]), Linear(weights[inputs]), inputs)
+    env.reset()
+    action = np.array([[0.25]], dtype=np.float32)
+    learned, true, infos = [], [], []
+    for _ in range(3):
+        _, reward, _done, info = env.step(action)
+        learned.append(float(reward[0]))
+        true.append(info[0]["true_reward"])
+        infos.append(info[0])
+    # states before each step: t = 0, 1, 2 -> [t, 10t]; after: t = 1, 2, 3 (the last is terminal)
+    expected = {
+        "state": [0.0, 6.0, 12.0],
+        "state_action": [25.0, 31.0, 37.0],
+        "next_state": [6.0, 12.0, 18.0],  # the terminal [3, 30], not the reset observation
+    }[inputs]
+    assert learned == pytest.approx(expected)
+    assert true == pytest.approx([0.25, 1.25, 2.25])
+    assert infos[-1]["learned_return"] == pytest.approx(sum(expected))
+    assert infos[-1]["true_return"] == pytest.approx(3.75)
+    assert "learned_return" not in infos[0]
+    # the next episode starts from the reset state again
+    _, reward, _, _ = env.step(action)
+    assert float(reward[0]) == pytest.approx(expected[0])
+
+
+def test_observation_perturbation_changes_what_the_policy_sees_only():
+    base = LearnedRewardVecEnv(DummyVecEnv([Counter]), Linear([1.0, 0.0]), "state")
+    env = ObservationPerturbation(base, lambda obs: obs + 1000.0)
+    seen = env.reset()
+    assert seen[0, 0] == 1000.0
+    seen, reward, _, _ = env.step(np.zeros((1, 1), dtype=np.float32))
+    assert seen[0, 0] == 1001.0
+    assert env.true_observations[0, 0] == 1.0
+    assert float(reward[0]) == 0.0  # the reward scored the true state t = 0
+
+
+def test_random_perturbation_stays_in_the_ball():
+    obs = np.zeros((500, 3), dtype=np.float32)
+    box = random_perturbation(0.1, "inf", seed=1)(obs)
+    assert np.abs(box).max() <= 0.1 + 1e-7
+    assert np.abs(box).max() > 0.09
+    sphere = random_perturbation(0.1, 2, seed=1)(obs)
+    assert np.linalg.norm(sphere, axis=1) == pytest.approx(np.full(500, 0.1), rel=1e-5)
+
+
+def _constant_policy():
+    class Constant(nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 1) + 0.0 * x.sum(1, keepdim=True)
+
+    return Constant()
+
+
+def test_discontinuity_rate_is_zero_for_a_constant_and_one_for_a_steep_policy():
+    states = torch.randn(64, 3)
+    assert discontinuity_rate(_constant_policy(), states, 0.05, tau=1e-6) == 0.0
+    steep = nn.Linear(3, 1)
+    with torch.no_grad():
+        steep.weight.fill_(1e6)
+    assert discontinuity_rate(steep, states, 0.05, tau=0.1) == 1.0
+
+
+def test_discontinuity_rate_counts_flips_of_discrete_actions():
+    class Boundary(nn.Module):  # action 0 iff x0 > 0: states on the boundary flip under any push
+        def forward(self, x):
+            return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+    on_boundary = torch.cat([torch.full((20, 1), 1e-4), torch.randn(20, 2)], dim=1)
+    far = torch.cat([torch.full((20, 1), 5.0), torch.randn(20, 2)], dim=1)
+    policy = Boundary()
+    assert discontinuity_rate(policy, on_boundary, 0.01, kind="categorical") == 1.0
+    assert discontinuity_rate(policy, far, 0.01, kind="categorical") == 0.0
+
+
+def test_pessimistic_reward_lower_bounds_the_minimum_over_the_ball():
+    torch.manual_seed(0)
+    features = torch.randn(400, 3)
+    rewards = torch.sin(features @ torch.tensor([1.5, -2.0, 0.5]))
+    model = build_reward_model(features, rewards, kind="unconstrained", hidden=(16, 16))
+    fit_reward(model, features, rewards, epochs=5, progress=False)
+    points = torch.randn(6, 3)
+    for norm in (2, "inf"):
+        for local in (True, False):
+            oracle = PessimisticReward(model, 0.2, norm, local=local)
+            lower = oracle(points)
+            for i, point in enumerate(points):  # brute force: dense samples of the ball + PGD
+                directions = torch.randn(20000, 3)
+                if norm == 2:
+                    directions = directions / directions.norm(dim=1, keepdim=True)
+                    directions *= torch.rand(20000, 1) ** (1 / 3)
+                else:
+                    directions = torch.rand(20000, 3) * 2 - 1
+                candidates = (point + 0.2 * directions).double()
+                with torch.no_grad():
+                    minimum = oracle.model(candidates).min()
+                assert float(lower[i]) <= float(minimum)
+    local_bound = PessimisticReward(model, 0.2).lipschitz(points)
+    assert bool((local_bound <= PessimisticReward(model, 0.2, local=False).global_bound).all())
+
+
+def test_constrained_reward_model_meets_its_target_after_standardisation():
+    torch.manual_seed(0)
+    features = torch.randn(500, 4) * torch.tensor([0.01, 1.0, 5.0, 0.1])  # very unequal scales
+    rewards = 50.0 * features[:, 1]
+    model = build_reward_model(features, rewards, lipschitz=3.0, hidden=(16, 16))
+    fit_reward(model, features, rewards, epochs=3, progress=False)
+    certified = model.certified_lipschitz()
+    assert certified.sound
+    assert certified.value <= 3.0
+    assert max_reward_gradient(model, torch.randn(256, 4)) <= certified.value
+    from lipguard.bounds import lipschitz_bound
+
+    assert lipschitz_bound(model, method="compositional").value <= 3.0 * (1 + 1e-9)
+
+
+def test_preference_learning_recovers_the_ordering_of_a_linear_reward():
+    rng = np.random.default_rng(0)
+    w = np.array([1.0, -2.0, 0.5])
+    states = rng.normal(size=(3000, 3))
+
+    class Log:  # transitions in 30 episodes of 100 steps
+        observations, actions = states, np.zeros((3000, 0))
+        rewards = states @ w
+        episodes = np.repeat(np.arange(30), 100)
+
+        def __len__(self):
+            return 3000
+
+    features = reward_features(states, inputs="state")
+    pairs, labels = preference_pairs(Log(), features, segment_length=5, pairs=2000, seed=0)
+    assert pairs.shape[1:] == (2, 5, 3)
+    assert len(labels) == len(pairs)
+    model = build_reward_model(features, kind="unconstrained", hidden=(32,))
+    fit_preferences(model, pairs, labels, epochs=30, progress=False)
+    test = torch.as_tensor(rng.normal(size=(500, 3)), dtype=torch.float32)
+    with torch.no_grad():
+        predicted = model(test).numpy()
+    true = test.numpy() @ w
+    i, j = rng.integers(0, 500, size=(2, 5000))
+    agreement = np.mean((predicted[i] > predicted[j]) == (true[i] > true[j]))
+    assert agreement > 0.95
+
+
+def test_preference_pairs_stay_inside_episodes():
+    class Log:
+        rewards = np.arange(10.0)
+        episodes = np.array([0] * 5 + [1] * 5)
+
+        def __len__(self):
+            return 10
+
+    features = torch.arange(10.0)[:, None]
+    pairs, labels = preference_pairs(Log(), features, segment_length=5, pairs=50)
+    for segment in pairs.reshape(-1, 5, 1):
+        assert segment[:, 0].tolist() in ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    assert bool((labels == (pairs[:, 0].sum((1, 2)) > pairs[:, 1].sum((1, 2))).float()).all())
+    with pytest.raises(InvalidArgumentError):
+        preference_pairs(Log(), features, segment_length=6)
+
+
+def test_ensemble_reward_is_mean_minus_k_std():
+    members = [Linear([1.0]), Linear([3.0])]
+    x = torch.tensor([[1.0], [2.0]])
+    expected = torch.tensor([2.0, 4.0]) - 0.5 * torch.tensor([2.0, 4.0]).mul(2**0.5 / 2)
+    assert torch.allclose(EnsembleReward(members, k=0.5)(x), expected)
+    with pytest.raises(InvalidArgumentError):
+        EnsembleReward(members[:1])
+
+
+def test_adaptive_lipschitz_drives_a_state_dependent_penalty_and_the_monitor():
+    adaptive = AdaptiveLipschitz(lambda s: (s[:, 0] > 0).float(), relaxed=4.0, tight=1.0)
+    states = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert adaptive(states).tolist() == [1.0, 4.0]
+    assert adaptive.numpy(states.numpy()).tolist() == [1.0, 4.0]
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[2.0, 0.0]]))  # ||∇f|| = 2: above 1, below 4
+    penalty = GradientPenalty(weight=1.0, lipschitz=adaptive)
+    loss = penalty(model, Regression(), states, torch.zeros(2))
+    assert loss.penalty == pytest.approx(((2.0 - 1.0) ** 2 + 0.0) / 2)
+    from lipguard.monitor import LipschitzMonitor
+
+    monitor = LipschitzMonitor(adaptive.numpy, drift=False)
+    found = monitor.observe(np.array([[1.0, 0.0], [1.5, 0.0]]), np.array([0.0, 1.0]))
+    assert len(found.violations) == 1  # slope 2 > L = 1 in the risky region
+    assert not monitor.observe(np.array([[-1.0, 0.0], [-1.5, 0.0]]), np.array([0, 1.0])).violations
+
+
+@pytest.fixture(scope="module")
+def pendulum_policy():
+    torch.manual_seed(0)
+    transitions = collect_transitions("Pendulum-v1", 2000, seed=0, progress=False)
+    features = reward_features(transitions.observations, transitions.actions)
+    rewards = torch.as_tensor(transitions.rewards, dtype=torch.float32)
+    reward = build_reward_model(features, rewards, lipschitz=10.0, hidden=(32, 32))
+    fit_reward(reward, features, rewards, epochs=10, progress=False)
+    callback = RewardMetricsCallback(reward)
+    model = train_policy(
+        "Pendulum-v1",
+        algorithm="PPO",
+        timesteps=512,
+        reward=reward,
+        n_envs=2,
+        hyperparameters={"n_steps": 128, "batch_size": 64, "n_epochs": 1},
+        callbacks=[callback],
+        progress=False,
+    )
+    return model, reward, callback
+
+
+def test_policy_training_on_a_learned_reward_logs_lipguard_metrics(pendulum_policy):
+    _model, reward, callback = pendulum_policy
+    assert callback.history
+    assert "max_reward_gradient" in callback.history[0]
+    rows = [row for row in callback.history if "reward_gap" in row]
+    assert rows, "Pendulum episodes (200 steps) end within 512 steps of 2 environments"
+    assert rows[-1]["reward_gap"] == pytest.approx(
+        rows[-1]["learned_return"] - rows[-1]["true_return"]
+    )
+    assert callback.history[0]["max_reward_gradient"] <= reward.certified_lipschitz().value
+
+
+def test_attacks_on_a_trained_policy_do_what_they_promise(pendulum_policy):
+    model, reward, _ = pendulum_policy
+    policy = action_network(model)
+    result = evaluate(model, "Pendulum-v1", episodes=2, reward=reward)
+    assert result.states.shape == (400, 3)
+    assert result.learned_return is not None
+    assert result.reward_gap == pytest.approx(result.learned_return - result.true_return)
+    states = torch.as_tensor(result.states[:64], dtype=torch.float32)
+    clean = policy(states).detach()
+    mad = torch.as_tensor(policy_attack(policy, "continuous", 0.1, steps=10)(result.states[:64]))
+    noise = torch.as_tensor(random_perturbation(0.1, seed=0)(result.states[:64]))
+    assert np.abs(mad.numpy() - result.states[:64]).max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        mad_change = (policy(mad) - clean).norm(dim=1).mean()
+        noise_change = (policy(noise) - clean).norm(dim=1).mean()
+    assert mad_change >= noise_change
+    attacked = torch.as_tensor(reward_attack(policy, reward, 0.1)(result.states[:64]))
+    with torch.no_grad():
+        clean_reward = reward(torch.cat([states, clean], 1))
+        attacked_reward = reward(torch.cat([states, policy(attacked)], 1))
+    assert attacked_reward.mean() <= clean_reward.mean()
+    under_attack = evaluate(
+        model, "Pendulum-v1", episodes=2, perturb=random_perturbation(0.1, seed=0)
+    )
+    assert np.isfinite(under_attack.true_return)
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "SAC"])
+def test_action_network_is_the_policy_sb3_executes(algorithm, pendulum_policy):
+    if algorithm == "PPO":
+        model = pendulum_policy[0]
+    else:
+        model = train_policy(
+            "Pendulum-v1",
+            algorithm="SAC",
+            timesteps=150,
+            hyperparameters={"learning_starts": 100, "batch_size": 32},
+            progress=False,
+        )
+    observations = np.random.default_rng(0).uniform(-1, 1, size=(32, 3)).astype(np.float32)
+    executed, _ = model.predict(observations, deterministic=True)
+    with torch.no_grad():
+        ours = action_network(model)(torch.as_tensor(observations)).numpy()
+    assert ours == pytest.approx(executed, abs=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.01, 1.0), norm=st.sampled_from([2, "inf"]))
+def test_pessimistic_reward_is_never_above_an_attacked_reward(seed, eps, norm):
+    torch.manual_seed(seed)
+    network = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = RewardModel(network, torch.zeros(3), torch.ones(3)).double()
+    points = torch.randn(8, 3, dtype=torch.float64)
+    lower = PessimisticReward(model, eps, norm)(points)
+    attack = PGD(ThreatModel(eps, norm), steps=30, restarts=3, seed=seed)
+    found = attack(model, points, RewardShift("down"))
+    assert bool((lower <= found.outputs + 1e-12).all())
