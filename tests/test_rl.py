@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 from lipguard.attacks import PGD, RewardShift, ThreatModel
-from lipguard.errors import InvalidArgumentError
+from lipguard.errors import InvalidArgumentError, UnsupportedModuleError
 from lipguard.rl import (
     AdaptiveLipschitz,
     EnsembleReward,
@@ -36,6 +36,7 @@ from lipguard.rl import (
     reward_features,
     train_policy,
 )
+from lipguard.rl.frozen import FrozenReward
 from lipguard.train import GradientPenalty, Regression
 
 
@@ -350,3 +351,30 @@ def test_pessimistic_reward_is_never_above_an_attacked_reward(seed, eps, norm):
     attack = PGD(ThreatModel(eps, norm), steps=30, restarts=3, seed=seed)
     found = attack(model, points, RewardShift("down"))
     assert bool((lower <= found.outputs + 1e-12).all())
+
+
+@pytest.mark.parametrize("kind", ["lipschitz", "unconstrained"])
+def test_frozen_reward_matches_the_model_and_follows_weight_updates(kind):
+    torch.manual_seed(0)
+    features = torch.randn(300, 4)
+    rewards = features[:, 0] - features[:, 1] ** 2
+    model = build_reward_model(features, rewards, kind=kind, hidden=(16, 16))
+    frozen = FrozenReward(model)
+    with torch.no_grad():
+        assert frozen(features).numpy() == pytest.approx(model(features).numpy(), abs=1e-5)
+    fit_reward(model, features, rewards, epochs=2, progress=False)  # optimiser steps in place
+    with torch.no_grad():
+        assert frozen(features).numpy() == pytest.approx(model(features).numpy(), abs=1e-5)
+
+
+def test_frozen_reward_refuses_layers_numpy_cannot_evaluate():
+    model = RewardModel(
+        nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 1)), *torch.ones(2, 2)
+    )
+    with pytest.raises(UnsupportedModuleError):
+        FrozenReward(model)
+    env = LearnedRewardVecEnv(DummyVecEnv([Counter]), model, "state")  # falls back to the module
+    env.reset()
+    _, reward, _, _ = env.step(np.zeros((1, 1), dtype=np.float32))
+    with torch.no_grad():
+        assert float(reward[0]) == pytest.approx(float(model(torch.zeros(1, 2))[0]), abs=1e-6)

@@ -103,8 +103,8 @@ class RewardMetricsCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         env = _learned_reward_env(self.training_env)
         row: dict = {"timesteps": self.num_timesteps}
-        if env is not None and env.recent_features:
-            features = torch.stack(list(env.recent_features))
+        features = env.recent_features if env is not None else torch.zeros(0, 0)
+        if len(features):
             row["max_reward_gradient"] = max_reward_gradient(self.reward, features, self.norm)
         if self._episodes:
             learned, true = (float(np.mean(values)) for values in zip(*self._episodes, strict=True))

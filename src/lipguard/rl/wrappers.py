@@ -26,12 +26,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
 from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
-from lipguard.errors import InvalidArgumentError
-from lipguard.rl.data import reward_features
+from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
+from lipguard.rl.frozen import FrozenReward
 
 REWARD_INPUTS = ("state", "state_action", "next_state")
 Perturbation = Callable[[np.ndarray], np.ndarray]
@@ -45,7 +46,9 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         reward: features ``(N, d)`` tensor -> rewards ``(N,)`` (a reward model, a
             :class:`~lipguard.rl.PessimisticReward`, an ensemble, ...).
         inputs: ``"state"``, ``"state_action"`` or ``"next_state"`` (see the module doc).
-        keep: how many recent feature rows to keep in :attr:`recent_features` (for metrics).
+        keep: how many recent feature rows :attr:`recent_features` returns (for metrics).
+        fast: evaluate an ``nn.Module`` reward through a :class:`~lipguard.rl.frozen.FrozenReward`
+            NumPy snapshot (re-read whenever its weights change), when its layers allow.
     """
 
     def __init__(
@@ -54,12 +57,21 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         reward: Callable[[torch.Tensor], torch.Tensor],
         inputs: str = "state_action",
         keep: int = 4096,
+        fast: bool = True,
     ) -> None:
         super().__init__(venv)
         if inputs not in REWARD_INPUTS:
             raise InvalidArgumentError(f"inputs must be one of {REWARD_INPUTS}, got {inputs!r}")
         self.reward, self.inputs = reward, inputs
-        self.recent_features: deque[torch.Tensor] = deque(maxlen=_checks.positive_int("keep", keep))
+        self._score = reward
+        if fast and isinstance(reward, nn.Module):
+            try:
+                self._score = FrozenReward(reward)
+            except (UnsupportedModuleError, InvalidArgumentError, ShapeError):
+                self._score = reward  # operators NumPy cannot evaluate: call the module
+        self.keep = _checks.positive_int("keep", keep)
+        self._recent: deque[np.ndarray] = deque()  # batches, at most `keep` rows in all
+        self._kept = 0
         self._observations: np.ndarray | None = None
         self._actions: np.ndarray | None = None
         self._learned_return = np.zeros(self.num_envs)
@@ -82,23 +94,44 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             states = np.array(observations, copy=True)
             for index in np.flatnonzero(dones):
                 states[index] = infos[index]["terminal_observation"]
-            features = reward_features(states, inputs="state")
+            features = states.reshape(self.num_envs, -1)
         else:
-            features = reward_features(self._observations, self._actions, self.inputs)
-        with torch.no_grad():
-            learned = torch.as_tensor(self.reward(features)).reshape(-1).double().numpy()
-        self.recent_features.extend(features)
+            features = self._observations.reshape(self.num_envs, -1)
+            if self.inputs == "state_action":
+                actions = self._actions.reshape(self.num_envs, -1)
+                features = np.concatenate([features, actions], axis=1)
+        features = features.astype(np.float32)
+        if isinstance(self._score, FrozenReward):
+            learned = self._score.numpy(features)
+        else:
+            with torch.inference_mode():
+                scored = self._score(torch.from_numpy(features))
+            learned = torch.as_tensor(scored).reshape(-1).double().numpy()
+        self._remember(features)
         self._learned_return += learned
         self._true_return += true_rewards
         infos = list(infos)
-        for index, info in enumerate(infos):
-            info["true_reward"] = float(true_rewards[index])
-            if dones[index]:
-                info["learned_return"] = float(self._learned_return[index])
-                info["true_return"] = float(self._true_return[index])
-                self._learned_return[index] = self._true_return[index] = 0.0
+        for info, value in zip(infos, true_rewards.tolist(), strict=True):
+            info["true_reward"] = value
+        for index in np.flatnonzero(dones):
+            infos[index]["learned_return"] = float(self._learned_return[index])
+            infos[index]["true_return"] = float(self._true_return[index])
+            self._learned_return[index] = self._true_return[index] = 0.0
         self._observations = np.array(observations, copy=True)
         return observations, learned.astype(np.float32), dones, infos
+
+    def _remember(self, features: np.ndarray) -> None:
+        self._recent.append(features)
+        self._kept += len(features)
+        while self._kept - len(self._recent[0]) >= self.keep:
+            self._kept -= len(self._recent.popleft())
+
+    @property
+    def recent_features(self) -> torch.Tensor:
+        """The last ``keep`` feature rows scored (fewer at the start), oldest first."""
+        if not self._recent:
+            return torch.zeros(0, 0)
+        return torch.from_numpy(np.concatenate(list(self._recent))[-self.keep :])
 
 
 class ObservationPerturbation(VecEnvWrapper):

@@ -1,0 +1,255 @@
+"""Reward hacking and stability of policies trained on true, unconstrained and Lipschitz rewards.
+
+For each seed, on Pendulum-v1 (ships with Gymnasium):
+
+1. collect ``--transitions`` transitions with uniformly random torques and learn the reward
+   ``r(s, a)`` from the observed rewards twice: an unconstrained ReLU MLP and a
+   :class:`lipguard.nn.LipschitzMLP` whose whole model (standardisation included) is certified
+   ``<= --lipschitz`` (ℓ2);
+2. train SB3 SAC for ``--timesteps`` on the true reward, on the unconstrained learned reward and
+   on the Lipschitz learned reward (behind :class:`lipguard.rl.LearnedRewardVecEnv`);
+3. evaluate each policy over ``--episodes`` seeded episodes: true return; return under its own
+   reward and the gap (reward hacking); the largest reward gradient over the visited (s, a)
+   (the true reward's own for the true-reward policy); the behavioral discontinuity rate
+   (ℓ∞ ``--eps`` on observations moving the torque by more than ``--tau``); the true return under
+   random noise, MAD (PGD maximising the action change) and a reward attack (PGD minimising the
+   policy's reward model; the true reward, written in torch, for the true-reward policy), all
+   ℓ∞ ``--eps``.
+
+Also measures the learned-reward wrapper's overhead over a plain ``DummyVecEnv`` step for 1, 16
+and 64 environments (batched reward calls). Medians over seeds; writes ``rl.json`` and ``rl.md``.
+
+    python benchmarks/rl_reward_hacking.py
+    python benchmarks/rl_reward_hacking.py --seeds 1 --timesteps 2000   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from layers import machine
+from lipguard.rl import (
+    LearnedRewardVecEnv,
+    action_network,
+    build_reward_model,
+    collect_transitions,
+    discontinuity_rate,
+    evaluate,
+    fit_reward,
+    max_reward_gradient,
+    policy_attack,
+    random_perturbation,
+    reward_attack,
+    reward_features,
+    train_policy,
+)
+
+ENV = "Pendulum-v1"
+SAC_SETTINGS = {"learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64, 64]}}
+
+
+class PendulumReward(nn.Module):
+    """Pendulum-v1's reward on (cos θ, sin θ, θ̇, u): ``-(θ² + 0.1·θ̇² + 0.001·u²)``, u clipped."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cos, sin, velocity, torque = features.unbind(1)
+        angle = torch.atan2(sin, cos)
+        return -(angle**2 + 0.1 * velocity**2 + 0.001 * torque.clamp(-2, 2) ** 2)
+
+
+def learn_rewards(seed: int, args) -> dict[str, nn.Module]:
+    transitions = collect_transitions(ENV, args.transitions, seed=seed, progress=False)
+    features = reward_features(transitions.observations, transitions.actions)
+    rewards = torch.as_tensor(transitions.rewards, dtype=torch.float32)
+    models = {}
+    for kind in ("unconstrained", "lipschitz"):
+        model = build_reward_model(
+            features, rewards, kind=kind, lipschitz=args.lipschitz, hidden=(64, 64), seed=seed
+        )
+        fit_reward(model, features, rewards, epochs=args.reward_epochs, seed=seed, progress=False)
+        models[kind] = model.eval()
+    return models
+
+
+def measure(name: str, reward: nn.Module | None, seed: int, args) -> dict:
+    started = time.perf_counter()
+    model = train_policy(
+        ENV,
+        algorithm="SAC",
+        timesteps=args.timesteps,
+        reward=reward,
+        seed=seed,
+        hyperparameters=SAC_SETTINGS,
+        progress=False,
+    )
+    training = time.perf_counter() - started
+    critic = reward if reward is not None else PendulumReward()
+    policy = action_network(model)
+    clean = evaluate(model, ENV, episodes=args.episodes, reward=critic, seed=10_000 + seed)
+    features = reward_features(clean.states, clean.actions)
+    visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
+    row = {
+        "reward": name,
+        "seed": seed,
+        "training_seconds": training,
+        "certified_lipschitz": reward.certified_lipschitz().value if reward is not None else None,
+        "max_reward_gradient": max_reward_gradient(critic, features),
+        "true_return": clean.true_return,
+        "own_reward_return": clean.learned_return,
+        "reward_gap": clean.reward_gap if reward is not None else 0.0,
+        "discontinuity_rate": discontinuity_rate(policy, visited, args.eps, tau=args.tau),
+    }
+    attacks = {
+        "random": random_perturbation(args.eps, seed=seed),
+        "mad": policy_attack(policy, "continuous", args.eps, steps=10, seed=seed),
+        "reward_attack": reward_attack(policy, critic, args.eps, steps=10, seed=seed),
+    }
+    for attack, perturb in attacks.items():
+        attacked = evaluate(model, ENV, episodes=args.episodes, perturb=perturb, seed=10_000 + seed)
+        row[f"return_{attack}"] = attacked.true_return
+    print(row, flush=True)
+    return row
+
+
+def wrapper_overhead(reward: nn.Module, repeats: int) -> list[dict]:
+    rows = []
+    for n_envs in (1, 16, 64):
+        times = {}
+        for wrapped in (False, True):
+            env = make_vec_env(ENV, n_envs=n_envs, seed=0)
+            if wrapped:
+                env = LearnedRewardVecEnv(env, reward)
+            env.reset()
+            actions = np.random.default_rng(0).uniform(-2, 2, size=(256, n_envs, 1))
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for action in actions:
+                    env.step(action.astype(np.float32))
+                samples.append((time.perf_counter() - started) / len(actions))
+            times[wrapped] = statistics.median(samples)
+            env.close()
+        rows.append(
+            {
+                "n_envs": n_envs,
+                "step_us": 1e6 * times[False],
+                "wrapped_step_us": 1e6 * times[True],
+                "overhead": times[True] / times[False] - 1.0,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    summary = []
+    for name in ("true", "unconstrained", "lipschitz"):
+        group = [row for row in rows if row["reward"] == name]
+        medians = {"reward": name, "seeds": len(group)}
+        for key in group[0]:
+            if key in ("reward", "seed"):
+                continue
+            values = [row[key] for row in group if row[key] is not None]
+            medians[key] = statistics.median(values) if values else None
+        summary.append(medians)
+    return summary
+
+
+def _cell(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    meta, args = report["meta"], report["meta"]["settings"]
+    lines = [
+        "# Reward hacking and stability on Pendulum-v1 (SAC)",
+        "",
+        f"Measured {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['threads']} "
+        f"threads), torch {meta['machine']['torch']}; medians over {args['seeds']} seeds.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Rewards learned from {args['transitions']} random-torque transitions; SAC "
+        f"{args['timesteps']} steps; evaluation over {args['episodes']} episodes; attacks ℓ∞ "
+        f"ε = {args['eps']} on observations; discontinuity: torque change > τ = {args['tau']}.",
+        "",
+        "| policy trained on | certified L | max ‖∇r‖ seen | true return | own-reward return | "
+        "gap | discontinuity | return: random | MAD | reward attack |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["summary"]:
+        lines.append(
+            f"| {row['reward']} | {_cell(row['certified_lipschitz'], 2)} | "
+            f"{_cell(row['max_reward_gradient'], 2)} | {_cell(row['true_return'])} | "
+            f"{_cell(row['own_reward_return'])} | {_cell(row['reward_gap'])} | "
+            f"{row['discontinuity_rate']:.1%} | {_cell(row['return_random'])} | "
+            f"{_cell(row['return_mad'])} | {_cell(row['return_reward_attack'])} |"
+        )
+    lines += [
+        "",
+        "## Learned-reward wrapper overhead (one batched reward call per step)",
+        "",
+        "| environments | plain step (µs) | with learned reward (µs) | overhead |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in report["wrapper_overhead"]:
+        lines.append(
+            f"| {row['n_envs']} | {row['step_us']:.0f} | {row['wrapped_step_us']:.0f} | "
+            f"{row['overhead']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--timesteps", type=int, default=8000)
+    parser.add_argument("--transitions", type=int, default=4000)
+    parser.add_argument("--reward-epochs", type=int, default=40)
+    parser.add_argument("--lipschitz", type=float, default=8.0)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--tau", type=float, default=0.2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = parser.parse_args()
+    rows, overhead = [], None
+    for seed in range(args.seeds):
+        rewards = learn_rewards(seed, args)
+        if overhead is None:
+            overhead = wrapper_overhead(rewards["lipschitz"], args.repeats)
+        for name, reward in (("true", None), *rewards.items()):
+            rows.append(measure(name, reward, seed, args))
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    report = {
+        "meta": {
+            "date": datetime.date.today().isoformat(),
+            "machine": machine(),
+            "settings": settings,
+            "command": "python benchmarks/rl_reward_hacking.py "
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()),
+        },
+        "runs": rows,
+        "summary": summarise(rows),
+        "wrapper_overhead": overhead,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rl.json").write_text(json.dumps(report, indent=2))
+    (args.out / "rl.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
