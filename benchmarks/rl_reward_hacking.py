@@ -42,16 +42,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from layers import machine
 from lipguard.rl import (
     LearnedRewardVecEnv,
-    action_network,
     build_reward_model,
     collect_transitions,
-    discontinuity_rate,
-    evaluate,
     fit_reward,
-    max_reward_gradient,
-    policy_attack,
-    random_perturbation,
-    reward_attack,
+    policy_report,
     reward_features,
     train_policy,
 )
@@ -94,31 +88,22 @@ def measure(name: str, reward: nn.Module | None, seed: int, args) -> dict:
         hyperparameters=SAC_SETTINGS,
         progress=False,
     )
-    training = time.perf_counter() - started
-    critic = reward if reward is not None else PendulumReward()
-    policy = action_network(model)
-    clean = evaluate(model, ENV, episodes=args.episodes, reward=critic, seed=10_000 + seed)
-    features = reward_features(clean.states, clean.actions)
-    visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
     row = {
         "reward": name,
         "seed": seed,
-        "training_seconds": training,
+        "training_seconds": time.perf_counter() - started,
         "certified_lipschitz": reward.certified_lipschitz().value if reward is not None else None,
-        "max_reward_gradient": max_reward_gradient(critic, features),
-        "true_return": clean.true_return,
-        "own_reward_return": clean.learned_return,
-        "reward_gap": clean.reward_gap if reward is not None else 0.0,
-        "discontinuity_rate": discontinuity_rate(policy, visited, args.eps, tau=args.tau),
     }
-    attacks = {
-        "random": random_perturbation(args.eps, seed=seed),
-        "mad": policy_attack(policy, "continuous", args.eps, steps=10, seed=seed),
-        "reward_attack": reward_attack(policy, critic, args.eps, steps=10, seed=seed),
-    }
-    for attack, perturb in attacks.items():
-        attacked = evaluate(model, ENV, episodes=args.episodes, perturb=perturb, seed=10_000 + seed)
-        row[f"return_{attack}"] = attacked.true_return
+    row |= policy_report(
+        model,
+        ENV,
+        critic=reward if reward is not None else PendulumReward(),
+        own_reward=reward,
+        eps=args.eps,
+        tau=args.tau,
+        episodes=args.episodes,
+        seed=seed,
+    )
     print(row, flush=True)
     return row
 
@@ -221,7 +206,7 @@ def main() -> None:
     parser.add_argument("--lipschitz", type=float, default=8.0)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--tau", type=float, default=0.2)
+    parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()

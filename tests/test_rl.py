@@ -378,3 +378,32 @@ def test_frozen_reward_refuses_layers_numpy_cannot_evaluate():
     _, reward, _, _ = env.step(np.zeros((1, 1), dtype=np.float32))
     with torch.no_grad():
         assert float(reward[0]) == pytest.approx(float(model(torch.zeros(1, 2))[0]), abs=1e-6)
+
+
+def test_discrete_actions_on_another_classic_control_environment():
+    transitions = collect_transitions("CartPole-v1", 600, seed=0, progress=False)
+    features = reward_features(transitions.observations, inputs="state")
+    rewards = torch.as_tensor(transitions.rewards, dtype=torch.float32)
+    reward = build_reward_model(features, rewards, lipschitz=2.0, hidden=(16, 16))
+    fit_reward(reward, features, rewards, epochs=2, progress=False)
+    model = train_policy(
+        "CartPole-v1",
+        algorithm="PPO",
+        timesteps=256,
+        reward=reward,
+        reward_inputs="state",
+        hyperparameters={"n_steps": 128, "batch_size": 64, "n_epochs": 1},
+        progress=False,
+    )
+    policy = action_network(model)
+    assert policy.kind == "categorical"
+    result = evaluate(model, "CartPole-v1", episodes=3, reward=reward, reward_inputs="state")
+    states = torch.as_tensor(result.states[:50])
+    executed, _ = model.predict(result.states[:50], deterministic=True)
+    with torch.no_grad():
+        assert (policy(states).argmax(-1).numpy() == executed).all()
+    assert 0.0 <= discontinuity_rate(policy, states, 0.05, kind="categorical") <= 1.0
+    attacked = evaluate(
+        model, "CartPole-v1", episodes=3, perturb=policy_attack(policy, "categorical", 0.05)
+    )
+    assert attacked.true_return > 0

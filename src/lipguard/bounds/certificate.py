@@ -269,5 +269,5 @@ def certify(
         architecture_sha256(model, shape),
         lipguard.__version__,
         torch.__version__,
-        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )

@@ -136,7 +136,7 @@ def _jacobians(function: Callable, points: torch.Tensor, create_graph: bool) -> 
 
 
 def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
-    return torch.linalg.vector_norm(x.flatten(1), ord=norm, dim=1)
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), ord=norm, dim=1)
 
 
 def _pair_ratio(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float) -> float:

@@ -137,7 +137,7 @@ class AuditStore:
             ).first()
             seq, prev = (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
             rows = []
-            created = datetime.datetime.now(datetime.timezone.utc).isoformat()  # the batch's time
+            created = datetime.datetime.now(datetime.UTC).isoformat()  # the batch's time
             for kind, payload in records:
                 if not isinstance(kind, str) or len(kind) > 64:
                     raise InvalidArgumentError("record kinds are strings of at most 64 characters")

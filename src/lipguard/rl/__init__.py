@@ -8,7 +8,7 @@ the behavioral discontinuity rate, the reward-hacking gap and the return under a
 """
 
 from lipguard.rl.data import Transitions, collect_transitions, preference_pairs, reward_features
-from lipguard.rl.metrics import EvaluationResult, discontinuity_rate, evaluate
+from lipguard.rl.metrics import EvaluationResult, discontinuity_rate, evaluate, policy_report
 from lipguard.rl.oracle import AdaptiveLipschitz, EnsembleReward, PessimisticReward
 from lipguard.rl.policy import (
     ActionNetwork,
@@ -53,6 +53,7 @@ __all__ = [
     "fit_reward",
     "max_reward_gradient",
     "policy_attack",
+    "policy_report",
     "preference_pairs",
     "random_perturbation",
     "reward_attack",

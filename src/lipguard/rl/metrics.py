@@ -10,6 +10,8 @@
 - :func:`evaluate` — true and learned returns of the deterministic policy over whole episodes,
   optionally under an observation perturbation (none, random, MAD, reward attack): the learned
   minus true return is the reward-hacking gap.
+- :func:`policy_report` — all of the above for one policy, as the benchmark and ``lipguard run``
+  report it.
 """
 
 from __future__ import annotations
@@ -25,10 +27,21 @@ from stable_baselines3.common.env_util import make_vec_env
 from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
 from lipguard.rl.data import reward_features
-from lipguard.rl.policy import max_reward_gradient
-from lipguard.rl.wrappers import Perturbation
+from lipguard.rl.policy import action_network, max_reward_gradient
+from lipguard.rl.wrappers import (
+    Perturbation,
+    policy_attack,
+    random_perturbation,
+    reward_attack,
+)
 
-__all__ = ["EvaluationResult", "discontinuity_rate", "evaluate", "max_reward_gradient"]
+__all__ = [
+    "EvaluationResult",
+    "discontinuity_rate",
+    "evaluate",
+    "max_reward_gradient",
+    "policy_report",
+]
 
 
 def discontinuity_rate(
@@ -94,7 +107,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Run ``episodes`` seeded episodes in parallel (one environment each) with the
     deterministic policy, which sees ``perturb(observation)`` when given; sums the true rewards
-    and, with ``reward``, the learned reward of each true state (and action)."""
+    and, with ``reward``, the learned reward of each true state (``reward_inputs="state"``) or
+    state and action (``"state_action"``)."""
     _checks.positive_int("episodes", episodes)
     env = make_vec_env(env_id, n_envs=episodes, seed=seed)
     observations = env.reset()
@@ -107,9 +121,7 @@ def evaluate(
         states.append(observations[running])
         actions.append(np.asarray(action).reshape(episodes, -1)[running])
         if reward is not None:
-            features = reward_features(observations, action, "state")
-            if reward_inputs == "state_action":
-                features = reward_features(observations, action, "state_action")
+            features = reward_features(observations, action, reward_inputs)
             with torch.no_grad():
                 scored = torch.as_tensor(reward(features)).double().numpy()
             learned_total += np.where(running, scored, 0.0)
@@ -125,3 +137,47 @@ def evaluate(
         np.concatenate(states),
         np.concatenate(actions),
     )
+
+
+def policy_report(
+    model: BaseAlgorithm,
+    env_id: str,
+    *,
+    critic: torch.nn.Module,
+    own_reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eps: float = 0.1,
+    tau: float = 1.0,
+    episodes: int = 10,
+    attack_steps: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Task performance and stability of a trained policy in one dictionary (SPEC F5):
+    ``true_return``, ``own_reward_return`` and ``reward_gap`` (under ``own_reward``, the reward
+    it was trained on, if learned), ``max_reward_gradient`` of ``critic`` (a differentiable reward
+    of state and action) over the visited pairs, ``discontinuity_rate`` (ℓ∞ ``eps``, torque
+    change above ``tau``, on up to 400 visited states), and the true return under random noise,
+    MAD and a reward attack guided by ``critic`` (``return_random``, ``return_mad``,
+    ``return_reward_attack``; continuous actions only), all ℓ∞ ``eps`` on observations."""
+    policy = action_network(model)
+    clean = evaluate(model, env_id, episodes=episodes, reward=own_reward, seed=10_000 + seed)
+    features = reward_features(clean.states, clean.actions)
+    visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
+    row = {
+        "true_return": clean.true_return,
+        "own_reward_return": clean.learned_return,
+        "reward_gap": clean.reward_gap,
+        "max_reward_gradient": max_reward_gradient(critic, features),
+        "discontinuity_rate": discontinuity_rate(policy, visited, eps, tau=tau, kind=policy.kind),
+    }
+    attacks = {
+        "random": random_perturbation(eps, seed=seed),
+        "mad": policy_attack(policy, policy.kind, eps, steps=attack_steps, seed=seed),
+    }
+    if policy.kind == "continuous":  # the critic scores (state, action) pairs
+        attacks["reward_attack"] = reward_attack(policy, critic, eps, steps=attack_steps, seed=seed)
+    else:
+        row["return_reward_attack"] = None
+    for name, perturb in attacks.items():
+        attacked = evaluate(model, env_id, episodes=episodes, perturb=perturb, seed=10_000 + seed)
+        row[f"return_{name}"] = attacked.true_return
+    return row

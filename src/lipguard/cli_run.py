@@ -1,0 +1,89 @@
+"""``lipguard run``: the main job (see :mod:`lipguard.pipeline`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lipguard._cli_support import console, fail
+from lipguard.errors import LipguardError
+
+
+def run_command(
+    env: Annotated[str | None, typer.Option(help="Gymnasium id (default Pendulum-v1).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file overriding any setting (docs/pipeline.md).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for results.json and report.html.")] = Path(
+        "runs/default"
+    ),
+    quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes on 2 cores).")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+) -> None:
+    """Learn, certify, attack, smooth, train policies on and monitor reward models, end to end,
+    and write an HTML report."""
+    from lipguard.pipeline import load_config, run_pipeline
+
+    try:
+        settings = load_config(config, quick=quick, env=env, seed=seed)
+    except (LipguardError, OSError, ValueError) as error:
+        fail(str(error))
+    console.print(
+        f"[bold]lipguard run[/bold] on {settings.env}: reward target L = {settings.lipschitz:g}, "
+        f"{settings.algorithm} {settings.timesteps} steps per policy → {out}"
+    )
+    columns = (
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+
+        @contextmanager
+        def track(description: str, total: int) -> Iterator[Callable[[], None]]:
+            task = progress.add_task(description, total=total)
+            yield lambda: progress.advance(task)
+
+        results = run_pipeline(settings, out, track)
+    console.print(_summary(results))
+    for text, ok in results["checks"].items():
+        console.print(f"[{'green' if ok else 'red'}]{'✔' if ok else '✘'}[/] {text}")
+    console.print(f"report: {out / 'report.html'}  results: {out / 'results.json'}")
+    if not all(results["checks"].values()):
+        raise typer.Exit(1)
+
+
+def _summary(results: dict) -> Table:
+    table = Table(title="Reward models and the policies trained on them", box=box.SIMPLE_HEAD)
+    for column in (
+        "reward",
+        "MSE",
+        "certified L",
+        "lower",
+        "true return",
+        "gap",
+        "discont.",
+        "return (MAD)",
+    ):
+        table.add_column(column, justify="left" if column == "reward" else "right")
+    for name, policy in results["policies"].items():
+        reward = results["rewards"].get(name)
+        table.add_row(
+            name,
+            f"{reward['test_mse']:.4f}" if reward else "",
+            f"{reward['certified_lipschitz']:.3f}" if reward else "",
+            f"{reward['lower_bound']:.3f}" if reward and reward["lower_bound"] else "",
+            f"{policy['true_return']:.1f}",
+            "" if policy["reward_gap"] is None else f"{policy['reward_gap']:.1f}",
+            f"{policy['discontinuity_rate']:.0%}",
+            f"{policy['return_mad']:.1f}",
+        )
+    return table

@@ -1,0 +1,112 @@
+"""Every choice of ``lipguard run``, with documented defaults, from a TOML file or the defaults.
+
+A config file holds any subset of :class:`RunConfig`'s fields at the top level (unknown keys are
+errors); ``--quick`` starts from :meth:`RunConfig.quick` instead, and the file overrides it.
+
+.. code-block:: toml
+
+    env = "Pendulum-v1"
+    lipschitz = 6.0
+    timesteps = 12000
+    attack_eps = [0.0, 0.1, 0.2]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from lipguard.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of one run (defaults: the full run, under 15 minutes on 2 cores)."""
+
+    env: str = "Pendulum-v1"  # a Gymnasium id with a Box action space
+    seed: int = 0
+    # 1. reward learning (observed rewards of uniformly random actions)
+    transitions: int = 4000
+    reward_hidden: tuple[int, ...] = (64, 64)
+    reward_epochs: int = 40
+    lipschitz: float = 8.0  # target of the constrained reward model (ℓ2, raw features)
+    aajr: bool = True  # also train an AAJR-regularised unconstrained model
+    aajr_weight: float = 0.05
+    aajr_eps: float = 0.1
+    # 2. certification
+    certify_method: str = "auto"  # lipguard.bounds method: auto, compositional, lipsdp, product
+    certify_inputs: int = 64  # typical inputs that seed the witnessed lower bound
+    # 3. stress tests (ℓ2 on reward features, the certificate's norm)
+    attack_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
+    attack_points: int = 256
+    attack_steps: int = 20
+    smoothing_sigma: float = 0.1
+    smoothing_points: int = 32
+    smoothing_samples: int = 2000
+    # 4. policies (SB3) on the true reward and on each learned reward
+    algorithm: str = "SAC"
+    timesteps: int = 8000
+    episodes: int = 10
+    policy_eps: float = 0.1  # ℓ∞ observation budget of the attacks
+    tau: float = 1.0  # action change that counts as a discontinuity
+    # 5. monitor: the constrained model deployed on the policy's rollouts
+    monitor_steps: int = 2000
+    monitor_batch: int = 100
+    observation_noise: float = 0.01  # injected sensor noise (std)
+    fault_step: int = 1000  # the reward model's weights are corrupted here
+    fault_scale: float = 8.0  # ... by scaling its last layer
+
+    @classmethod
+    def quick(cls) -> RunConfig:
+        """The ``--quick`` run (under 3 minutes on 2 cores)."""
+        return cls(
+            transitions=2000,
+            reward_epochs=15,
+            aajr=False,
+            certify_method="compositional",
+            certify_inputs=16,
+            attack_points=64,
+            attack_steps=10,
+            smoothing_points=8,
+            smoothing_samples=500,
+            timesteps=1500,
+            episodes=3,
+            monitor_steps=800,
+            fault_step=400,
+        )
+
+    def replace(self, **changes) -> RunConfig:
+        return _checked(dataclasses.replace(self, **changes))
+
+
+def _checked(config: RunConfig) -> RunConfig:
+    if config.algorithm not in ("SAC", "PPO"):
+        raise InvalidArgumentError(f"algorithm must be SAC or PPO, got {config.algorithm!r}")
+    if not 0 < config.fault_step < config.monitor_steps:
+        raise InvalidArgumentError("fault_step must lie inside the monitored rollout")
+    for name in ("transitions", "reward_epochs", "timesteps", "episodes", "monitor_batch"):
+        if getattr(config, name) < 1:
+            raise InvalidArgumentError(f"{name} must be >= 1")
+    if config.lipschitz <= 0 or any(eps < 0 for eps in config.attack_eps):
+        raise InvalidArgumentError("lipschitz must be > 0 and attack_eps >= 0")
+    return config
+
+
+def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -> RunConfig:
+    """Defaults (or the quick ones), then the TOML file at ``path``, then ``overrides``
+    (``None`` values are ignored)."""
+    config = RunConfig.quick() if quick else RunConfig()
+    changes: dict = {}
+    if path is not None:
+        with Path(path).open("rb") as handle:
+            data = tomllib.load(handle)
+        known = {field.name: field for field in fields(RunConfig)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InvalidArgumentError(f"unknown settings in {path}: {', '.join(unknown)}")
+        for key, value in data.items():
+            changes[key] = tuple(value) if isinstance(value, list) else value
+    changes |= {key: value for key, value in overrides.items() if value is not None}
+    return config.replace(**changes)

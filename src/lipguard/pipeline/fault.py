@@ -1,0 +1,98 @@
+"""Stage 5 of ``lipguard run``: the monitor watches the deployed reward model and catches a fault.
+
+The constrained reward model is deployed on the rollouts of the policy trained on it; its inputs
+carry injected sensor noise. Half-way, the deployed copy's output scale is multiplied by
+``fault_scale`` (a corrupted weight file, say): rewards become steeper than the certificate
+allows. Every event goes to a hash-chained audit store, which is verified at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+
+from lipguard.bounds import weights_sha256
+from lipguard.monitor import AuditStore, LipschitzMonitor
+from lipguard.pipeline.config import RunConfig
+from lipguard.pipeline.rewards import RewardData
+from lipguard.rl import RewardModel, reward_features
+
+
+def corrupt(model: RewardModel, scale: float) -> None:
+    """Multiply the reward model's output scale in place (the planted fault)."""
+    with torch.no_grad():
+        model[2].scale.mul_(scale)
+
+
+def monitor_with_fault(
+    config: RunConfig,
+    model: RewardModel,
+    lipschitz: float,
+    policy: BaseAlgorithm,
+    data: RewardData,
+    audit_path: Path,
+) -> dict:
+    deployed = copy.deepcopy(model).eval()
+    reference = data.train[0][:2000]
+    with torch.no_grad():
+        reference_rewards = deployed(reference)
+    if audit_path.exists():
+        audit_path.unlink()
+    store = AuditStore(audit_path)
+    monitor = LipschitzMonitor(
+        lipschitz,
+        window=1024,
+        reference=(reference, reference_rewards),
+        model=deployed,
+        weights_sha256=weights_sha256(deployed),
+        store=store,
+    )
+    env = make_vec_env(config.env, n_envs=1, seed=config.seed + 777)
+    rng = np.random.default_rng(config.seed)
+    observations = env.reset()
+    states, actions, timeline, events = [], [], [], []
+    for step in range(config.monitor_steps):
+        if step == config.fault_step:
+            corrupt(deployed, config.fault_scale)
+        action, _ = policy.predict(observations, deterministic=True)
+        noisy = observations + rng.normal(0.0, config.observation_noise, observations.shape)
+        states.append(noisy[0])
+        actions.append(np.asarray(action).reshape(-1))
+        observations, _, _, _ = env.step(action)
+        if len(states) == config.monitor_batch:
+            features = reward_features(np.stack(states), np.stack(actions))
+            with torch.no_grad():
+                rewards = deployed(features)
+            found = monitor.observe(features, rewards).events
+            events += found
+            counts = {kind: 0 for kind in ("violation", "gradient", "weights_changed", "drift")}
+            for event in found:
+                counts[event.kind] = counts.get(event.kind, 0) + 1
+            timeline.append({"step": step + 1, **counts})
+            states, actions = [], []
+    env.close()
+    alarms = [e.step for e in events if e.kind in ("violation", "gradient", "weights_changed")]
+    before = [s for s in alarms if s < config.fault_step]
+    after = [s for s in alarms if s >= config.fault_step]
+    report = store.verify()
+    return {
+        "fault_step": config.fault_step,
+        "false_alarms_before_fault": len(before),
+        "alarms_after_fault": len(after),
+        "first_alarm_after_fault": min(after) if after else None,
+        "detection_delay": (min(after) - config.fault_step) if after else None,
+        "fault_detected": bool(after),
+        "events": {kind: sum(e.kind == kind for e in events) for kind in _KINDS},
+        "timeline": timeline,
+        "audit_path": str(audit_path),
+        "audit_records": report.records,
+        "audit_verified": report.ok,
+    }
+
+
+_KINDS = ("violation", "gradient", "weights_changed", "drift", "out_of_envelope")
