@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipguard.bounds import weights_sha256
+from lipguard.errors import InvalidArgumentError
 from lipguard.monitor import (
     ADWIN,
     AuditStore,
@@ -279,3 +280,24 @@ def test_adwin_window_is_capped():
         detector.update(value)
     assert len(detector.window) <= 100
     assert detector.window[-1] == 1.0
+
+
+def test_worst_pair_mode_reports_each_offending_observation_once():
+    rng = np.random.default_rng(5)
+    states = rng.normal(size=(300, 3))
+    rewards = 3.0 * states[:, 0] + rng.normal(0, 0.05, 300)  # slope 3 against a bound of 1
+    reference = (rng.normal(size=(100, 3)), rng.normal(size=100))
+    every = LipschitzMonitor(1.0, window=128, reference=reference, drift=False)
+    worst = LipschitzMonitor(1.0, window=128, reference=reference, drift=False, pairs="worst")
+    for chunk in np.array_split(np.arange(300), 5):
+        all_pairs = every.observe(states[chunk], rewards[chunk]).violations
+        per_step = worst.observe(states[chunk], rewards[chunk]).violations
+        by_step: dict[int, list] = {}
+        for event in all_pairs:
+            by_step.setdefault(event.step, []).append(event.details["ratio"])
+        assert [e.step for e in per_step] == sorted(by_step)
+        for event in per_step:
+            assert event.details["ratio"] == max(by_step[event.step])
+            assert event.details["pairs"] == len(by_step[event.step])
+    with pytest.raises(InvalidArgumentError):
+        LipschitzMonitor(1.0, pairs="some")

@@ -62,18 +62,15 @@ def run_command(
 
 
 def _summary(results: dict) -> Table:
-    table = Table(title="Reward models and the policies trained on them", box=box.SIMPLE_HEAD)
-    for column in (
-        "reward",
-        "MSE",
-        "certified L",
-        "lower",
-        "true return",
-        "gap",
-        "discont.",
-        "return (MAD)",
-    ):
-        table.add_column(column, justify="left" if column == "reward" else "right")
+    table = Table(
+        title="Reward models and the policies trained on them",
+        caption="L seen: witnessed lower bound · return: true return of the policy · "
+        "gap: own-reward minus true return · MAD: true return under MAD",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("reward", no_wrap=True)
+    for column in ("MSE", "L proven", "L seen", "return", "gap", "discont.", "MAD"):
+        table.add_column(column, justify="right")
     for name, policy in results["policies"].items():
         reward = results["rewards"].get(name)
         table.add_row(

@@ -78,6 +78,9 @@ class LipschitzMonitor:
         store: an :class:`AuditStore` (or a path / URL to open one) for every event.
         callbacks: functions called with each :class:`Event`.
         drift: run Page–Hinkley and ADWIN on the violation indicator and the observed ratio.
+        pairs: ``"all"`` reports every violating pair; ``"worst"`` one event per offending
+            observation, its pair with the largest ratio, with the number of violating pairs
+            (``details["pairs"]``) — a bounded audit log when a fault makes everything violate.
     """
 
     def __init__(
@@ -95,7 +98,11 @@ class LipschitzMonitor:
         store: AuditStore | str | None = None,
         callbacks: Sequence[Callable[[Event], None]] = (),
         drift: bool = True,
+        pairs: str = "all",
     ) -> None:
+        if pairs not in ("all", "worst"):
+            raise InvalidArgumentError(f"pairs must be 'all' or 'worst', got {pairs!r}")
+        self.pairs = pairs
         if callable(lipschitz):
             self._bound_of: Callable[[np.ndarray], np.ndarray] = lipschitz
         else:
@@ -171,6 +178,7 @@ class LipschitzMonitor:
                     False,
                 )
             )
+        found_by_pool = []
         for name, pool_states, pool_rewards, pool_bounds, pool_ids, index, self_pairs in pools:
             if len(pool_states) == 0:
                 continue
@@ -187,30 +195,8 @@ class LipschitzMonitor:
                 index=index,
                 exclude_self=self_pairs,
             )
-            for i, j, d, diff, bound in zip(
-                found.first,
-                found.second,
-                found.distance,
-                found.difference,
-                found.bound,
-                strict=True,
-            ):
-                ratio = diff / d if d > 0 else math.inf
-                worst_ratio[i] = max(worst_ratio[i], ratio)
-                events.append(
-                    Event(
-                        "violation",
-                        int(steps[i]),
-                        {
-                            "against": name,
-                            "other": int(pool_ids[j]),
-                            "distance": float(d),
-                            "reward_difference": float(diff),
-                            "bound": float(bound),
-                            "ratio": float(ratio),
-                        },
-                    )
-                )
+            found_by_pool.append((name, pool_ids, found))
+        events += self._violations(found_by_pool, steps, worst_ratio)
         events += self._envelope(states, steps)
         events += self._model_checks(states, steps, bounds)
         events += self._drift(steps, worst_ratio, bounds)
@@ -218,6 +204,49 @@ class LipschitzMonitor:
         self.step += len(states)
         self._emit(events)
         return Observation(events)
+
+    def _violations(self, found_by_pool, steps, worst_ratio) -> list[Event]:
+        """Violation events (every pair, or each observation's worst) and, in place, each new
+        observation's largest observed ratio."""
+        chosen = []  # (pool name, pool ids, found, ratios, positions, pair counts or None)
+        ratios = []
+        for _, _, found in found_by_pool:
+            safe = np.where(found.distance > 0, found.distance, 1.0)
+            ratio = np.where(found.distance > 0, found.difference / safe, math.inf)
+            np.maximum.at(worst_ratio, found.first, ratio)
+            ratios.append(ratio)
+        if self.pairs == "all":
+            for (name, pool_ids, found), ratio in zip(found_by_pool, ratios, strict=True):
+                chosen.append((name, pool_ids, found, ratio, np.arange(len(ratio)), None))
+        elif found_by_pool:
+            first = np.concatenate([found.first for _, _, found in found_by_pool])
+            ratio = np.concatenate(ratios)
+            pool = np.concatenate([np.full(len(r), k) for k, r in enumerate(ratios)])
+            position = np.concatenate([np.arange(len(r)) for r in ratios])
+            order = np.lexsort((-ratio, first))  # by observation, then the largest ratio first
+            heads = (
+                order[np.r_[True, first[order][1:] != first[order][:-1]]] if len(order) else order
+            )
+            counts = np.bincount(first, minlength=len(steps))
+            for k, (name, pool_ids, found) in enumerate(found_by_pool):
+                picked = heads[pool[heads] == k]
+                chosen.append((name, pool_ids, found, ratio[picked], position[picked], counts))
+        events = []
+        for name, pool_ids, found, ratio, positions, counts in chosen:
+            for r, p in zip(ratio, positions, strict=True):
+                i = found.first[p]
+                details = {
+                    "against": name,
+                    "other": int(pool_ids[found.second[p]]),
+                    "distance": float(found.distance[p]),
+                    "reward_difference": float(found.difference[p]),
+                    "bound": float(found.bound[p]),
+                    "ratio": float(r),
+                }
+                if counts is not None:
+                    details["pairs"] = int(counts[i])
+                events.append(Event("violation", int(steps[i]), details))
+        return sorted(events, key=lambda e: e.step) if self.pairs == "worst" else events
 
     def _envelope(self, states, steps) -> list[Event]:
         if self.envelope_radius is None:

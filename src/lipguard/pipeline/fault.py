@@ -51,6 +51,7 @@ def monitor_with_fault(
         model=deployed,
         weights_sha256=weights_sha256(deployed),
         store=store,
+        pairs="worst",  # one audit record per offending observation, not per pair
     )
     env = make_vec_env(config.env, n_envs=1, seed=config.seed + 777)
     rng = np.random.default_rng(config.seed)
