@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/price_of_robustness.py
 	$(BIN)/python benchmarks/monitor.py
+	$(BIN)/python benchmarks/rl_reward_hacking.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .hypothesis

@@ -76,6 +76,7 @@ def price_plot(results: dict) -> str:
     right.set_ylabel("true return under MAD (stability)")
     right.set_title("Policies: performance vs robustness")
     right.legend(fontsize=7)
+    figure.subplots_adjust(wspace=0.4)
     return _png(figure)
 
 

@@ -28,7 +28,7 @@ def find_browser() -> str | None:
     return None
 
 
-def screenshot(page: Path, png: Path, width: int = 1100, height: int = 2600) -> Path:
+def screenshot(page: Path, png: Path, width: int = 1100, height: int = 2200) -> Path:
     """Load ``page`` (a local HTML file) and write a ``width``×``height`` screenshot to ``png``."""
     browser = find_browser()
     if browser is None:
