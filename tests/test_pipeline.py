@@ -33,6 +33,10 @@ def test_config_file_overrides_the_defaults_and_rejects_unknown_keys(tmp_path):
         load_config(fault_step=10_000)
     with pytest.raises(InvalidArgumentError):
         load_config(algorithm="DQN")
+    with pytest.raises(InvalidArgumentError, match="Box actions"):
+        load_config(env="CartPole-v1")
+    with pytest.raises(InvalidArgumentError, match="cannot make"):
+        load_config(env="NoSuchEnv-v0")
 
 
 def test_run_refuses_a_bad_config_clearly(tmp_path):

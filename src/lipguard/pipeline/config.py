@@ -109,4 +109,23 @@ def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -
         for key, value in data.items():
             changes[key] = tuple(value) if isinstance(value, list) else value
     changes |= {key: value for key, value in overrides.items() if value is not None}
-    return config.replace(**changes)
+    config = config.replace(**changes)
+    check_environment(config.env)
+    return config
+
+
+def check_environment(env_id: str) -> None:
+    """The run needs a Gymnasium environment with continuous (Box) actions."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:
+        raise InvalidArgumentError(f"cannot make environment {env_id!r}: {error}") from error
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        raise InvalidArgumentError(
+            f"{env_id} has {type(space).__name__} actions; lipguard run needs Box actions "
+            "(discrete environments work with lipguard.rl directly)"
+        )
