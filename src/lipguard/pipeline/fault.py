@@ -9,6 +9,7 @@ allows. Every event goes to a hash-chained audit store, which is verified at the
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from lipguard.monitor import AuditStore, LipschitzMonitor
 from lipguard.pipeline.config import RunConfig
 from lipguard.pipeline.rewards import RewardData
 from lipguard.rl import RewardModel, reward_features
+
+KINDS = ("violation", "gradient", "weights_changed", "drift", "out_of_envelope")
 
 
 def corrupt(model: RewardModel, scale: float) -> None:
@@ -71,16 +74,15 @@ def monitor_with_fault(
                 rewards = deployed(features)
             found = monitor.observe(features, rewards).events
             events += found
-            counts = {kind: 0 for kind in ("violation", "gradient", "weights_changed", "drift")}
-            for event in found:
-                counts[event.kind] = counts.get(event.kind, 0) + 1
-            timeline.append({"step": step + 1, **counts})
+            counts = Counter(event.kind for event in found)
+            timeline.append({"step": step + 1, **{kind: counts[kind] for kind in KINDS}})
             states, actions = [], []
     env.close()
     alarms = [e.step for e in events if e.kind in ("violation", "gradient", "weights_changed")]
     before = [s for s in alarms if s < config.fault_step]
     after = [s for s in alarms if s >= config.fault_step]
     report = store.verify()
+    totals = Counter(e.kind for e in events)
     return {
         "fault_step": config.fault_step,
         "false_alarms_before_fault": len(before),
@@ -88,12 +90,9 @@ def monitor_with_fault(
         "first_alarm_after_fault": min(after) if after else None,
         "detection_delay": (min(after) - config.fault_step) if after else None,
         "fault_detected": bool(after),
-        "events": {kind: sum(e.kind == kind for e in events) for kind in _KINDS},
+        "events": {kind: totals[kind] for kind in KINDS},
         "timeline": timeline,
         "audit_path": str(audit_path),
         "audit_records": report.records,
         "audit_verified": report.ok,
     }
-
-
-_KINDS = ("violation", "gradient", "weights_changed", "drift", "out_of_envelope")

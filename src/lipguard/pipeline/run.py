@@ -82,7 +82,6 @@ def run_pipeline(config: RunConfig, out: Path, track: Tracker = _silent) -> dict
     with stage("collect transitions") as advance:
         data = collect(config)
         advance()
-    learned = 3 if config.aajr else 2
     with stage("train reward models") as advance:
         models = train_rewards(config, data)
         advance()
@@ -92,7 +91,7 @@ def run_pipeline(config: RunConfig, out: Path, track: Tracker = _silent) -> dict
     with stage("stress tests") as advance:
         stress = stress_rewards(config, models, data)
         advance()
-    with stage("train policies", learned + 1) as advance:
+    with stage("train policies", len(models) + 1) as advance:
         policies, trained = train_and_report(config, models, advance)
     with stage("monitor + planted fault") as advance:
         monitor = monitor_with_fault(
