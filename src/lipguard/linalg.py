@@ -74,13 +74,28 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def cast_margin(dtype: torch.dtype, rank: int) -> float:
-    """Relative growth of ``σ_max`` when ``W·s`` is rounded to ``dtype`` entry by entry.
+    """Relative growth of ``σ_max`` when ``W·s`` is rounded to ``dtype`` entry by entry, for
+    results in the normal range (:func:`underflow_margin` adds the subnormal range).
 
-    ``fl(W·fl(s)) = (W·s)∘(1+E)`` with ``|E| <= u`` entrywise after the scalar itself was rounded
-    (one more ``u``), and ``||A∘E||₂ <= u·||A||_F <= u·√rank·||A||₂``; so the stored product has
-    ``σ_max <= s·σ_max(W)·(1 + u·(√rank + 2))``.
+    ``fl(W·fl(s)) = (W·s)∘(1+E) + D`` with ``|E| <= u`` entrywise after the scalar itself was
+    rounded (one more ``u``) and ``|D| <=`` :func:`underflow_unit` (zero unless a result is
+    subnormal), and ``||A∘E||₂ <= u·||A||_F <= u·√rank·||A||₂``; so the stored product has
+    ``σ_max <= s·σ_max(W)·(1 + u·(√rank + 2)) + ||D||_F``.
     """
     return unit_roundoff(dtype) * (math.sqrt(rank) + 2.0)
+
+
+def underflow_unit(dtype: torch.dtype) -> float:
+    """Largest absolute rounding error of one result in the subnormal range of ``dtype``: half
+    the smallest subnormal (2⁻²⁵ for float16). Relative error bounds do not hold there."""
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps / 2.0
+
+
+def underflow_margin(dtype: torch.dtype, entries: int) -> float:
+    """An absolute bound on ``||D||_F``, the part of rounding ``entries`` results to ``dtype``
+    that relative bounds miss (results in the subnormal range): ``underflow_unit·√entries``."""
+    return underflow_unit(dtype) * math.sqrt(entries) * (1.0 + 4.0 * U64)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ An activation ``φ`` is *slope-restricted* in ``[α, β]`` when
 constant here is rounded outwards (the exact extrema of GELU' and SiLU' were computed to 40
 digits with mpmath). Over an interval ``[l, u]`` the slope range is the range of ``φ'`` there,
 found from its values at ``l``, ``u`` and the critical points of ``φ'`` inside, widened by a
-rounding margin.
+rounding margin; the value range is found the same way from ``φ`` at ``l``, ``u`` and the
+interior points where ``φ`` has a local extremum (non-monotone activations: GELU, SiLU, a
+LeakyReLU with a negative slope). Intervals may be unbounded; wherever an evaluation is not a
+number (``-inf·0``) the range falls back to the global one, never to a guess.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class ActivationSpec:
         slope_low, slope_high: global slope range ``[α, β]`` (sound, rounded outwards).
         slope_critical_points: zeros of ``φ''`` (where ``φ'`` may have interior extrema) and kinks.
         kink_limits: for piecewise functions, ``(point, left_slope, right_slope)``.
-        value_minimiser: for non-monotone ``φ``, the point of its global minimum.
+        value_extrema: the points where ``φ`` has a local minimum or maximum (where ``φ'``
+            changes sign); empty for monotone ``φ``.
         piecewise_linear: ``φ`` is piecewise linear (the exact oracle can enumerate it).
         surrogate: a smooth function with the same large-scale shape, for gradient ascent on
             ``||∇f||`` (lower bounds); ``temperature`` -> 0 recovers ``φ``.
@@ -46,7 +50,7 @@ class ActivationSpec:
     slope_high: float
     slope_critical_points: tuple[float, ...] = ()
     kink_limits: tuple[tuple[float, float, float], ...] = ()
-    value_minimiser: float | None = None
+    value_extrema: tuple[float, ...] = ()
     piecewise_linear: bool = False
     surrogate: Callable[[torch.Tensor, float], torch.Tensor] | None = field(default=None)
 
@@ -58,7 +62,8 @@ class ActivationSpec:
     def slope_range(
         self, low: torch.Tensor, high: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-element ``[α, β]`` valid for all pairs of points in ``[low, high]`` (float64)."""
+        """Per-element ``[α, β]`` valid for all pairs of points in ``[low, high]`` (float64;
+        the ends may be infinite)."""
         candidates = [self.derivative(low), self.derivative(high)]
         for point in self.slope_critical_points:
             inside = (low < point) & (point < high)
@@ -69,11 +74,14 @@ class ActivationSpec:
             for limit in (left, right):
                 candidates.append(torch.where(inside, torch.full_like(low, limit), candidates[0]))
         stacked = torch.stack(candidates)
+        unknown = torch.isnan(stacked).any(dim=0)
         slope_low = stacked.min(dim=0).values
         slope_high = stacked.max(dim=0).values
         if not self.piecewise_linear:  # evaluated slopes carry rounding; linear pieces are exact
             slope_low = slope_low - _EVAL_MARGIN * (1 + slope_low.abs())
             slope_high = slope_high + _EVAL_MARGIN * (1 + slope_high.abs())
+        slope_low = torch.where(unknown, self.slope_low, slope_low)
+        slope_high = torch.where(unknown, self.slope_high, slope_high)
         return (
             slope_low.clamp(min=self.slope_low, max=self.slope_high),
             slope_high.clamp(min=self.slope_low, max=self.slope_high),
@@ -82,17 +90,23 @@ class ActivationSpec:
     def value_range(
         self, low: torch.Tensor, high: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-element range of ``φ`` over ``[low, high]`` (float64, widened for rounding)."""
-        at_low, at_high = self.function(low), self.function(high)
-        lower = torch.minimum(at_low, at_high)
-        upper = torch.maximum(at_low, at_high)
-        if self.value_minimiser is not None:
-            point = self.value_minimiser
+        """Per-element range of ``φ`` over ``[low, high]`` (float64, widened for rounding;
+        ``±inf`` where the range is unbounded or could not be evaluated)."""
+        candidates = [self.function(low), self.function(high)]
+        for point in self.value_extrema:
             inside = (low < point) & (point < high)
-            minimum = self.function(torch.full_like(low, point))
-            lower = torch.where(inside, torch.minimum(lower, minimum), lower)
-        margin = _EVAL_MARGIN * (1 + torch.maximum(lower.abs(), upper.abs()))
-        return lower - margin, upper + margin
+            value = self.function(torch.full_like(low, point))
+            candidates.append(torch.where(inside, value, candidates[0]))
+        stacked = torch.stack(candidates)
+        unknown = torch.isnan(stacked).any(dim=0)
+        lower = stacked.min(dim=0).values
+        upper = stacked.max(dim=0).values
+        lower = lower - _EVAL_MARGIN * (1 + lower.abs())
+        upper = upper + _EVAL_MARGIN * (1 + upper.abs())
+        return (
+            torch.where(unknown, -math.inf, lower),
+            torch.where(unknown, math.inf, upper),
+        )
 
 
 def _relu_surrogate(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -132,15 +146,17 @@ RELU = ActivationSpec(
 
 
 def leaky_relu(negative_slope: float) -> ActivationSpec:
-    """LeakyReLU with slope ``a`` below zero: slope-restricted in ``[min(a, 1), max(a, 1)]``."""
+    """LeakyReLU with slope ``a`` below zero: slope-restricted in ``[min(a, 1), max(a, 1)]``;
+    for ``a < 0`` it is not monotone (its minimum is at 0)."""
     a = float(negative_slope)
     return ActivationSpec(
-        f"leaky_relu({a:g})",
+        f"leaky_relu({a!r})",
         lambda x: F.leaky_relu(x, a),
         _step(a),
         min(a, 1.0),
         max(a, 1.0),
         kink_limits=((0.0, a, 1.0),),
+        value_extrema=(0.0,) if a < 0 else (),
         piecewise_linear=True,
         surrogate=_leaky_surrogate(a),
     )
@@ -150,7 +166,7 @@ def elu(alpha: float) -> ActivationSpec:
     """ELU: ``φ' = α·eˣ`` below zero (in ``(0, α]``), 1 above; requires ``α >= 0``."""
     a = float(alpha)
     return ActivationSpec(
-        f"elu({a:g})",
+        f"elu({a!r})",
         lambda x: F.elu(x, a),
         lambda x: torch.where(x > 0, torch.ones_like(x), a * torch.exp(torch.clamp(x, max=0.0))),
         0.0,
@@ -189,7 +205,7 @@ GELU = ActivationSpec(
     -0.128905,
     1.128905,
     slope_critical_points=(-_SQRT2, _SQRT2),
-    value_minimiser=-0.7517915246935645,
+    value_extrema=(-0.7517915246935645,),
 )
 
 
@@ -206,5 +222,5 @@ SILU = ActivationSpec(
     -0.0998394,
     1.0998394,
     slope_critical_points=(-2.3993572805154677, 2.3993572805154677),
-    value_minimiser=-1.2784645427610738,
+    value_extrema=(-1.2784645427610738,),
 )

@@ -11,9 +11,22 @@ flattened per-sample feature vector:
 
 Dispatch is on the module's exact type (a subclass may override ``forward``, so it is never
 assumed to behave like its parent); parametrised modules (``torch.nn.utils.parametrize``) map to
-their original class, whose ``forward`` reads the parametrised weight. Modules with forward hooks,
-dropout in training mode and unregistered types raise :class:`UnsupportedModuleError` naming
-the module: nothing is silently treated as 1-Lipschitz. :func:`register_module` adds handlers.
+their original class, whose ``forward`` reads the parametrised weight. A handler describes what
+the class's ``forward`` computes, so anything that makes a call compute something else is
+refused by name (:class:`UnsupportedModuleError`), never assumed:
+
+- forward hooks and pre-hooks, on the module or global (``register_module_forward_hook``);
+- an instance attribute ``forward``/``__call__``/``_call_impl`` (what accelerate-style wrappers
+  set), a ``Module.compile()``d call, a class whose ``forward`` or ``torch.nn.Module``'s call
+  machinery was replaced after registration, a replaced ``torch.nn.functional`` op, an active
+  ``TorchFunctionMode`` or ``TorchDispatchMode``;
+- an in-place module (``inplace=True``) whose input is read again afterwards: the input of a
+  residual block's body (``x + body(x)`` would add the overwritten ``x``) and the model's own
+  input, reached through views and pass-through modules (``Identity``, ``Flatten``, eval
+  ``Dropout``);
+- dropout in training mode, unregistered types, non-finite weights or activation parameters.
+
+:func:`register_module` adds handlers.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +138,35 @@ class Skip:
 Operator = Dense | Conv | Activation | Sort | Skip
 Handler = Callable[[nn.Module, Shape, str], tuple[list[Operator], Shape]]
 _HANDLERS: dict[type[nn.Module], Handler] = {}
+#: each registered type's ``forward`` when it was registered (a later replacement is refused)
+_FORWARDS: dict[type[nn.Module], Callable] = {}
+#: ``torch.nn.Module``'s call machinery as imported
+_CALL_MACHINERY = {name: vars(nn.Module)[name] for name in ("__call__", "_wrapped_call_impl")}
+_CALL_MACHINERY["_call_impl"] = vars(nn.Module)["_call_impl"]
+#: the functional ops the registered forwards call, as imported
+_FUNCTIONAL = {
+    name: getattr(F, name)
+    for name in (
+        "linear",
+        "conv1d",
+        "conv2d",
+        "relu",
+        "leaky_relu",
+        "elu",
+        "gelu",
+        "silu",
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "alpha_dropout",
+    )
+}
+_TORCH_OPS = {name: getattr(torch, name) for name in ("tanh", "sigmoid")}
+#: instance attributes that replace what calling a module does
+_INSTANCE_OVERRIDES = ("forward", "__call__", "_call_impl", "_wrapped_call_impl")
+#: True while the tensor the next module receives is also read later (a residual block's
+#: input, the model's input): an in-place module there would change what is read
+_INPUT_SHARED: ContextVar[bool] = ContextVar("lipguard_input_shared", default=False)
 
 
 def register_module(module_type: type[nn.Module], handler: Handler) -> None:
@@ -131,9 +174,12 @@ def register_module(module_type: type[nn.Module], handler: Handler) -> None:
 
     ``handler(module, input_shape, path)`` returns the module's operators and its output shape
     (per sample, without the batch dimension). Registering a type you can only bound loosely is
-    fine; registering one whose operators do not compute the module's function is unsound.
+    fine; registering one whose operators do not compute the module's function is unsound. The
+    type's ``forward`` is recorded now: a module whose class ``forward`` is later replaced is
+    refused.
     """
     _HANDLERS[module_type] = handler
+    _FORWARDS[module_type] = module_type.forward
 
 
 def to_operators(model: nn.Module, input_shape: Sequence[int]) -> list[Operator]:
@@ -141,8 +187,42 @@ def to_operators(model: nn.Module, input_shape: Sequence[int]) -> list[Operator]
     shape = tuple(int(size) for size in input_shape)
     if not shape or any(size < 1 for size in shape):
         raise ShapeError(f"input_shape must be a non-empty shape of positive sizes, got {shape}")
-    operators, _ = _convert(model, shape, "model")
+    _check_global_state()
+    token = _INPUT_SHARED.set(True)  # the caller's input tensor
+    try:
+        operators, _ = _convert(model, shape, "model")
+    finally:
+        _INPUT_SHARED.reset(token)
     return operators
+
+
+def _check_global_state() -> None:
+    """Refuse process-wide changes to what calling a module computes."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        raise UnsupportedModuleError(
+            "a global forward hook or pre-hook is registered "
+            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook); it can change "
+            "every module's output: remove it before bounding a model"
+        )
+    for name, original in _CALL_MACHINERY.items():
+        if vars(nn.Module)[name] is not original:
+            raise UnsupportedModuleError(f"torch.nn.Module.{name} has been replaced")
+    for namespace, originals, label in (
+        (F, _FUNCTIONAL, "torch.nn.functional"),
+        (torch, _TORCH_OPS, "torch"),
+    ):
+        for name, original in originals.items():
+            if getattr(namespace, name) is not original:
+                raise UnsupportedModuleError(f"{label}.{name} has been replaced")
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    if _get_current_function_mode_stack() or _get_current_dispatch_mode_stack():
+        raise UnsupportedModuleError(
+            "a TorchFunctionMode or TorchDispatchMode is active; it can change what every "
+            "operation computes: bound the model outside it"
+        )
 
 
 def infer_input_shape(model: nn.Module) -> Shape:
@@ -173,18 +253,49 @@ def _dispatch_type(module: nn.Module, path: str) -> type[nn.Module]:
 
 
 def _convert(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+    name = type(module).__name__
     if module._forward_hooks or module._forward_pre_hooks:
         raise UnsupportedModuleError(
-            f"{path} ({type(module).__name__}) has forward hooks, which can change its output; "
+            f"{path} ({name}) has forward hooks, which can change its output; "
             "remove them before bounding the model"
         )
-    handler = _HANDLERS.get(_dispatch_type(module, path))
+    for attribute in _INSTANCE_OVERRIDES:
+        if attribute in vars(module):
+            raise UnsupportedModuleError(
+                f"{path} ({name}) has its own instance attribute {attribute!r}, which replaces "
+                "what calling it computes (a forward override); lipguard bounds only what the "
+                "class's forward computes"
+            )
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        raise UnsupportedModuleError(
+            f"{path} ({name}) was compiled with Module.compile(); bound the uncompiled module"
+        )
+    for attribute, original in _CALL_MACHINERY.items():
+        if getattr(type(module), attribute) is not original:
+            raise UnsupportedModuleError(
+                f"{path} ({name}) defines or replaces {attribute}; only forward is understood"
+            )
+    dispatch = _dispatch_type(module, path)
+    handler = _HANDLERS.get(dispatch)
     if handler is None:
         raise UnsupportedModuleError(
-            f"{path}: {type(module).__name__} is not supported by the bound engine (it is never "
+            f"{path}: {name} is not supported by the bound engine (it is never "
             "assumed to be 1-Lipschitz); register it with lipguard.bounds.register_module"
         )
-    return handler(module, shape, path)
+    if type(module).forward is not _FORWARDS[dispatch]:
+        raise UnsupportedModuleError(
+            f"{path}: {name}.forward was replaced after it was registered with the bound engine"
+        )
+    if getattr(module, "inplace", False) and _INPUT_SHARED.get():
+        raise UnsupportedModuleError(
+            f"{path} ({name}, inplace=True) overwrites its input in-place, which is read again "
+            "afterwards (by a residual connection, or it is the model's input); use "
+            "inplace=False there"
+        )
+    operators, out_shape = handler(module, shape, path)
+    if operators:  # a fresh tensor: later in-place modules change nothing that is read again
+        _INPUT_SHARED.set(False)
+    return operators, out_shape
 
 
 def _flat_size(shape: Shape, path: str, layer: nn.Module) -> int:
@@ -212,6 +323,11 @@ def _dense(
     size = _flat_size(shape, path, layer)
     if weight.shape[1] != size:
         raise ShapeError(f"{path} expects {weight.shape[1]} features, gets {size}")
+    for label, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            raise UnsupportedModuleError(
+                f"{path} ({type(layer).__name__}): its effective {label} holds NaN or infinity"
+            )
     out = weight.shape[0]
     bias_value = torch.zeros(out, dtype=weight.dtype) if bias is None else bias
     operator = Dense(Enclosure.exact(weight), Enclosure.exact(bias_value), shape, (out,))
@@ -283,14 +399,27 @@ def _activation(spec: act.ActivationSpec) -> Handler:
     return handler
 
 
+def _parameter(module: nn.Module, name: str, path: str) -> float:
+    value = getattr(module, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UnsupportedModuleError(
+            f"{path}: {type(module).__name__}.{name} must be a number, got {value!r}"
+        )
+    if not math.isfinite(value):
+        raise UnsupportedModuleError(f"{path}: {type(module).__name__}.{name} = {value!r}")
+    return float(value)
+
+
 def _leaky_relu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
-    return [Activation(act.leaky_relu(module.negative_slope), shape)], shape
+    slope = _parameter(module, "negative_slope", path)
+    return [Activation(act.leaky_relu(slope), shape)], shape
 
 
 def _elu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
-    if module.alpha < 0:
+    alpha = _parameter(module, "alpha", path)
+    if alpha < 0:
         raise UnsupportedModuleError(f"{path}: ELU with alpha < 0 is not monotone; unsupported")
-    return [Activation(act.elu(module.alpha), shape)], shape
+    return [Activation(act.elu(alpha), shape)], shape
 
 
 def _gelu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -337,7 +466,11 @@ def _dropout(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator]
 
 
 def _residual(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
-    body, out_shape = _convert(module.body, shape, f"{path}.body")
+    token = _INPUT_SHARED.set(True)  # x is read again by the skip connection
+    try:
+        body, out_shape = _convert(module.body, shape, f"{path}.body")
+    finally:
+        _INPUT_SHARED.reset(token)
     if out_shape != shape:
         raise ShapeError(f"{path}: the residual body maps {shape} to {out_shape}")
     return [Skip(tuple(body), shape)], shape

@@ -8,6 +8,10 @@ exactly 1, one always inactive has slope 0 — and the compositional bound of
 :mod:`lipguard.bounds.compositional` with these per-neuron ranges holds for all pairs of points
 in the ball. Where every neuron is stable the network is linear on the ball and the bound is the
 norm of its Jacobian there.
+
+Every interval that is not finite at both ends (the radius or the weights overflow float64, or an
+evaluation gave ``inf - inf``) is treated as unknown, ``(-inf, inf)``: its neuron gets its global
+slope range, never a fixed pattern, and only the outputs it actually feeds become unknown.
 """
 
 from __future__ import annotations
@@ -56,22 +60,34 @@ def propagate(
     slopes = []
     for index, layer in enumerate(network.hidden):
         slopes.append(layer.slope_range(low, high))
-        value_low, value_high = layer.value_range(low, high)
+        value_low, value_high = _known(*layer.value_range(low, high))
         low, high = _affine_interval(network, index + 1, value_low, value_high)
     return slopes, low, high
+
+
+def _known(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The intervals with every one that is not finite at both ends replaced by
+    ``(-inf, inf)``: an overflowed or NaN end says nothing about where the value lies."""
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    return torch.where(finite, low, -math.inf), torch.where(finite, high, math.inf)
 
 
 def _outward(mid: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = mid - half, mid + half
     pad = 2 * U64 * (low.abs() + high.abs()) + 2.0**-1000
-    return low - pad, high + pad
+    return _known(low - pad, high + pad)
 
 
 def _affine_interval(
     network: Network, index: int, low: torch.Tensor, high: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Range of ``W x + b`` for ``x`` in the box ``[low, high]``, rounded outwards."""
+    """Range of ``W x + b`` for ``x`` in the box ``[low, high]``, rounded outwards. Inputs
+    that are unknown (infinite ends) make every output they feed with a non-zero weight
+    unknown; the others are computed from the finite inputs alone."""
     weight, bias = network.weights[index], network.biases[index]
+    unbounded = ~(torch.isfinite(low) & torch.isfinite(high))
+    low = torch.where(unbounded, 0.0, low)
+    high = torch.where(unbounded, 0.0, high)
     centre = (low + high) / 2
     half = (high - low) / 2 + U64 * (low.abs() + high.abs())
     w = weight.value
@@ -82,4 +98,9 @@ def _affine_interval(
         spread = spread + weight.error @ (centre.abs() + half)
     if bias.error is not None:
         spread = spread + bias.error
-    return _outward(mid, spread)
+    low, high = _outward(mid, spread)
+    if bool(unbounded.any()):
+        magnitude = w.abs() if weight.error is None else w.abs() + weight.error
+        fed = (magnitude[:, unbounded] > 0).any(dim=1)
+        low, high = torch.where(fed, -math.inf, low), torch.where(fed, math.inf, high)
+    return low, high

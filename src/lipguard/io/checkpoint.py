@@ -42,24 +42,36 @@ _CONV_FIELDS = (
 )
 
 
-def _fields(*names: str) -> Callable[[nn.Module], Spec]:
-    return lambda module: {name: getattr(module, name) for name in names}
+_LINEAR_FIELDS = ("in_features", "out_features", "bias", "lipschitz")
+
+#: the constructor arguments stored for each leaf type; loading refuses any other key
+_FIELDS: dict[type, tuple[str, ...]] = {
+    nn.Linear: _LINEAR_FIELDS[:3],
+    SpectralLinear: _LINEAR_FIELDS,
+    OrthogonalLinear: _LINEAR_FIELDS,
+    SVDLinear: _LINEAR_FIELDS,
+    LipschitzLinearModel: (*_LINEAR_FIELDS, "norm"),
+    nn.Conv1d: (*_CONV_FIELDS, "bias"),
+    nn.Conv2d: (*_CONV_FIELDS, "bias"),
+    nn.ReLU: (),
+    nn.Tanh: (),
+    nn.Sigmoid: (),
+    nn.SiLU: (),
+    nn.Identity: (),
+    nn.LeakyReLU: ("negative_slope",),
+    nn.ELU: ("alpha",),
+    nn.GELU: ("approximate",),
+    nn.Dropout: ("p",),
+    nn.Flatten: ("start_dim", "end_dim"),
+    GroupSort: ("group_size", "dim", "descending"),
+    MaxMin: ("dim",),
+}
 
 
-def _linear_spec(module: nn.Module) -> Spec:
-    spec = {
-        "in_features": module.in_features,
-        "out_features": module.out_features,
-        "bias": module.bias is not None,
-    }
-    if hasattr(module, "lipschitz"):
-        spec["lipschitz"] = module.lipschitz
-    return spec
-
-
-def _conv_spec(module: nn.Module) -> Spec:
-    spec = {name: getattr(module, name) for name in _CONV_FIELDS}
-    spec["bias"] = module.bias is not None
+def _leaf_spec(module: nn.Module) -> Spec:
+    spec = {}
+    for name in _FIELDS[type(module)]:
+        spec[name] = module.bias is not None if name == "bias" else getattr(module, name)
     return spec
 
 
@@ -70,26 +82,8 @@ def _children(module: nn.Module) -> Spec:
 _DESCRIBE: dict[type, Callable[[nn.Module], Spec]] = {
     nn.Sequential: _children,
     LipschitzMLP: lambda m: {**_children(m), "lipschitz": m.lipschitz},
-    nn.Linear: _linear_spec,
-    SpectralLinear: _linear_spec,
-    OrthogonalLinear: _linear_spec,
-    SVDLinear: _linear_spec,
-    LipschitzLinearModel: lambda m: {**_linear_spec(m), "norm": m.norm},
-    nn.Conv1d: _conv_spec,
-    nn.Conv2d: _conv_spec,
-    nn.ReLU: _fields(),
-    nn.Tanh: _fields(),
-    nn.Sigmoid: _fields(),
-    nn.SiLU: _fields(),
-    nn.Identity: _fields(),
-    nn.LeakyReLU: _fields("negative_slope"),
-    nn.ELU: _fields("alpha"),
-    nn.GELU: _fields("approximate"),
-    nn.Dropout: _fields("p"),
-    nn.Flatten: _fields("start_dim", "end_dim"),
-    GroupSort: _fields("group_size", "dim", "descending"),
-    MaxMin: _fields("dim"),
     Residual: lambda m: {"body": _describe(m.body)},
+    **{cls: _leaf_spec for cls in _FIELDS},
 }
 
 
@@ -100,23 +94,44 @@ def _mlp(spec: Spec) -> LipschitzMLP:
     return model
 
 
-def _linear_like(cls: type) -> Callable[[Spec], nn.Module]:
+def _leaf(cls: type) -> Callable[[Spec], nn.Module]:
     def build(spec: Spec) -> nn.Module:
         arguments = {k: v for k, v in spec.items() if k != "type"}
-        return cls(**arguments)
+        unknown = sorted(set(arguments) - set(_FIELDS[cls]))
+        if unknown:
+            raise InvalidArgumentError(
+                f"checkpoint: {cls.__name__} does not take {', '.join(map(repr, unknown))} "
+                f"(accepted: {', '.join(_FIELDS[cls]) or 'no arguments'})"
+            )
+        try:
+            return cls(**arguments)
+        except (TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"checkpoint: cannot build {cls.__name__}: {error}"
+            ) from None
 
     return build
 
 
+def _container(build: Callable[[Spec], nn.Module], *keys: str) -> Callable[[Spec], nn.Module]:
+    def checked(spec: Spec) -> nn.Module:
+        unknown = sorted(set(spec) - {"type", *keys})
+        if unknown:
+            raise InvalidArgumentError(
+                f"checkpoint: {spec['type']} does not take {', '.join(map(repr, unknown))}"
+            )
+        return build(spec)
+
+    return checked
+
+
 _BUILD: dict[str, Callable[[Spec], nn.Module]] = {
-    "Sequential": lambda spec: nn.Sequential(*[_build(child) for child in spec["children"]]),
-    "LipschitzMLP": _mlp,
-    "Residual": lambda spec: Residual(_build(spec["body"])),
-    **{
-        cls.__name__: _linear_like(cls)
-        for cls in _DESCRIBE
-        if cls not in (nn.Sequential, LipschitzMLP, Residual)
-    },
+    "Sequential": _container(
+        lambda spec: nn.Sequential(*[_build(child) for child in spec["children"]]), "children"
+    ),
+    "LipschitzMLP": _container(_mlp, "children", "lipschitz"),
+    "Residual": _container(lambda spec: Residual(_build(spec["body"])), "body"),
+    **{cls.__name__: _leaf(cls) for cls in _FIELDS},
 }
 
 
@@ -134,7 +149,10 @@ def _build(spec: Spec) -> nn.Module:
         builder = _BUILD[spec["type"]]
     except (KeyError, TypeError):
         raise InvalidArgumentError(f"unknown module in checkpoint: {spec!r:.200}") from None
-    return builder(spec)
+    try:
+        return builder(spec)
+    except (KeyError, TypeError) as error:
+        raise InvalidArgumentError(f"malformed {spec['type']} in checkpoint: {error}") from None
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:

@@ -14,7 +14,14 @@ import math
 
 import torch
 
-from lipguard.linalg import U64, SpectralNormCertificate, cast_margin, spectral_norm_certificate
+from lipguard.errors import InvalidArgumentError
+from lipguard.linalg import (
+    U64,
+    SpectralNormCertificate,
+    cast_margin,
+    spectral_norm_certificate,
+    underflow_margin,
+)
 
 
 class SpectralGuard:
@@ -71,30 +78,51 @@ def safe_scale(
 
     ``normalize=True`` rescales to the target (``s = lipschitz / b``, spectral normalisation);
     ``normalize=False`` only shrinks (``s = min(1, lipschitz / b)``). The certified bound ``b`` is
-    inflated by :func:`~lipguard.linalg.cast_margin`, so rounding the product to the weight's
-    dtype cannot push it over the target.
+    inflated by :func:`~lipguard.linalg.cast_margin` (relative rounding of each product) and the
+    target lowered by :func:`~lipguard.linalg.underflow_margin` (absolute rounding of products
+    that land in the dtype's subnormal range), so rounding the product to the weight's dtype
+    cannot push it over the target.
+
+    Raises:
+        InvalidArgumentError: ``lipschitz`` is so small that the dtype's subnormal rounding alone
+            could take half of it.
     """
+    available = lipschitz - underflow_margin(weight.dtype, weight.numel())
+    if available <= lipschitz / 2:
+        raise InvalidArgumentError(
+            f"lipschitz={lipschitz:g} is too small for a {tuple(weight.shape)} {weight.dtype} "
+            f"weight: rounding its entries to {weight.dtype} alone can move the spectral norm "
+            f"by {lipschitz - available:.3g}; use a wider dtype or a larger bound"
+        )
     if certificate.upper == 0.0:
-        return lipschitz if normalize else 1.0
+        return available if normalize else 1.0
     rank = min(weight.shape)
     safe = certificate.upper * (1.0 + cast_margin(weight.dtype, rank)) * (1.0 + 4.0 * U64)
-    scale = lipschitz / safe
+    scale = available / safe
     return scale if normalize else min(1.0, scale)
 
 
 class EffectiveWeightCache:
-    """Remembers a layer's effective weight for the exact parameter values it came from.
+    """Remembers a layer's effective weight for the exact parameter values and settings it came
+    from.
 
     Used when no gradient is needed (inference, evaluation, attacks on inputs with frozen
-    parameters), where recomputing an orthogonalisation on every call would be wasted work.
+    parameters), where recomputing an orthogonalisation on every call would be wasted work. The
+    key is every tensor the weight is computed from (compared with ``torch.equal``, so ``.data``
+    edits are seen) and every setting (e.g. the layer's ``lipschitz``, compared with ``==``).
     """
 
     def __init__(self) -> None:
         self._sources: tuple[torch.Tensor, ...] = ()
+        self._settings: tuple[object, ...] = ()
         self._weight: torch.Tensor | None = None
 
-    def lookup(self, sources: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    def lookup(
+        self, sources: tuple[torch.Tensor, ...], settings: tuple[object, ...] = ()
+    ) -> torch.Tensor | None:
         if self._weight is None or len(sources) != len(self._sources):
+            return None
+        if settings != self._settings:
             return None
         for cached, current in zip(self._sources, sources, strict=True):
             if (
@@ -106,8 +134,14 @@ class EffectiveWeightCache:
                 return None
         return self._weight
 
-    def store(self, sources: tuple[torch.Tensor, ...], weight: torch.Tensor) -> torch.Tensor:
+    def store(
+        self,
+        sources: tuple[torch.Tensor, ...],
+        weight: torch.Tensor,
+        settings: tuple[object, ...] = (),
+    ) -> torch.Tensor:
         self._sources = tuple(source.detach().clone() for source in sources)
+        self._settings = settings
         self._weight = weight.detach()
         return self._weight
 

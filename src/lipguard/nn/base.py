@@ -35,13 +35,23 @@ class LipschitzLinear(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.in_features = _checks.positive_int("in_features", in_features)
         self.out_features = _checks.positive_int("out_features", out_features)
-        self.lipschitz = _checks.positive_float("lipschitz", lipschitz)
+        self.lipschitz = lipschitz
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
             bound = 1.0 / math.sqrt(in_features)  # torch.nn.Linear's initialisation
             nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
+
+    @property
+    def lipschitz(self) -> float:
+        """The guaranteed bound on ``σ_max`` of the effective weight; may be changed at any time
+        (validated: finite and > 0), and the next call applies the new bound."""
+        return self._lipschitz
+
+    @lipschitz.setter
+    def lipschitz(self, value: float) -> None:
+        self._lipschitz = _checks.positive_float("lipschitz", value)
 
     @abc.abstractmethod
     def effective_weight(self) -> torch.Tensor:

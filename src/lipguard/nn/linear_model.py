@@ -10,7 +10,8 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import dual_norm, parse_norm
-from lipguard.linalg import U64, gamma, unit_roundoff
+from lipguard.errors import InvalidArgumentError
+from lipguard.linalg import U64, gamma, underflow_unit, unit_roundoff
 from lipguard.results import LipschitzBound
 
 
@@ -33,8 +34,18 @@ def project_rows(weight: torch.Tensor, radius: float, dual: float) -> torch.Tens
     thresholds are computed without gradient, so the result is differentiable like a
     straight-through rescaling. A final check in float64 shrinks any row that rounding left
     outside, so ``||w_i||_q <= radius`` holds for the returned tensor exactly as stored.
+
+    Raises:
+        InvalidArgumentError: ``radius`` is so small that rounding in the weight's dtype (its
+            subnormal range) could take half of it.
     """
     radius = _checks.positive_float("radius", radius)
+    floor = _underflow_norm(weight, dual)
+    if floor >= radius / 2:
+        raise InvalidArgumentError(
+            f"a row-norm bound of {radius:g} is too small for {weight.dtype} rows of "
+            f"{weight.shape[-1]} entries: rounding alone can move a row norm by {floor:.3g}"
+        )
     if dual == math.inf:
         projected = weight.clamp(-radius, radius)
     elif dual == 2.0:
@@ -59,13 +70,28 @@ def _l1_thresholds(weight: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.where(inside, torch.zeros_like(theta), theta.clamp_min(0.0)).to(weight.dtype)
 
 
+def _underflow_norm(weight: torch.Tensor, dual: float) -> float:
+    """``||d||_q`` for a row ``d`` of absolute rounding errors in the subnormal range."""
+    count = weight.shape[-1]
+    size = {math.inf: 1.0, 2.0: math.sqrt(count), 1.0: float(count)}[dual]
+    return underflow_unit(weight.dtype) * size * (1.0 + 4.0 * U64)
+
+
 def _shrink_outside_rows(weight: torch.Tensor, radius: float, dual: float) -> torch.Tensor:
-    norms = row_dual_norms(weight, dual)
-    if bool((norms <= radius).all()):
-        return weight
+    """Scale every row whose stored norm exceeds ``radius`` so that the rounded result does not:
+    ``||fl(w·f)||_q <= f·||w||_q·(1 + u) + ||d||_q`` with ``d`` the subnormal-range errors, so
+    ``f = (radius - ||d||_q)·(1 - 4u)/||w||_q`` suffices. Checked again after scaling."""
     u = unit_roundoff(weight.dtype)
-    factor = torch.where(norms > radius, radius / norms * (1.0 - 4.0 * u), torch.ones_like(norms))
-    return weight * factor.to(weight.dtype).unsqueeze(-1)
+    target = radius - _underflow_norm(weight, dual)
+    for _ in range(4):
+        norms = row_dual_norms(weight, dual)
+        if bool((norms <= radius).all()):
+            return weight
+        factor = torch.where(
+            norms > radius, target / norms * (1.0 - 4.0 * u), torch.ones_like(norms)
+        )
+        weight = weight * factor.to(weight.dtype).unsqueeze(-1)
+    raise RuntimeError("rounding kept a row outside the constraint set")
 
 
 class LipschitzLinearModel(nn.Module):
@@ -99,12 +125,21 @@ class LipschitzLinearModel(nn.Module):
         super().__init__()
         self.in_features = _checks.positive_int("in_features", in_features)
         self.out_features = _checks.positive_int("out_features", out_features)
-        self.lipschitz = _checks.positive_float("lipschitz", lipschitz)
+        self.lipschitz = lipschitz
         self.norm = parse_norm(norm)
         self.dual = dual_norm(self.norm)
         reference = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(reference.weight.detach().clone())
         self.bias = nn.Parameter(reference.bias.detach().clone()) if bias else None
+
+    @property
+    def lipschitz(self) -> float:
+        """The bound ``L`` per output; may be changed at any time (validated: finite, > 0)."""
+        return self._lipschitz
+
+    @lipschitz.setter
+    def lipschitz(self, value: float) -> None:
+        self._lipschitz = _checks.positive_float("lipschitz", value)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight in use: ``weight`` projected onto the constraint set."""

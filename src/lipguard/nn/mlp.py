@@ -60,7 +60,8 @@ class LipschitzMLP(nn.Sequential):
     ``Linear → activation → … → Linear`` with lipguard layers: the bound is split into equal
     per-layer factors (:func:`split_lipschitz`) and every activation is 1-Lipschitz, so the
     product of the per-layer guarantees is ``<= lipschitz`` for every input.
-    :meth:`certified_lipschitz` proves it again from the stored weights.
+    :meth:`certified_lipschitz` proves a bound again from the stored weights, for the module as
+    it is now (children swapped or appended included).
 
     Args:
         in_features: input size.
@@ -123,11 +124,11 @@ class LipschitzMLP(nn.Sequential):
         return [module for module in self if isinstance(module, LipschitzLinear)]
 
     def certified_lipschitz(self) -> LipschitzBound:
-        """A sound ℓ2 bound: the product of each layer's certified bound (rounded upwards);
-        the activations are 1-Lipschitz."""
-        value, margin = 1.0, 0.0
-        for module in self.linear_layers():
-            bound = module.certified_lipschitz()
-            value = mul_up(value, bound.value)
-            margin = max(margin, bound.margin)
-        return LipschitzBound(value=value, norm=2.0, method="product", margin=margin)
+        """A sound ℓ2 bound on the whole module as it is now, proven by the bound engine
+        (:func:`lipguard.bounds.lipschitz_bound`, ``method="product"``): every child is
+        converted by the engine, so a swapped or appended module is bounded for what it is, and
+        one the engine does not know raises :class:`~lipguard.errors.UnsupportedModuleError`."""
+        from lipguard.bounds import lipschitz_bound
+
+        with torch.no_grad():
+            return lipschitz_bound(self, 2, "product")

@@ -46,13 +46,14 @@ class _ClippedFactorLayer(LipschitzLinear):
 
     def effective_weight(self) -> torch.Tensor:
         track = torch.is_grad_enabled() and any(p.requires_grad for p in self._sources())
+        settings = (self.lipschitz,)
         if not track:
-            cached = self._cache.lookup(self._sources())
+            cached = self._cache.lookup(self._sources(), settings)
             if cached is not None:
                 return cached
         raw = self._raw_weight()
         weight = raw * self._guard.scale(raw, self.lipschitz, normalize=False)
-        return weight if track else self._cache.store(self._sources(), weight)
+        return weight if track else self._cache.store(self._sources(), weight, settings)
 
 
 class OrthogonalLinear(_ClippedFactorLayer):
@@ -83,10 +84,9 @@ class OrthogonalLinear(_ClippedFactorLayer):
         super().__init__(
             in_features, out_features, bias=bias, lipschitz=lipschitz, device=device, dtype=dtype
         )
-        self.weight = nn.Parameter(
-            torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
-        )
-        nn.init.orthogonal_(self.weight)
+        initial = torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
+        wide = torch.empty_like(initial, dtype=torch.promote_types(initial.dtype, torch.float32))
+        self.weight = nn.Parameter(nn.init.orthogonal_(wide).to(initial.dtype))
 
     def _raw_weight(self) -> torch.Tensor:
         return orthonormal(self.weight) * self.lipschitz
@@ -120,10 +120,11 @@ class SVDLinear(_ClippedFactorLayer):
         )
         initial = torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
         nn.init.kaiming_uniform_(initial, a=math.sqrt(5))
-        u, s, vh = torch.linalg.svd(initial, full_matrices=False)
-        self.left = nn.Parameter(u)
-        self.right = nn.Parameter(vh.T.contiguous())
-        self.singular_values = nn.Parameter(s)
+        wide = torch.promote_types(initial.dtype, torch.float32)  # no half-precision SVD on CPU
+        u, s, vh = torch.linalg.svd(initial.to(wide), full_matrices=False)
+        self.left = nn.Parameter(u.to(initial.dtype))
+        self.right = nn.Parameter(vh.T.contiguous().to(initial.dtype))
+        self.singular_values = nn.Parameter(s.to(initial.dtype))
 
     def clipped_singular_values(self) -> torch.Tensor:
         """The singular values in use: ``singular_values`` clipped to ``[-L, L]``."""

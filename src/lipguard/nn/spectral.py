@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lipguard.nn._guard import SpectralGuard, safe_scale
@@ -27,16 +26,20 @@ class SpectralLinear(LipschitzLinear):
     the bound includes every rounding error of its own computation and of rounding ``W`` to the
     parameter's dtype. It is tight: ``σ_max(W)`` is within about 1e-6 of ``lipschitz``.
 
+    The forward pass applies exactly :meth:`effective_weight` (``F.linear(x, W, b)``), so the
+    function the bound engine certifies, the exported :func:`~lipguard.nn.vanilla` layer and the
+    layer itself are one and the same.
+
     Cost: the certificate (a float64 Gram matrix and a Cholesky factorisation, warm-started from
     the previous one) is recomputed only when the parameter changed, which ``torch.equal`` checks
-    on every call. While the weights are frozen (evaluation, attacks, monitoring) a call costs a
-    plain linear layer plus that comparison; each optimiser step costs one certificate.
+    on every call. While the weights are frozen (evaluation, attacks, monitoring) the scaled
+    weight is cached, so a call costs a plain linear layer plus that comparison; each optimiser
+    step costs one certificate and two passes over the weight.
 
     Gradients are those of spectral normalisation, ``W = weight / σ̂`` with ``σ̂ = uᵀ·weight·v``
     from the certificate's singular vectors, so the parameter's scale stays put under training.
-    The ``σ̂`` term is computed inside the layer's own matrix product (one extra input row), so
-    it costs no extra pass over the weight. Forward-mode AD, double backward (gradient penalties)
-    and ``torch.func`` transforms over inputs work as for ``nn.Linear``.
+    Forward-mode AD, double backward (gradient penalties) and ``torch.func`` transforms over
+    inputs work as for ``nn.Linear``.
 
     Args:
         in_features: size of each input sample.
@@ -63,40 +66,23 @@ class SpectralLinear(LipschitzLinear):
         )
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's initialisation
         self._guard = SpectralGuard()
-
-    def _scale_and_vectors(self, dtype: torch.dtype) -> tuple[float, tuple | None]:
-        """The normalising scale, and the certificate's ``(u, v)`` in ``dtype`` when the
-        gradient of ``1/σ̂`` is needed (``None`` otherwise)."""
-        certificate = self._guard.certificate(self.weight)
-        scale = safe_scale(certificate, self.weight, self.lipschitz, normalize=True)
-        needs_sigma = (
-            torch.is_grad_enabled() and self.weight.requires_grad and certificate.lower > 0.0
-        )
-        return scale, self._guard.vectors(dtype) if needs_sigma else None
-
-    @staticmethod
-    def _normaliser(u: torch.Tensor, image_of_v: torch.Tensor, scale: float) -> torch.Tensor:
-        """``scale·σ̂₀/σ̂`` with ``σ̂ = uᵀ(W v)``: value ``scale`` exactly, gradient of ``1/σ̂``."""
-        sigma_hat = u @ image_of_v
-        return (sigma_hat.detach() / sigma_hat) * scale
+        self._frozen: tuple[object, float, torch.Tensor] | None = None
 
     def effective_weight(self) -> torch.Tensor:
-        scale, vectors = self._scale_and_vectors(self.weight.dtype)
-        if vectors is None:
-            return self.weight * scale
-        u, v = vectors
-        return self.weight * self._normaliser(u, self.weight @ v, scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        scale, vectors = self._scale_and_vectors(flat.dtype)
-        if vectors is None:
-            out = F.linear(flat, self.weight) * scale
-        else:
-            u, v = vectors
-            stacked = F.linear(torch.cat([flat, v.unsqueeze(0)]), self.weight)
-            out, image_of_v = stacked.split([flat.shape[0], 1])
-            out = out * self._normaliser(u, image_of_v.squeeze(0), scale)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+        certificate = self._guard.certificate(self.weight)
+        scale = safe_scale(certificate, self.weight, self.lipschitz, normalize=True)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            if certificate.lower == 0.0:
+                return self.weight * scale
+            # The value is exactly fl(weight·scale) (σ̂₀/σ̂ is 1.0 in floating point); the
+            # gradient is that of weight·scale·σ̂₀/σ̂, spectral normalisation's.
+            dtype = torch.promote_types(self.weight.dtype, torch.float32)  # no underflow
+            u, v = self._guard.vectors(dtype)
+            sigma_hat = u @ (self.weight.to(dtype) @ v)
+            return self.weight * scale * (sigma_hat.detach() / sigma_hat)
+        frozen = self._frozen
+        if frozen is None or frozen[0] is not certificate or frozen[1] != scale:
+            with torch.no_grad():
+                frozen = (certificate, scale, self.weight.detach() * scale)
+            self._frozen = frozen
+        return frozen[2]
