@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lipguard.bounds import Certificate, CertificateError, certify
+from lipguard.bounds.certificate import claims_sha256
 from tests.conftest import lipsdp_fixture
 
 
@@ -61,14 +62,25 @@ def test_architecture_change_fails_verification(model, saved):
     assert "architecture" in result.checks[-1]
 
 
-def test_tampered_claims_fail_verification(model, saved):
+def test_edited_claims_are_refused_on_loading(saved):
     _, path = saved
     data = json.loads(path.read_text())
     data["upper"]["value"] *= 0.5
     path.write_text(json.dumps(data))
+    with pytest.raises(CertificateError, match="edited"):
+        Certificate.load(path)
+
+
+def test_forged_claims_fail_verification(model, saved):
+    _, path = saved
+    data = json.loads(path.read_text())
+    data["upper"]["value"] *= 0.5
+    data["claims_sha256"] = claims_sha256(data)  # a forger recomputes the hash
+    path.write_text(json.dumps(data))
     assert not Certificate.load(path).verify(model).ok
     data["upper"]["value"] *= 2.0
-    data["lower"]["value"] *= 10.0
+    data["lower"]["value"] *= 1.0001
+    data["claims_sha256"] = claims_sha256(data)
     path.write_text(json.dumps(data))
     result = Certificate.load(path).verify(model)
     assert not result.ok

@@ -47,6 +47,17 @@ def load_log(path: Path, reward_column: int) -> tuple[np.ndarray, np.ndarray]:
     return np.delete(table, reward_column % table.shape[1], axis=1), rewards
 
 
+def _tolerance(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"--tolerance must be 'auto' or a number, got {text!r}"
+        ) from None
+
+
 def monitor_command(
     log: Annotated[Path, typer.Argument(help="A .npz (states, rewards), .csv or .parquet log.")],
     lipschitz: Annotated[float, typer.Option(help="The Lipschitz bound to check.")],
@@ -55,7 +66,13 @@ def monitor_command(
         int, typer.Option(help="Recent observations each one is compared with.")
     ] = 1024,
     batch_size: Annotated[int, typer.Option(help="Observations per monitor call.")] = 256,
-    tolerance: Annotated[float, typer.Option(help="Slack added to every bound.")] = 0.0,
+    tolerance: Annotated[
+        str,
+        typer.Option(
+            help="Slack added to every bound: 'auto' (the rewards' floating-point rounding) or a "
+            "number (0: exact comparison)."
+        ),
+    ] = "auto",
     noise_floor: Annotated[float, typer.Option(help="Ignore pairs closer than this.")] = 0.0,
     reward_column: Annotated[int, typer.Option(help="CSV/Parquet column of the reward.")] = -1,
     db: Annotated[Path | None, typer.Option(help="Record every event in this audit store.")] = None,
@@ -70,7 +87,7 @@ def monitor_command(
             lipschitz,
             norm,
             window=window,
-            tolerance=tolerance,
+            tolerance=_tolerance(tolerance),
             noise_floor=noise_floor,
             store=str(db) if db else None,
         )

@@ -1,5 +1,5 @@
 """Independent lower bounds for the soundness tests: they evaluate the model itself (its own
-``forward``, hooks and all, in float64), never lipguard's view of it."""
+``forward``, in-place flags and all, in float64), never lipguard's view of it."""
 
 from __future__ import annotations
 
@@ -9,31 +9,76 @@ import torch
 from torch import nn
 
 
-def gradient_norms(model: nn.Module, points: torch.Tensor, norm: float) -> torch.Tensor:
-    """``||J(x)||_{p→p}`` at each point, by autograd through ``model`` itself."""
+def _operator_norms(jacobian: torch.Tensor, norm: float) -> torch.Tensor:
+    if norm == math.inf:
+        return jacobian.abs().sum(-1).amax(-1)
+    return torch.linalg.matrix_norm(jacobian, 2)
+
+
+def gradient_norms(
+    model: nn.Module, points: torch.Tensor, norm: float, columns: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``||J(x)||_{p→p}`` at each point, by autograd through ``model`` itself (inputs cloned so
+    in-place layers cannot change them); ``columns`` restricts ``J`` to an input block."""
     points = points.detach().clone()
 
     def single(x: torch.Tensor) -> torch.Tensor:
-        return model(x[None].to(points.dtype)).reshape(-1)
+        return model(x.clone()[None].to(points.dtype)).reshape(-1)
 
     rows = []
     for x in points:
         jacobian = torch.autograd.functional.jacobian(single, x.clone()).reshape(-1, x.numel())
-        if norm == math.inf:
-            rows.append(jacobian.abs().sum(-1).max())
-        else:
-            rows.append(torch.linalg.matrix_norm(jacobian.double(), 2))
-    return torch.stack(rows).double().detach()
+        if columns is not None:
+            jacobian = jacobian[:, columns]
+        rows.append(_operator_norms(jacobian.double()[None], norm)[0])
+    return torch.stack(rows).detach()
+
+
+def pair_ratios(model: nn.Module, a: torch.Tensor, b: torch.Tensor, norm: float) -> torch.Tensor:
+    """``||f(a_i) - f(b_i)|| / ||a_i - b_i||`` for each row pair (float64)."""
+    with torch.no_grad():
+        change = model(a.clone()) - model(b.clone())
+    distance = torch.linalg.vector_norm((a - b).flatten(1), ord=norm, dim=1)
+    return torch.linalg.vector_norm(change.flatten(1), ord=norm, dim=1) / distance
 
 
 def largest_slope(model: nn.Module, points: torch.Tensor, norm: float = 2.0) -> float:
     """The largest of the gradient norms at ``points`` and of difference ratios between
-    neighbouring pairs (the model's own forward; inputs cloned, so in-place layers cannot
-    change them)."""
+    neighbouring pairs."""
     slope = float(gradient_norms(model, points, norm).max())
-    with torch.no_grad():
-        shifted = points + 1e-4 * torch.randn_like(points)
-        change = model(points.clone()) - model(shifted.clone())
-        distance = torch.linalg.vector_norm((points - shifted).flatten(1), ord=norm, dim=1)
-        ratio = torch.linalg.vector_norm(change.flatten(1), ord=norm, dim=1) / distance
-    return max(slope, float(ratio.max()))
+    shifted = points + 1e-4 * torch.randn_like(points)
+    return max(slope, float(pair_ratios(model, points, shifted, norm).max()))
+
+
+def ascent(
+    model: nn.Module,
+    starts: torch.Tensor,
+    norm: float,
+    *,
+    steps: int = 15,
+    project=None,
+) -> torch.Tensor:
+    """Multi-start gradient ascent on ``||J(x)||`` (smooth activations give it something to
+    climb); ``project`` keeps the iterates in a region. Returns the final points."""
+    try:
+        return _ascend(model, starts, norm, steps, project)
+    except RuntimeError:  # e.g. vmap over an in-place layer: sampling alone is the oracle then
+        return starts
+
+
+def _ascend(model, starts, norm, steps, project) -> torch.Tensor:
+    points = starts.detach().clone().requires_grad_(True)
+    scale = float(starts.abs().mean()) + 1e-3
+    optimizer = torch.optim.Adam([points], lr=0.05 * scale)
+    for _ in range(steps):
+        jacobian = torch.func.vmap(torch.func.jacrev(lambda x: model(x[None]).reshape(-1)))(points)
+        objective = _operator_norms(jacobian.flatten(2), norm).sum()
+        if not objective.requires_grad:
+            break
+        optimizer.zero_grad()
+        (-objective).backward()
+        optimizer.step()
+        if project is not None:
+            with torch.no_grad():
+                points.copy_(project(points))
+    return points.detach()

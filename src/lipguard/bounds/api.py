@@ -12,13 +12,15 @@ from lipguard import _checks
 from lipguard._norms import parse_norm
 from lipguard.bounds import lmi, sdp
 from lipguard.bounds.compositional import compositional_bound, dp_bound
+from lipguard.bounds.evaluate import enclose
 from lipguard.bounds.exact import ExactLipschitz
 from lipguard.bounds.exact import exact_lipschitz as _exact
-from lipguard.bounds.graph import infer_input_shape, to_operators
+from lipguard.bounds.graph import Operator, infer_input_shape, to_operators
 from lipguard.bounds.local import interval_slopes
 from lipguard.bounds.network import Network
 from lipguard.bounds.norms import matrix_norm, up
 from lipguard.bounds.product import product_bound
+from lipguard.bounds.rounding import forward_error
 from lipguard.errors import (
     InvalidArgumentError,
     LipguardError,
@@ -49,8 +51,47 @@ def _prepare(
     return p, shape
 
 
+#: random inputs on which a model's own forward pass is compared with its operators
+FORWARD_PROBES = 4
+
+
+def read_model(model: nn.Module, shape: tuple[int, ...]) -> list[Operator]:
+    """The operators of ``model`` (:func:`~lipguard.bounds.graph.to_operators`), checked against
+    the model's own forward pass: on :data:`FORWARD_PROBES` random inputs, representable in the
+    model's dtype, the outputs must lie within twice the proven rounding error
+    (:func:`~lipguard.bounds.rounding.forward_error`) of the operators' exact function (outputs
+    that may overflow the dtype are not compared). A model whose calls compute something else —
+    whatever the reason — is refused."""
+    operators = to_operators(model, shape)
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0x11B)
+    probes = torch.randn((FORWARD_PROBES, *shape), generator=generator).to(dtype).to(device)
+    with torch.no_grad():
+        actual = model(probes.clone()).reshape(FORWARD_PROBES, -1).to(torch.float64)
+        low, high = enclose(operators, probes.to(torch.float64))
+        error = forward_error(operators, probes.to(torch.float64), dtype)
+    if actual.shape != low.shape:
+        raise UnsupportedModuleError(
+            f"the model returns {actual.shape[1]} values per sample where its modules describe "
+            f"{low.shape[1]}: its forward is not the chain of its modules"
+        )
+    slack = 2 * error + 1e-300
+    checkable = torch.isfinite(error)  # where the dtype may overflow, nothing can be compared
+    outside = ((actual < low - slack) | (actual > high + slack) | actual.isnan()) & checkable
+    if bool(outside.any()):
+        deviation = float(torch.maximum(low - actual, actual - high).max())
+        raise UnsupportedModuleError(
+            "the model's forward pass does not compute what its modules describe (off by "
+            f"{deviation:.3g}, more than floating-point rounding allows): something overrides "
+            "it (a patched method, a hook, a custom module); refusing to bound it"
+        )
+    return operators
+
+
 def _network(model: nn.Module, shape: tuple[int, ...]) -> Network:
-    return Network.from_operators(to_operators(model, shape), math.prod(shape))
+    return Network.from_operators(read_model(model, shape), math.prod(shape))
 
 
 def network_product(network: Network, norm: float) -> float:
@@ -118,7 +159,7 @@ def lipschitz_bound(
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}")
     p, shape = _prepare(model, norm, input_shape)
-    operators = to_operators(model, shape)
+    operators = read_model(model, shape)
     results: list[LipschitzBound] = []
     if method in ("auto", "product"):
         results.append(LipschitzBound(product_bound(operators, p), p, "product"))
@@ -196,8 +237,9 @@ def block_lipschitz_bounds(
     input_shape: Sequence[int] | None = None,
 ) -> dict[str, LipschitzBound]:
     """Bounds with respect to each block of input coordinates (the others held fixed): e.g. one
-    modality of a multimodal model. ``blocks`` maps names to index lists or slices of the
-    flattened input. ``method``: ``"product"``, ``"compositional"`` or ``"lipsdp"``."""
+    modality of a multimodal model. ``blocks`` maps names to slices, lists or integer tensors of
+    distinct indices, or boolean masks with one entry per coordinate, of the flattened input.
+    ``method``: ``"product"``, ``"compositional"`` or ``"lipsdp"``."""
     p, shape = _prepare(model, norm, input_shape)
     network = _network(model, shape)
     named = (
@@ -208,10 +250,7 @@ def block_lipschitz_bounds(
     size = network.input_size
     results = {}
     for name, block in named.items():
-        index = torch.arange(size)[block] if isinstance(block, slice) else torch.as_tensor(block)
-        if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= size:
-            raise ShapeError(f"block {name!r} must index into the {size} input coordinates")
-        sub = network.restrict_inputs(index.long())
+        sub = network.restrict_inputs(_block_index(name, block, size))
         if method == "product":
             bound = LipschitzBound(network_product(sub, p), p, "product")
         elif method == "lipsdp":
@@ -225,6 +264,42 @@ def block_lipschitz_bounds(
             )
         results[name] = LipschitzBound(bound.value, p, bound.method, scope=f"input block {name!r}")
     return results
+
+
+def _block_index(name: str, block: Sequence[int] | slice | torch.Tensor, size: int) -> torch.Tensor:
+    """The distinct coordinates a block names: a slice, integer indices or a boolean mask."""
+    if isinstance(block, slice):
+        index = torch.arange(size)[block]
+    else:
+        try:
+            given = torch.as_tensor(block)
+        except (TypeError, ValueError, RuntimeError):
+            given = None
+        if given is None or given.dim() != 1:
+            raise InvalidArgumentError(
+                f"block {name!r} must be a slice, a list of indices or a boolean mask"
+            )
+        if given.dtype == torch.bool:
+            if given.numel() != size:
+                raise InvalidArgumentError(
+                    f"block {name!r}: a boolean mask needs one entry per input coordinate "
+                    f"({size}), got {given.numel()}"
+                )
+            index = given.nonzero().flatten()
+        elif given.is_floating_point() or given.is_complex():
+            raise InvalidArgumentError(
+                f"block {name!r}: indices must be integers (or a boolean mask), got {given.dtype}"
+            )
+        else:
+            index = given.long()
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= size:
+        raise InvalidArgumentError(
+            f"block {name!r} must name at least one of the {size} input coordinates, "
+            f"each within 0..{size - 1}"
+        )
+    if torch.unique(index).numel() != index.numel():
+        raise InvalidArgumentError(f"block {name!r} names a coordinate more than once")
+    return index
 
 
 def exact_lipschitz(

@@ -1,12 +1,16 @@
 """Lipschitz certificates: a proven upper bound and a witnessed lower bound, bound to a model.
 
 A :class:`Certificate` records the bounds together with the SHA-256 of the model's weights
-(every ``state_dict`` tensor: name, dtype, shape, bytes) and of its architecture as the bound
-engine sees it (operator types, activations, shapes), plus versions and a timestamp. It is saved
-as JSON. :meth:`Certificate.verify` re-checks it against a model independently of whatever
-produced it: the hashes must match, the upper bound is proven again (LipSDP certificates by
-re-verifying the stored multipliers, the others by recomputing with the same method) and the
-lower bound's witnesses are re-evaluated.
+(every ``state_dict`` tensor: name, dtype, shape, bytes), of its architecture (an exact
+canonical description: every module's type and constructor settings, floats by their exact
+``repr``, and the operators the bound engine sees), the weights' dtypes, versions and a
+timestamp. It is saved as JSON together with ``claims_sha256``, the SHA-256 of every other field,
+so an edited file is refused on loading. A hash can be recomputed by whoever edits the file, so
+:meth:`Certificate.verify` trusts no field: it re-checks each claim against the model — the
+hashes and dtype must match; the upper bound must be proven again *in the stated norm with the
+stated method* (LipSDP multipliers are re-verified, and only as an ℓ2 proof); the scope must be
+global and the bound marked sound; the lower bound's witnesses are re-evaluated on the same
+function and must reproduce the stated ratio, which may not exceed the upper bound.
 """
 
 from __future__ import annotations
@@ -25,17 +29,35 @@ from torch import nn
 
 import lipguard
 from lipguard.bounds import lmi
-from lipguard.bounds.api import _network, _prepare, lipschitz_bound
-from lipguard.bounds.graph import Activation, Conv, Dense, Skip, Sort, to_operators
+from lipguard.bounds.api import (
+    METHODS,
+    CertificationError,
+    _network,
+    _prepare,
+    lipschitz_bound,
+)
+from lipguard.bounds.graph import (
+    Activation,
+    Conv,
+    Dense,
+    Skip,
+    Sort,
+    module_settings,
+    to_operators,
+)
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.errors import LipguardError
 from lipguard.results import LipschitzBound
 
-FORMAT = "lipguard-certificate/1"
+FORMAT = "lipguard-certificate/2"
+#: methods whose certificates carry LipSDP multipliers (an ℓ2 proof re-checked by lmi.verify)
+_MULTIPLIER_METHODS = ("lipsdp-neuron", "lipsdp-layer", "compositional")
+#: what :func:`certify` may have written as the upper bound's method
+_CERTIFIED_METHODS = ("product", *_MULTIPLIER_METHODS)
 
 
 class CertificateError(LipguardError, ValueError):
-    """A certificate file is malformed."""
+    """A certificate file is malformed or was edited after it was made."""
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -48,34 +70,67 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def weights_dtype(model: nn.Module) -> str:
+    """The floating-point dtypes of the model's parameters and buffers, e.g. ``"float32"``."""
+    names = {
+        str(tensor.dtype).removeprefix("torch.")
+        for tensor in model.state_dict().values()
+        if tensor.is_floating_point()
+    }
+    return ",".join(sorted(names)) or "none"
+
+
+def _describe_operators(operators: Sequence) -> list:
+    parts: list = []
+    for operator in operators:
+        if isinstance(operator, Dense):
+            parts.append(["dense", operator.in_shape, operator.out_shape])
+        elif isinstance(operator, Conv):
+            parts.append(
+                [
+                    "conv",
+                    operator.in_shape,
+                    operator.out_shape,
+                    operator.stride,
+                    operator.padding,
+                    operator.dilation,
+                    operator.groups,
+                ]
+            )
+        elif isinstance(operator, Activation):
+            parts.append(["activation", operator.spec.name, operator.shape])
+        elif isinstance(operator, Sort):
+            parts.append(["sort", operator.group_size, operator.descending, operator.shape])
+        elif isinstance(operator, Skip):
+            parts.append(["skip", _describe_operators(operator.body)])
+    return parts
+
+
 def architecture_sha256(model: nn.Module, input_shape: Sequence[int]) -> str:
-    """SHA-256 of the operator sequence the bound engine sees (types, activations, shapes)."""
+    """SHA-256 of an exact canonical description of the architecture: every module's path, type
+    and settings (including ``inplace`` flags and activation parameters to the last bit) and the
+    operator sequence the bound engine sees for ``input_shape``."""
+    modules = [
+        [path, f"{type(module).__module__}.{type(module).__qualname__}", module_settings(module)]
+        for path, module in model.named_modules()
+    ]
+    operators = _describe_operators(to_operators(model, tuple(input_shape)))
+    text = json.dumps([list(input_shape), modules, operators], sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
-    def describe(operators: Sequence) -> list[str]:
-        parts = []
-        for operator in operators:
-            if isinstance(operator, Dense):
-                parts.append(f"dense{operator.in_shape}->{operator.out_shape}")
-            elif isinstance(operator, Conv):
-                parts.append(
-                    f"conv{operator.in_shape}->{operator.out_shape}|s{operator.stride}"
-                    f"|p{operator.padding}|d{operator.dilation}|g{operator.groups}"
-                )
-            elif isinstance(operator, Activation):
-                parts.append(f"act:{operator.spec.name}{operator.shape}")
-            elif isinstance(operator, Sort):
-                parts.append(f"sort{operator.group_size}:{operator.descending}{operator.shape}")
-            elif isinstance(operator, Skip):
-                parts.append(f"skip[{';'.join(describe(operator.body))}]")
-        return parts
 
-    text = ";".join(describe(to_operators(model, tuple(input_shape))))
+def claims_sha256(data: dict[str, Any]) -> str:
+    """SHA-256 of every field of a certificate's JSON form but ``claims_sha256`` itself
+    (canonical JSON: sorted keys, no whitespace, floats by their exact ``repr``)."""
+    claims = {key: value for key, value in data.items() if key != "claims_sha256"}
+    text = json.dumps(claims, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of :meth:`Certificate.verify`: ``ok`` and what was checked."""
+    """The outcome of :meth:`Certificate.verify`: ``ok`` and what was checked (the last entry
+    says what failed when ``ok`` is False)."""
 
     ok: bool
     checks: list[str] = field(default_factory=list)
@@ -91,6 +146,7 @@ class Certificate:
     upper: LipschitzBound
     lower: LipschitzLowerBound | None
     input_shape: tuple[int, ...]
+    dtype: str
     weights_sha256: str
     architecture_sha256: str
     lipguard_version: str
@@ -105,16 +161,18 @@ class Certificate:
         return self.upper.value / self.lower.value
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, ``claims_sha256`` included."""
         lower = None
         if self.lower is not None:
             lower = {
                 "value": self.lower.value,
                 "method": self.lower.method,
+                "rigorous": self.lower.rigorous,
                 "x": self.lower.x.reshape(-1).tolist(),
                 "y": self.lower.y.reshape(-1).tolist(),
                 "gradient_norm": self.lower.gradient_norm,
             }
-        return {
+        data = {
             "format": FORMAT,
             "upper": {
                 "value": self.upper.value,
@@ -128,12 +186,15 @@ class Certificate:
             "lower": lower,
             "gap": self.gap,
             "input_shape": list(self.input_shape),
+            "dtype": self.dtype,
             "weights_sha256": self.weights_sha256,
             "architecture_sha256": self.architecture_sha256,
             "lipguard_version": self.lipguard_version,
             "torch_version": self.torch_version,
             "created": self.created,
         }
+        data["claims_sha256"] = claims_sha256(data)
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write the certificate as JSON; returns the path."""
@@ -143,99 +204,164 @@ class Certificate:
 
     @staticmethod
     def load(path: str | Path) -> Certificate:
-        """Read a certificate written by :meth:`save`."""
+        """Read a certificate written by :meth:`save`; refuses files whose fields were edited
+        (``claims_sha256`` mismatch) or that an older lipguard wrote."""
         try:
             data = json.loads(Path(path).read_text())
-            if data.get("format") != FORMAT:
-                raise CertificateError(f"{path}: not a {FORMAT} file")
-            upper = data["upper"]
-            norm = math.inf if upper["norm"] == "inf" else float(upper["norm"])
-            shape = tuple(int(size) for size in data["input_shape"])
-            lower = None
-            if data["lower"] is not None:
-                raw = data["lower"]
-                lower = LipschitzLowerBound(
-                    raw["value"],
-                    norm,
-                    raw["method"],
-                    torch.tensor(raw["x"], dtype=torch.float64).reshape(shape),
-                    torch.tensor(raw["y"], dtype=torch.float64).reshape(shape),
-                    raw["gradient_norm"],
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                found = data.get("format") if isinstance(data, dict) else None
+                hint = "; certify the model again" if str(found).startswith("lipguard-") else ""
+                raise CertificateError(f"{path}: not a {FORMAT} file (format {found!r}){hint}")
+            if data.get("claims_sha256") != claims_sha256(data):
+                raise CertificateError(
+                    f"{path}: the certificate was edited after it was made (claims_sha256 "
+                    "does not match its fields)"
                 )
-            return Certificate(
-                LipschitzBound(
-                    upper["value"],
-                    norm,
-                    upper["method"],
-                    upper["scope"],
-                    upper["sound"],
-                    upper["margin"],
-                    upper["details"],
-                ),
-                lower,
-                shape,
-                data["weights_sha256"],
-                data["architecture_sha256"],
-                data["lipguard_version"],
-                data["torch_version"],
-                data["created"],
-            )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+            return _from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as error:
             if isinstance(error, CertificateError):
                 raise
             raise CertificateError(f"{path}: malformed certificate ({error})") from error
 
     def verify(self, model: nn.Module) -> Verification:
-        """Re-check every claim against ``model``; never trusts the stored numbers alone."""
+        """Re-check every claim against ``model``; never trusts the stored numbers."""
         checks: list[str] = []
+
+        def fail(reason: str) -> Verification:
+            return Verification(False, [*checks, reason])
+
+        problem = self._claims_problem()
+        if problem is not None:
+            return fail(problem)
+        checks.append("claims consistent (global, sound, known method, lower <= upper)")
+        dtype = weights_dtype(model)
+        if dtype != self.dtype:
+            return fail(f"dtype changed: the model is {dtype}, the certificate says {self.dtype}")
         digest = weights_sha256(model)
         if digest != self.weights_sha256:
-            return Verification(
-                False,
-                [
-                    f"weights changed: sha256 {digest[:16]}… ≠ "
-                    f"{self.weights_sha256[:16]}… in the certificate"
-                ],
+            return fail(
+                f"weights changed: sha256 {digest[:16]}… ≠ "
+                f"{self.weights_sha256[:16]}… in the certificate"
             )
-        checks.append("weights sha256 matches")
-        architecture = architecture_sha256(model, self.input_shape)
+        checks.append(f"weights sha256 and dtype ({dtype}) match")
+        try:
+            architecture = architecture_sha256(model, self.input_shape)
+        except LipguardError as error:
+            return fail(f"architecture cannot be read: {error}")
         if architecture != self.architecture_sha256:
-            return Verification(False, [*checks, "architecture changed since the certificate"])
+            return fail("architecture changed since the certificate")
         checks.append("architecture matches")
-        proven = self._reprove_upper(model)
-        if proven is None or proven > self.upper.value * (1 + 1e-9):
-            return Verification(
-                False,
-                [
-                    *checks,
-                    f"upper bound {self.upper.value:.9g} could not be proven again (got {proven})",
-                ],
+        try:
+            proven = self._reprove_upper(model)
+        except LipguardError as error:
+            return fail(f"upper bound could not be proven again: {error}")
+        norm = _norm_label(self.upper.norm)
+        if proven is None or not proven <= self.upper.value * (1 + 1e-9):
+            return fail(
+                f"upper bound {self.upper.value:.9g} ({norm}, {self.upper.method}) could not be "
+                f"proven again (got {proven})"
             )
-        checks.append(f"upper bound re-proven: {proven:.9g} <= {self.upper.value:.9g}")
+        checks.append(f"upper bound re-proven in {norm}: {proven:.9g} <= {self.upper.value:.9g}")
         if self.lower is not None:
             ratio = self.lower.check(model)
-            if ratio < self.lower.value * (1 - 1e-9):
-                return Verification(
-                    False,
-                    [*checks, f"lower-bound witness gives {ratio:.9g} < {self.lower.value:.9g}"],
-                )
-            checks.append(f"lower-bound witness re-evaluated: {ratio:.9g}")
+            if not ratio >= self.lower.value * (1 - 1e-9):
+                return fail(f"lower-bound witness gives {ratio:.9g} < {self.lower.value:.9g}")
+            checks.append(f"lower-bound witness re-evaluated in {norm}: {ratio:.9g}")
         return Verification(True, checks)
+
+    def _claims_problem(self) -> str | None:
+        """What is inconsistent among the stated fields themselves, if anything."""
+        upper = self.upper
+        if upper.scope != "global":
+            return f"scope {upper.scope!r}: certificates state global bounds only"
+        if not upper.sound:
+            return "the upper bound is not marked sound"
+        if upper.method not in _CERTIFIED_METHODS:
+            return f"unknown upper-bound method {upper.method!r}"
+        if upper.norm not in (2.0, math.inf):
+            return f"unsupported norm {upper.norm}"
+        if "multipliers" in (upper.details or {}) and upper.norm != 2.0:
+            return "LipSDP multipliers prove an ℓ2 bound, but the certificate states ℓ∞"
+        if self.lower is not None and not self.lower.value <= upper.value:
+            return (
+                f"the witnessed lower bound {self.lower.value:.9g} exceeds the upper bound "
+                f"{upper.value:.9g}: one of them is false"
+            )
+        return None
 
     def _reprove_upper(self, model: nn.Module) -> float | None:
         details = self.upper.details or {}
         if "multipliers" in details:
+            if self.upper.method not in _MULTIPLIER_METHODS:
+                return None
             network = _network(model, self.input_shape)
             multipliers = [torch.tensor(m, dtype=torch.float64) for m in details["multipliers"]]
             proof = lmi.verify(network, lmi.global_slopes(network), multipliers, details["rho"])
             return None if proof is None else proof.value
-        method = "compositional" if self.upper.method == "compositional" else self.upper.method
-        method = method.replace("lipsdp-neuron", "lipsdp")
+        method = self.upper.method.replace("lipsdp-neuron", "lipsdp")
+        if method not in METHODS:
+            return None
         return lipschitz_bound(model, self.upper.norm, method, input_shape=self.input_shape).value
+
+
+def _from_dict(data: dict[str, Any]) -> Certificate:
+    upper = data["upper"]
+    norm = _parse_norm(upper["norm"])
+    shape = tuple(int(size) for size in data["input_shape"])
+    lower = None
+    if data["lower"] is not None:
+        raw = data["lower"]
+        lower = LipschitzLowerBound(
+            _number(raw["value"]),
+            norm,
+            str(raw["method"]),
+            torch.tensor(raw["x"], dtype=torch.float64).reshape(shape),
+            torch.tensor(raw["y"], dtype=torch.float64).reshape(shape),
+            _number(raw["gradient_norm"]),
+            bool(raw["rigorous"]),
+        )
+    bound = LipschitzBound(
+        _number(upper["value"]),
+        norm,
+        str(upper["method"]),
+        str(upper["scope"]),
+        upper["sound"] is True,
+        _number(upper["margin"]),
+        upper["details"],
+    )
+    return Certificate(
+        bound,
+        lower,
+        shape,
+        str(data["dtype"]),
+        str(data["weights_sha256"]),
+        str(data["architecture_sha256"]),
+        str(data["lipguard_version"]),
+        str(data["torch_version"]),
+        str(data["created"]),
+    )
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_norm(value: Any) -> float:
+    if value == "inf":
+        return math.inf
+    if value in (1, 2) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"norm must be 2 or 'inf', got {value!r}")
 
 
 def _norm_name(norm: float) -> str | float:
     return "inf" if norm == math.inf else norm
+
+
+def _norm_label(norm: float) -> str:
+    return "ℓ∞" if norm == math.inf else f"ℓ{norm:g}"
 
 
 def certify(
@@ -261,10 +387,16 @@ def certify(
             generator = torch.Generator().manual_seed(seed)
             inputs = torch.randn((16, *shape), generator=generator, dtype=torch.float64)
         lower = lipschitz_lower_bound(model, inputs, p, seed=seed)
+        if lower.value > upper.value:  # both are proven about one function: a bug, not a claim
+            raise CertificationError(
+                f"the witnessed lower bound {lower.value:.9g} exceeds the proven upper bound "
+                f"{upper.value:.9g}; please report this model"
+            )
     return Certificate(
         upper,
         lower,
         shape,
+        weights_dtype(model),
         weights_sha256(model),
         architecture_sha256(model, shape),
         lipguard.__version__,

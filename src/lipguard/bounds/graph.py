@@ -225,6 +225,24 @@ def _check_global_state() -> None:
         )
 
 
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def module_settings(module: nn.Module) -> dict[str, object]:
+    """A module's own settings: every attribute of a simple type (or a tuple/list of them),
+    ``training`` excepted — e.g. ``in_features``, ``negative_slope``, ``inplace``, a lipguard
+    layer's ``_lipschitz``. Anything a handler reads besides tensors is among them."""
+    settings: dict[str, object] = {}
+    for key, value in sorted(vars(module).items()):
+        if key == "training":
+            continue
+        if isinstance(value, _SIMPLE) or (
+            isinstance(value, tuple | list) and all(isinstance(v, _SIMPLE) for v in value)
+        ):
+            settings[key] = list(value) if isinstance(value, tuple | list) else value
+    return settings
+
+
 def infer_input_shape(model: nn.Module) -> Shape:
     """The per-sample input shape when the first layer determines it (a linear layer)."""
     first = model

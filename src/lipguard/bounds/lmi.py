@@ -138,6 +138,17 @@ def refine_multipliers(
 ) -> list[torch.Tensor]:
     """Decrease ``ρ(T)`` by gradient descent on ``log T`` with backtracking (every accepted step
     stays feasible). Stops after ``iterations``, ``seconds`` or when progress stalls."""
+    with torch.enable_grad():  # callers may be inside torch.no_grad()
+        return _descend(network, slopes, multipliers, iterations, seconds)
+
+
+def _descend(
+    network: Network,
+    slopes: Slopes,
+    multipliers: list[torch.Tensor],
+    iterations: int,
+    seconds: float,
+) -> list[torch.Tensor]:
     root = _input_root(network)
     logs = [torch.log(m.clamp_min(1e-300)).clone().requires_grad_(True) for m in multipliers]
     best = rho_for_multipliers(network, slopes, [m.exp() for m in logs], root)

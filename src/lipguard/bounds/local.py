@@ -33,13 +33,6 @@ def interval_slopes(
     return propagate(network, center, radius, norm)[0]
 
 
-def output_enclosure(network: Network, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[low, high]`` containing the exact output ``f(point)`` (rounding of the float64
-    evaluation included): interval propagation from the single point."""
-    _, low, high = propagate(network, point, 0.0, 2.0)
-    return low, high
-
-
 def propagate(
     network: Network, center: torch.Tensor, radius: float, norm: float
 ) -> tuple[lmi.Slopes, torch.Tensor, torch.Tensor]:

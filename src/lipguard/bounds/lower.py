@@ -1,8 +1,12 @@
 """Witnessed lower bounds on the Lipschitz constant.
 
 A lower bound is only as good as its witness, so :func:`lipschitz_lower_bound` returns a pair of
-inputs ``(x, y)`` and the value ``||f(x) - f(y)|| / ||x - y||`` evaluated on a float64 copy of
-the model: anyone can recompute it. The search runs in two phases:
+inputs ``(x, y)`` and the value ``||f(x) - f(y)|| / ||x - y||``: anyone can recompute it. For a
+model the bound engine converts, ``f`` is the very function the upper bounds are about — the
+engine's operators (:mod:`lipguard.bounds.evaluate`), lipguard's layers with their effective
+weights as stored — and the ratio is a guaranteed underestimate (both outputs enclosed with
+their float64 rounding). For any other model it is the float64 ratio of a float64 copy. The
+search runs in two phases:
 
 1. *Gradient ascent on the Jacobian norm* from many starts, on a smooth surrogate of the model
    (ReLU → softplus, MaxMin → a smoothed max/min, with the temperature annealed towards zero),
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +30,8 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
-from lipguard.bounds.graph import to_operators
-from lipguard.bounds.local import output_enclosure
+from lipguard.bounds.evaluate import OperatorNetwork, enclose, relative_temperature
+from lipguard.bounds.graph import Operator, to_operators
 from lipguard.bounds.network import Network
 from lipguard.errors import LipguardError, ShapeError
 from lipguard.linalg import U64
@@ -39,12 +43,15 @@ class LipschitzLowerBound:
     """``||f(x) - f(y)||_p / ||x - y||_p = value`` for the witnesses ``x`` and ``y`` (float64).
 
     Attributes:
-        value: the witnessed ratio. For models the bound engine supports it is a guaranteed
-            underestimate (each output enclosed with its rounding); otherwise the float64 ratio.
+        value: the witnessed ratio.
         norm: the input norm ``p`` (outputs use the same ℓp norm).
         method: how the witnesses were found.
         x, y: the witness inputs (per-sample shape, float64).
-        gradient_norm: ``||J(x)||_{p→p}`` of the true model at ``x`` (where differentiable).
+        gradient_norm: ``||J(x)||_{p→p}`` of the function at ``x`` (where differentiable).
+        rigorous: True when ``value`` is a guaranteed underestimate of the ratio for the
+            function the engine's upper bounds are about (the model converted to the engine's
+            operators, outputs enclosed with their rounding); False for a model the engine does
+            not support, where it is the float64 ratio of a float64 copy.
     """
 
     value: float
@@ -53,19 +60,87 @@ class LipschitzLowerBound:
     x: torch.Tensor
     y: torch.Tensor
     gradient_norm: float
+    rigorous: bool = True
 
     @property
     def sound(self) -> bool:
         return False  # a lower bound is evidence, never a guarantee on the maximum
 
     def check(self, model: nn.Module) -> float:
-        """Recompute the witnessed ratio on ``model`` (float64 copy)."""
-        return _pair_ratio(_float64(model), self.x, self.y, self.norm)
+        """Recompute the witnessed ratio on ``model`` (the same function as when it was found)."""
+        return _Target.of(model, self.x.shape).ratio(self.x, self.y, self.norm)
 
 
-def _relative(temperature: float, x: torch.Tensor) -> torch.Tensor:
-    """A temperature in units of the activation's typical input size (per sample under vmap)."""
-    return temperature * (x.detach().abs().mean() + 1e-12)
+class _Target:
+    """The function a lower bound is about, its smooth surrogate and its rigorous ratio."""
+
+    def __init__(
+        self,
+        function: nn.Module,
+        temperature: list[float],
+        smooth: nn.Module,
+        operators: Sequence[Operator] | None,
+        shape: torch.Size,
+    ) -> None:
+        self.function, self.temperature, self.smooth = function, temperature, smooth
+        self.operators, self.shape = operators, shape
+
+    @staticmethod
+    def of(model: nn.Module, shape: torch.Size) -> _Target:
+        temperature = [1.0]
+        try:
+            operators = to_operators(model, tuple(shape))
+        except LipguardError:
+            exact = copy.deepcopy(model).to(torch.float64).eval()
+            return _Target(exact, temperature, _surrogate(exact, temperature), None, shape)
+        exact = _Shaped(OperatorNetwork(operators), shape)
+        smooth = _Shaped(OperatorNetwork(operators, temperature), shape)
+        return _Target(exact, temperature, smooth, operators, shape)
+
+    @property
+    def rigorous(self) -> bool:
+        return self.operators is not None
+
+    def first_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(W_0, b_0)`` when the function starts with an affine map into piecewise-linear
+        neurons (where flipping a first-layer neuron is a well-defined move), else ``None``."""
+        if self.operators is None:
+            return None
+        try:
+            network = Network.from_operators(self.operators, math.prod(self.shape))
+        except LipguardError:
+            return None
+        if not network.hidden or not network.hidden[0].piecewise_linear:
+            return None
+        return network.weights[0].value, network.biases[0].value
+
+    def ratio(self, x: torch.Tensor, y: torch.Tensor, norm: float) -> float:
+        """``||f(x) - f(y)|| / ||x - y||``, a guaranteed underestimate when rigorous."""
+        distance = float(_vector_norm((x - y).unsqueeze(0), norm)[0])
+        if distance == 0.0:
+            return 0.0
+        if self.operators is None:
+            with torch.no_grad():
+                change = self.function(x.unsqueeze(0)) - self.function(y.unsqueeze(0))
+            return float(_vector_norm(change, norm)[0]) / distance
+        low, high = enclose(self.operators, torch.stack([x, y]))
+        centre_gap = (high[1] + low[1]) / 2 - (high[0] + low[0]) / 2
+        widths = (high[0] - low[0]) / 2 + (high[1] - low[1]) / 2
+        gap = float(torch.linalg.vector_norm(centre_gap, ord=norm))
+        slack = float(torch.linalg.vector_norm(widths, ord=norm))
+        value = (gap - slack) * (1 - 4 * U64) / (distance * (1 + 4 * U64))
+        return value if value > 0.0 else 0.0  # NaN (overflow) and negatives prove nothing
+
+
+class _Shaped(nn.Module):
+    """A flat-input function on inputs of per-sample shape ``shape``."""
+
+    def __init__(self, function: nn.Module, shape: torch.Size) -> None:
+        super().__init__()
+        self.function, self.shape = function, shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x.reshape(x.shape[0], -1))
 
 
 class _SmoothReLU(nn.Module):
@@ -74,7 +149,7 @@ class _SmoothReLU(nn.Module):
         self.temperature, self.slope = temperature, slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = _relative(self.temperature[0], x)
+        t = relative_temperature(self.temperature[0], x)
         return self.slope * x + (1 - self.slope) * t * F.softplus(x / t)
 
 
@@ -84,7 +159,7 @@ class _SmoothMaxMin(nn.Module):
         self.temperature, self.descending = temperature, descending
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = _relative(self.temperature[0], x)
+        t = relative_temperature(self.temperature[0], x)
         a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
         mean, gap = (a + b) / 2, torch.sqrt(((a - b) / 2) ** 2 + t * t)
         high, low = mean + gap, mean - gap
@@ -93,7 +168,8 @@ class _SmoothMaxMin(nn.Module):
 
 
 def _surrogate(model: nn.Module, temperature: list[float]) -> nn.Module:
-    """A copy of ``model`` with non-smooth activations replaced by smooth ones."""
+    """A copy of ``model`` (one the engine does not convert) with non-smooth activations
+    replaced by smooth ones."""
     smooth = copy.deepcopy(model)
 
     def replace(module: nn.Module) -> None:
@@ -109,10 +185,6 @@ def _surrogate(model: nn.Module, temperature: list[float]) -> nn.Module:
 
     replace(smooth)
     return smooth
-
-
-def _float64(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to(torch.float64).eval()
 
 
 def _operator_norms(jacobian: torch.Tensor, norm: float) -> torch.Tensor:
@@ -139,34 +211,6 @@ def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), ord=norm, dim=1)
 
 
-def _pair_ratio(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float) -> float:
-    """``||f(x) - f(y)|| / ||x - y||``, made a guaranteed underestimate when the model converts to
-    the bound engine's normal form (each output enclosed with its float64 rounding); otherwise
-    the float64 ratio."""
-    distance = float(_vector_norm((x - y).unsqueeze(0), norm)[0])
-    if distance == 0.0:
-        return 0.0
-    network = _network_form(model, x.shape)
-    if network is None:
-        with torch.no_grad():
-            change = float(_vector_norm(model(x.unsqueeze(0)) - model(y.unsqueeze(0)), norm)[0])
-        return change / distance
-    low_x, high_x = output_enclosure(network, x.reshape(-1).to(torch.float64))
-    low_y, high_y = output_enclosure(network, y.reshape(-1).to(torch.float64))
-    centre_gap = (high_y + low_y) / 2 - (high_x + low_x) / 2
-    widths = (high_x - low_x) / 2 + (high_y - low_y) / 2
-    gap = float(torch.linalg.vector_norm(centre_gap, ord=norm))
-    slack = float(torch.linalg.vector_norm(widths, ord=norm))
-    return max(0.0, (gap - slack) * (1 - 4 * U64)) / (distance * (1 + 4 * U64))
-
-
-def _network_form(model: nn.Module, shape: torch.Size) -> Network | None:
-    try:
-        return Network.from_operators(to_operators(model, tuple(shape)), math.prod(shape))
-    except LipguardError:
-        return None
-
-
 def lipschitz_lower_bound(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -180,7 +224,9 @@ def lipschitz_lower_bound(
     """Search for the steepest pair of inputs; returns the best witnessed ratio.
 
     Args:
-        model: any ``nn.Module`` mapping a batch ``(N, *shape)`` to ``(N, ...)`` outputs.
+        model: any ``nn.Module`` mapping a batch ``(N, *shape)`` to ``(N, ...)`` outputs; one the
+            bound engine converts is searched and witnessed on exactly the function its upper
+            bounds are about.
         inputs: start points ``(N, *shape)`` (e.g. data); ``restarts`` noisy copies are added.
         norm: the ℓp norm on inputs and outputs (1, 2 or inf).
         restarts: extra start points per input, perturbed by noise of the inputs' scale.
@@ -192,7 +238,8 @@ def lipschitz_lower_bound(
     _checks.finite_tensor("inputs", inputs)
     if inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ShapeError(f"inputs must be a non-empty batch (N, ...), got {tuple(inputs.shape)}")
-    exact = _float64(model)
+    target = _Target.of(model, inputs.shape[1:])
+    exact = target.function
     generator = torch.Generator().manual_seed(seed)
     base = inputs.detach().to(torch.float64)
     scale = float(base.std()) if base.numel() > 1 and float(base.std()) > 0 else 1.0
@@ -201,39 +248,32 @@ def lipschitz_lower_bound(
     )
     starts = torch.cat([base, base.repeat(restarts, *[1] * (base.dim() - 1)) + noise * scale])
 
-    temperature = [1.0]
-    smooth = _surrogate(exact, temperature)
     points = starts.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([points], lr=learning_rate * scale)
     for step in range(steps):
-        temperature[0] = 0.5 * (1e-3) ** (step / max(steps - 1, 1))
-        objective = _operator_norms(_jacobians(smooth, points, create_graph=True), p)
+        target.temperature[0] = 0.5 * (1e-3) ** (step / max(steps - 1, 1))
+        objective = _operator_norms(_jacobians(target.smooth, points, create_graph=True), p)
+        if not objective.requires_grad:
+            break  # an affine function: its Jacobian is the same everywhere
         optimizer.zero_grad()
         (-objective.sum()).backward()
         optimizer.step()
     candidates = points.detach()
     true_norms = _operator_norms(_jacobians(exact, candidates, create_graph=False), p)
     best = torch.argsort(true_norms, descending=True)[: max(1, min(8, candidates.shape[0]))]
-    first_layer = _first_affine(exact, candidates.shape[1:])
+    first_layer = target.first_affine()
     chosen = [candidates[i] for i in best.tolist()]
     if first_layer is not None:
         chosen = [_pattern_search(exact, first_layer, x, p) for x in chosen]
-    pairs = [_pair_along_top_direction(exact, x, p, scale) for x in chosen]
-    pairs = [_refine_pair(exact, x, y, p, steps, learning_rate * scale) for x, y in pairs]
-    ratios = [_pair_ratio(exact, x, y, p) for x, y in pairs]
+    pairs = [_pair_along_top_direction(target, x, p, scale) for x in chosen]
+    pairs = [_refine_pair(target, x, y, p, steps, learning_rate * scale) for x, y in pairs]
+    ratios = [target.ratio(x, y, p) for x, y in pairs]
     winner = max(range(len(pairs)), key=lambda i: ratios[i])
     x, y = pairs[winner]
     gradient = float(_operator_norms(_jacobians(exact, x.unsqueeze(0), create_graph=False), p)[0])
-    return LipschitzLowerBound(ratios[winner], p, "surrogate ascent + pairwise", x, y, gradient)
-
-
-def _first_affine(model: nn.Module, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W_0, b_0)`` when the model starts with an affine map into piecewise-linear neurons
-    (where flipping a first-layer neuron is a well-defined move), else ``None``."""
-    network = _network_form(model, shape)
-    if network is None or not network.hidden or not network.hidden[0].piecewise_linear:
-        return None
-    return network.weights[0].value, network.biases[0].value
+    return LipschitzLowerBound(
+        ratios[winner], p, "surrogate ascent + pairwise", x, y, gradient, target.rigorous
+    )
 
 
 def _pattern_search(
@@ -270,11 +310,11 @@ def _pattern_search(
 
 
 def _pair_along_top_direction(
-    model: nn.Module, x: torch.Tensor, norm: float, scale: float
+    target: _Target, x: torch.Tensor, norm: float, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, x + h·v)`` with ``v`` the direction ``J(x)`` stretches most, for the best of
     several step sizes ``h`` (small enough to stay in ``x``'s linear region if there is one)."""
-    jacobian = _jacobians(model, x.unsqueeze(0), create_graph=False)[0]
+    jacobian = _jacobians(target.function, x.unsqueeze(0), create_graph=False)[0]
     if norm == 2.0:
         direction = torch.linalg.svd(jacobian)[2][0]
     elif norm == math.inf:  # the ℓ∞ maximiser is a sign vector of the steepest row
@@ -286,17 +326,18 @@ def _pair_along_top_direction(
     best_pair, best_ratio = (x, x + 1e-6 * scale * direction), -1.0
     for h in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):  # ratios are rigorous, so the best is honest
         y = x + h * scale * direction
-        ratio = _pair_ratio(model, x, y, norm)
+        ratio = target.ratio(x, y, norm)
         if ratio > best_ratio:
             best_pair, best_ratio = (x, y), ratio
     return best_pair
 
 
 def _refine_pair(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float, steps: int, lr: float
+    target: _Target, x: torch.Tensor, y: torch.Tensor, norm: float, steps: int, lr: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ascent on ``||f(x) - f(y)|| / ||x - y||`` over both points, keeping the best pair."""
-    best, best_ratio = (x, y), _pair_ratio(model, x, y, norm)
+    model = target.function
+    best, best_ratio = (x, y), target.ratio(x, y, norm)
     a = x.clone().unsqueeze(0).requires_grad_(True)
     b = y.clone().unsqueeze(0).requires_grad_(True)
     optimizer = torch.optim.Adam([a, b], lr=lr * 1e-2)
@@ -308,7 +349,7 @@ def _refine_pair(
         optimizer.zero_grad()
         (-ratio.sum()).backward()
         optimizer.step()
-        current = _pair_ratio(model, a.detach()[0], b.detach()[0], norm)
+        current = target.ratio(a.detach()[0], b.detach()[0], norm)
         if current > best_ratio:
             best, best_ratio = (a.detach()[0].clone(), b.detach()[0].clone()), current
     return best

@@ -5,7 +5,10 @@ or value model and raises alarms when the promised smoothness fails:
 
 - **pair violations**: ``|r - r'| > L·d(s, s') + tolerance`` between each new observation and
   the sliding window of recent ones, the reference set (e.g. training states) and the rest of
-  its batch, exactly (:mod:`lipguard.monitor.pairs`), ignoring pairs closer than the noise floor;
+  its batch, exactly (:mod:`lipguard.monitor.pairs`), ignoring pairs closer than the noise floor.
+  The default ``tolerance="auto"`` is each pair's floating-point slack
+  (:mod:`lipguard.monitor.rounding`): a model that computes a certified function in float32
+  never raises a violation on its own rounding;
 - **safety envelope**: a state further than ``envelope_radius`` from every reference state;
 - **model checks** (when ``model`` is given): an input gradient above ``L`` at an observed state,
   and the model's weights changed since the certificate (sha256) — re-certification required;
@@ -31,6 +34,7 @@ from lipguard._norms import dual_norm, parse_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.pairs import PoolIndex, find_violations
+from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
 
 logger = logging.getLogger("lipguard.monitor")
@@ -70,7 +74,11 @@ class LipschitzMonitor:
         window: how many recent observations new ones are compared with.
         reference: states and rewards to compare every observation with, e.g. training data
             ``(states, rewards)``; also defines the safety envelope.
-        tolerance: slack added to every bound (reward noise).
+        tolerance: ``"auto"`` (default): each observation's floating-point slack — the
+            rounding of its reward in the reward's dtype and, with ``model``, a proven bound on
+            the model's forward-pass rounding (:mod:`lipguard.monitor.rounding`); the gradient
+            check allows a relative ``2·Σγ`` of the backward pass. A number: a fixed slack added
+            to every bound (reward noise), with no floating-point allowance (``0`` is exact).
         noise_floor: pairs closer than this are ignored (sensor noise).
         envelope_radius: alarm when a state is further than this from every reference state.
         model: the reward model, for gradient checks at observed states and weight hashes.
@@ -90,7 +98,7 @@ class LipschitzMonitor:
         *,
         window: int = 1024,
         reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
-        tolerance: float = 0.0,
+        tolerance: float | str = "auto",
         noise_floor: float = 0.0,
         envelope_radius: float | None = None,
         model: nn.Module | None = None,
@@ -112,12 +120,18 @@ class LipschitzMonitor:
         if self.norm not in (2.0, math.inf):
             raise InvalidArgumentError("the monitor measures distances in ℓ2 or ℓ∞")
         self.window = _checks.positive_int("window", window)
-        self.tolerance = float(tolerance)
+        self.automatic = isinstance(tolerance, str)
+        if self.automatic and tolerance != "auto":
+            raise InvalidArgumentError(f"tolerance must be 'auto' or a number, got {tolerance!r}")
+        self.tolerance = 0.0 if self.automatic else float(tolerance)
         self.noise_floor = float(noise_floor)
-        if self.tolerance < 0 or self.noise_floor < 0:
-            raise InvalidArgumentError("tolerance and noise_floor must be >= 0")
+        if not (self.tolerance >= 0 and self.noise_floor >= 0) or not math.isfinite(
+            self.tolerance + self.noise_floor
+        ):
+            raise InvalidArgumentError("tolerance and noise_floor must be finite and >= 0")
         self.envelope_radius = envelope_radius
         self.model = model
+        self._slack = FloatingPointSlack(model, self.norm) if self.automatic else None
         self.weights_sha256 = weights_sha256
         self.store = AuditStore(store) if isinstance(store, str) else store
         self.callbacks = list(callbacks)
@@ -126,12 +140,15 @@ class LipschitzMonitor:
         self._rewards = np.zeros(0)
         self._steps = np.zeros(0, dtype=np.int64)
         self._bounds = np.zeros(0)  # L(s) of the window's states, computed once
+        self._slacks = np.zeros(0)  # the window's floating-point slacks
         self._reference = None
         if reference is not None:
             states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
             if states.ndim != 2 or rewards.shape != (len(states),):
                 raise ShapeError("reference must be (states (N, d), rewards (N,))")
-            self._reference = (states, rewards, self._bound_of(states), PoolIndex(states))
+            bounds = self._bound_of(states)
+            slacks = self._slacks_of(states, rewards, reference[1], bounds)
+            self._reference = (states, rewards, bounds, PoolIndex(states), slacks)
             self._envelope_tree = cKDTree(states) if envelope_radius is not None else None
         elif envelope_radius is not None:
             raise InvalidArgumentError("a safety envelope needs reference states")
@@ -145,8 +162,15 @@ class LipschitzMonitor:
             else {}
         )
 
+    def _slacks_of(self, states, rewards, given, bounds) -> np.ndarray:
+        if self._slack is None:
+            return np.zeros(len(states))
+        dtype = reward_dtype(given, self.model)
+        return self._slack.observations(states, rewards, dtype, bounds)
+
     def observe(self, states, rewards) -> Observation:
         """Check a batch of observations (states ``(N, d)``, rewards ``(N,)``) and remember them."""
+        given = rewards
         states = np.asarray(_numpy(states), dtype=np.float64)
         rewards = np.asarray(_numpy(rewards), dtype=np.float64).reshape(-1)
         if states.ndim != 2 or len(rewards) != len(states):
@@ -159,27 +183,27 @@ class LipschitzMonitor:
             )
         steps = self.step + np.arange(len(states))
         bounds = self._bound_of(states)
+        slacks = self._slacks_of(states, rewards, given, bounds)
         events: list[Event] = []
         worst_ratio = np.zeros(len(states))
         pools = [
-            ("window", self._states, self._rewards, self._bounds, self._steps, None, False),
-            ("batch", states, rewards, bounds, steps, None, True),
+            (
+                "window",
+                (self._states, self._rewards, self._bounds, self._steps, self._slacks),
+                None,
+                False,
+            ),
+            ("batch", (states, rewards, bounds, steps, slacks), None, True),
         ]
         if self._reference is not None:
-            ref_states, ref_rewards, ref_bounds, index = self._reference
+            ref_states, ref_rewards, ref_bounds, index, ref_slacks = self._reference
+            ids = np.arange(len(ref_states))
             pools.append(
-                (
-                    "reference",
-                    ref_states,
-                    ref_rewards,
-                    ref_bounds,
-                    np.arange(len(ref_states)),
-                    index,
-                    False,
-                )
+                ("reference", (ref_states, ref_rewards, ref_bounds, ids, ref_slacks), index, False)
             )
         found_by_pool = []
-        for name, pool_states, pool_rewards, pool_bounds, pool_ids, index, self_pairs in pools:
+        for name, pool, index, self_pairs in pools:
+            pool_states, pool_rewards, pool_bounds, pool_ids, pool_slacks = pool
             if len(pool_states) == 0:
                 continue
             found = find_violations(
@@ -194,13 +218,15 @@ class LipschitzMonitor:
                 noise_floor=self.noise_floor,
                 index=index,
                 exclude_self=self_pairs,
+                slack=slacks,
+                pool_slack=pool_slacks,
             )
             found_by_pool.append((name, pool_ids, found))
         events += self._violations(found_by_pool, steps, worst_ratio)
         events += self._envelope(states, steps)
         events += self._model_checks(states, steps, bounds)
         events += self._drift(steps, worst_ratio, bounds)
-        self._remember(states, rewards, steps, bounds)
+        self._remember(states, rewards, steps, bounds, slacks)
         self.step += len(states)
         self._emit(events)
         return Observation(events)
@@ -289,7 +315,8 @@ class LipschitzMonitor:
             outputs = self.model(points).reshape(len(states), -1)[:, 0]
             (gradient,) = torch.autograd.grad(outputs.sum(), points)
         norms = torch.linalg.vector_norm(gradient, ord=dual_norm(self.norm), dim=1).numpy()
-        for i in np.nonzero(norms > bounds + self.tolerance)[0]:
+        factor = self._slack.gradient_factor() if self._slack is not None else 0.0
+        for i in np.nonzero(norms > bounds * (1 + factor) + self.tolerance)[0]:
             events.append(
                 Event(
                     "gradient",
@@ -308,13 +335,14 @@ class LipschitzMonitor:
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
         return sorted(events, key=lambda e: e.step)
 
-    def _remember(self, states, rewards, steps, bounds) -> None:
+    def _remember(self, states, rewards, steps, bounds, slacks) -> None:
         if self._states.size == 0:
             self._states = np.zeros((0, states.shape[1]))
         self._states = np.concatenate([self._states, states])[-self.window :]
         self._rewards = np.concatenate([self._rewards, rewards])[-self.window :]
         self._steps = np.concatenate([self._steps, steps])[-self.window :]
         self._bounds = np.concatenate([self._bounds, bounds])[-self.window :]
+        self._slacks = np.concatenate([self._slacks, slacks])[-self.window :]
 
     def _emit(self, events: list[Event]) -> None:
         if not events:

@@ -1,9 +1,11 @@
 """Exact search for Lipschitz violations between two sets of (state, reward) observations.
 
-A pair ``(s, s')`` violates the bound when ``|r - r'| > L·d(s, s') + tolerance`` with
-``d(s, s') >= noise_floor`` (closer pairs are sensor noise). Since ``|r - r'|`` can be at most
+A pair ``(s, s')`` violates the bound when ``|r - r'| > L·d(s, s') + tolerance + σ + σ'`` with
+``d(s, s') >= noise_floor`` (closer pairs are sensor noise), where ``σ`` and ``σ'`` are the two
+observations' own slacks (their floating-point error, say). Since ``|r - r'|`` can be at most
 ``max(r - q_min, q_max - r)`` against a pool whose rewards lie in ``[q_min, q_max]``, only pool
-points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance)/L`` of ``s`` can violate:
+points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance - σ - σ_min)/L`` of ``s``
+can violate:
 :func:`find_violations` asks a KD-tree (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) for exactly those
 and checks each candidate — the result equals brute force over all pairs (property-tested), at a
 cost that depends on how many neighbours fall in the radius rather than on the pool size. States
@@ -50,7 +52,7 @@ class PairViolations:
     second: np.ndarray
     distance: np.ndarray
     difference: np.ndarray  # |r - r'|
-    bound: np.ndarray  # L·d (+ tolerance)
+    bound: np.ndarray  # L·d + tolerance + both slacks
 
 
 def _norm_order(norm: float) -> float:
@@ -79,12 +81,15 @@ def find_violations(
     noise_floor: float = 0.0,
     index: PoolIndex | None = None,
     exclude_self: bool = False,
+    slack: np.ndarray | None = None,
+    pool_slack: np.ndarray | None = None,
 ) -> PairViolations:
     """All violating pairs between queries ``(states, rewards)`` and a pool.
 
     ``lipschitz`` is a scalar or one bound per query (state-dependent ``L(s)``); with per-pool
     bounds ``pool_lipschitz`` a pair uses the larger of its two bounds (the alarm is raised only
-    when even the more permissive bound is exceeded). ``exclude_self`` skips pairs ``(i, j)``
+    when even the more permissive bound is exceeded). ``slack`` and ``pool_slack`` add each
+    observation's own slack to every pair it is in. ``exclude_self`` skips pairs ``(i, j)``
     with ``j <= i`` (a set against itself). ``index`` reuses a :class:`PoolIndex` of the pool.
     """
     states, pool_states = _as_rows(states), _as_rows(pool_states)
@@ -96,7 +101,10 @@ def find_violations(
     smallest_l = float(query_l.min())
     if pool_lipschitz is not None:
         smallest_l = min(smallest_l, float(pool_lipschitz.min()))
-    reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards) - tolerance
+    query_slack = np.zeros(m) if slack is None else np.asarray(slack, dtype=np.float64)
+    other_slack = np.zeros(n) if pool_slack is None else np.asarray(pool_slack, dtype=np.float64)
+    reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards)
+    reach = reach - tolerance - query_slack - float(other_slack.min())
     # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
     radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
     if m * n <= DENSE_LIMIT:
@@ -111,7 +119,7 @@ def find_violations(
     if pool_lipschitz is not None:
         pair_l = np.maximum(pair_l, pool_lipschitz[cols])
     difference = np.abs(rewards[rows] - pool_rewards[cols])
-    bound = pair_l * dist + tolerance
+    bound = pair_l * dist + tolerance + query_slack[rows] + other_slack[cols]
     violating = (difference > bound) & (dist >= noise_floor)
     return PairViolations(
         rows[violating].astype(np.int64),

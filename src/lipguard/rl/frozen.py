@@ -4,11 +4,12 @@ Environments step one small batch at a time, where PyTorch's per-call overhead (
 microseconds per layer, plus lipguard's certificate checks) dwarfs the arithmetic.
 :class:`FrozenReward` reads the model once through the bound engine's operators (dense layers —
 lipguard's constrained layers with their effective weights, standardisation included — ReLU,
-tanh, GroupSort/MaxMin) and evaluates them with NumPy in float64. It tracks the parameters'
-in-place version counters (and storage) and re-reads the model whenever one changes, so it
-never serves a stale reward after an optimiser step or ``load_state_dict`` (a parameter
-*replaced* by a new tensor object is not seen: build a new snapshot then). Models with other
-operators raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
+tanh, GroupSort/MaxMin) and evaluates them with NumPy in float64. Before every call it compares
+the model with the snapshot's sources — every parameter and buffer by value (``torch.equal``
+semantics, so ``.data`` edits, which autograd's version counter does not see, are caught, and so
+are replaced tensors) and every module's settings (a layer's ``lipschitz``, say) — and re-reads
+the model when anything differs, so it never serves a stale reward. Models with other operators
+raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipguard.bounds.graph import Activation, Dense, Sort, infer_input_shape, to_operators
+from lipguard.bounds.graph import (
+    Activation,
+    Dense,
+    Sort,
+    infer_input_shape,
+    module_settings,
+    to_operators,
+)
 from lipguard.errors import UnsupportedModuleError
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -57,16 +65,39 @@ class FrozenReward:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._shape = infer_input_shape(model)
-        self._versions: list[tuple[int, int]] = []
         self._tensors: list[torch.Tensor] = []
+        self._copies: list[np.ndarray | torch.Tensor] = []
+        self._settings: list[dict] = []
         self._layers: list[Callable[[np.ndarray], np.ndarray]] = []
         self._read()
 
-    def _current_versions(self) -> list[tuple[int, int]]:
-        return [(tensor._version, tensor.data_ptr()) for tensor in self._tensors]
+    def _sources(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self.model.buffers()]
+
+    def _changed(self) -> bool:
+        """True when any parameter, buffer or module setting differs from the snapshot's."""
+        tensors = self._sources()
+        if len(tensors) != len(self._tensors) or any(
+            a is not b for a, b in zip(tensors, self._tensors, strict=True)
+        ):
+            return True
+        for tensor, copy in zip(tensors, self._copies, strict=True):
+            if isinstance(copy, np.ndarray):
+                if not np.array_equal(tensor.detach().numpy(), copy):
+                    return True
+            elif tensor.shape != copy.shape or not torch.equal(tensor.detach(), copy):
+                return True
+        return [module_settings(m) for m in self.model.modules()] != self._settings
 
     def _read(self) -> None:
-        self._tensors = [*self.model.parameters(), *self.model.buffers()]
+        self._tensors = self._sources()
+        self._copies = [
+            t.detach().numpy().copy()
+            if t.device.type == "cpu" and t.dtype != torch.bfloat16  # numpy has no bfloat16
+            else t.detach().clone()
+            for t in self._tensors
+        ]
+        self._settings = [module_settings(m) for m in self.model.modules()]
         with torch.no_grad():
             operators = to_operators(self.model, self._shape)
         layers = []
@@ -85,11 +116,10 @@ class FrozenReward:
                     f"{type(operator).__name__}; call the model itself"
                 )
         self._layers = layers
-        self._versions = self._current_versions()
 
     def numpy(self, features: np.ndarray) -> np.ndarray:
         """Rewards ``(N,)`` (float64) of the rows of ``features``."""
-        if self._current_versions() != self._versions:
+        if self._changed():
             self._read()
         values = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
         for layer in self._layers:

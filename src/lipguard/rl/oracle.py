@@ -2,10 +2,12 @@
 
 - :class:`PessimisticReward` (SPEC F3): ``r̃(x) = r(x) - L(x)·ε`` with ``L(x)`` a *sound* bound on
   the Lipschitz constant of ``r`` over the ball ``B(x, ε)`` — lipguard's local bound
-  (``local=True``) or the global certificate. Guarantee: ``r̃(x) <= min_{x' ∈ B(x, ε)} r(x')``
-  for the model's real-valued function (``r(x)`` is evaluated on a float64 copy of the model, so
-  float32 rounding of the deployed model is not covered). A policy that maximises ``r̃`` gains
-  nothing from states where a small perturbation could lower the reward a lot.
+  (``local=True``) or the global one. Guarantee: ``r̃(x) <= min_{x' ∈ B(x, ε)} r(x')`` for the
+  real-valued function of the model's stored weights (the bound engine's, the same function its
+  bounds are about): ``r(x)`` is the lower end of a rigorous enclosure of that function and the
+  subtraction is rounded down. The float32 rounding of the deployed model's own forward pass is
+  not covered. A policy that maximises ``r̃`` gains nothing from states where a small
+  perturbation could lower the reward a lot.
 - :class:`EnsembleReward`: ``mean - k·std`` over independently trained reward models (pessimism
   where they disagree, i.e. away from the data).
 - :class:`AdaptiveLipschitz` (SPEC F4): ``L(s) = relaxed + risk(s)·(tight - relaxed)`` with a
@@ -27,33 +29,47 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
-from lipguard.errors import InvalidArgumentError
+from lipguard.errors import InvalidArgumentError, ShapeError
 
 
 class PessimisticReward:
     """``r(x) - L(x)·eps``, a lower bound of ``r`` over ``B(x, eps)`` (ℓ2 or ℓ∞).
 
+    The reward function is read from ``model`` when the oracle is built (a snapshot: build a new
+    oracle after training further).
+
     Args:
-        model: the reward model, features ``(N, d) -> (N,)`` (any model the bound engine knows).
+        model: the reward model, features ``(N, d) -> (N,)`` or ``(N, 1)`` (any model the bound
+            engine knows).
         eps: the radius of the ball around each feature vector.
         norm: 2 or ``inf``.
         local: per-point local bounds (tighter, one interval propagation per point) instead of
             the global bound (computed once).
+        input_shape: the per-sample input shape, when the first layer does not tell it.
     """
 
-    def __init__(self, model: nn.Module, eps: float, norm: float | str = 2, *, local: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        norm: float | str = 2,
+        *,
+        local: bool = True,
+        input_shape: Sequence[int] | None = None,
+    ):
         from lipguard.bounds import lipschitz_bound
+        from lipguard.bounds.graph import infer_input_shape, to_operators
 
         self.eps = _checks.positive_float("eps", eps)
         self.norm = parse_norm(norm)
         self.local = local
-        self.model = copy.deepcopy(model).to(torch.float64).eval()
-        self.global_bound = lipschitz_bound(
-            self.model, norm=self.norm, method="compositional"
-        ).value
-        certified = getattr(model, "certified_lipschitz", None)
-        if self.norm == 2.0 and certified is not None:
-            self.global_bound = min(self.global_bound, certified().value)
+        self.model = copy.deepcopy(model).eval()  # the snapshot the operators are read from
+        self.input_shape = tuple(input_shape or infer_input_shape(self.model))
+        self._operators = to_operators(self.model, self.input_shape)
+        self.global_bound = min(
+            lipschitz_bound(self.model, self.norm, method, input_shape=self.input_shape).value
+            for method in ("product", "compositional")
+        )
 
     def lipschitz(self, features: torch.Tensor) -> torch.Tensor:
         """The bound used at each point: local (never above the global one) or global."""
@@ -61,13 +77,23 @@ class PessimisticReward:
             return torch.full((len(features),), self.global_bound, dtype=torch.float64)
         from lipguard.bounds import local_lipschitz_bound
 
-        bounds = local_lipschitz_bound(self.model, features.double(), self.eps, self.norm)
+        bounds = local_lipschitz_bound(
+            self.model,
+            features.detach().double(),
+            self.eps,
+            self.norm,
+            input_shape=self.input_shape,
+        )
         return torch.tensor([min(b.value, self.global_bound) for b in bounds], dtype=torch.float64)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            reward = self.model(features.detach().double())
-        return reward - self.lipschitz(features) * self.eps
+        from lipguard.bounds.evaluate import enclose
+
+        low, _ = enclose(self._operators, features.detach())
+        if low.shape[1] != 1:
+            raise ShapeError(f"a reward model has one output, this one has {low.shape[1]}")
+        drop = torch.nextafter(self.lipschitz(features) * self.eps, torch.tensor(math.inf))
+        return torch.nextafter(low[:, 0] - drop, torch.tensor(-math.inf))
 
 
 class EnsembleReward(nn.Module):
