@@ -27,11 +27,30 @@ def gradient_norms(
 
     rows = []
     for x in points:
-        jacobian = torch.autograd.functional.jacobian(single, x.clone()).reshape(-1, x.numel())
+        try:
+            jacobian = torch.autograd.functional.jacobian(single, x.clone())
+        except RuntimeError:  # autograd cannot go through some in-place chains: differences
+            jacobian = _central_differences(single, x)
+        jacobian = jacobian.reshape(-1, x.numel())
         if columns is not None:
             jacobian = jacobian[:, columns]
         rows.append(_operator_norms(jacobian.double()[None], norm)[0])
     return torch.stack(rows).detach()
+
+
+def _central_differences(function, x: torch.Tensor) -> torch.Tensor:
+    """``(f(x + h·e_j) - f(x - h·e_j)) / 2h`` for every coordinate ``j``."""
+    flat = x.reshape(-1)
+    step = 1e-6 * (flat.abs() + 1.0)
+    columns = []
+    with torch.no_grad():
+        for j in range(flat.numel()):
+            offset = torch.zeros_like(flat)
+            offset[j] = step[j]
+            forward = function((flat + offset).reshape(x.shape))
+            backward = function((flat - offset).reshape(x.shape))
+            columns.append((forward - backward) / (2 * step[j]))
+    return torch.stack(columns, dim=-1)
 
 
 def pair_ratios(model: nn.Module, a: torch.Tensor, b: torch.Tensor, norm: float) -> torch.Tensor:

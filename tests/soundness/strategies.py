@@ -34,11 +34,12 @@ TARGETS = (1e-3, 0.5, 1.0, 7.0, 1e3)
 
 
 @st.composite
-def activations(draw, width: int) -> nn.Module:
-    """Any elementwise or sorting activation for ``width`` features (inplace flags random)."""
+def activations(draw, width: int, sorting: bool = True) -> nn.Module:
+    """Any elementwise or (``sorting``, flat features) sorting activation for ``width``
+    features (inplace flags random)."""
     inplace = draw(st.booleans())
     kinds = ["relu", "leaky", "tanh", "sigmoid", "elu", "gelu", "silu"]
-    if width % 2 == 0:
+    if sorting and width % 2 == 0:
         kinds += ["maxmin", "groupsort"]
     kind = draw(st.sampled_from(kinds))
     if kind == "relu":
@@ -104,9 +105,9 @@ def conv_stem(draw) -> tuple[list[nn.Module], tuple[int, ...], int]:
     size = draw(st.integers(3, 5))
     kernel = draw(st.integers(1, 3))
     dilation = draw(st.integers(1, 2))
-    padding = draw(st.integers(0, 2))
-    stride = draw(st.integers(1, 2))
-    if (kernel - 1) * dilation + 1 > size + 2 * padding:
+    padding = draw(st.sampled_from([0, 1, 2, "same", "valid"]))
+    stride = 1 if padding == "same" else draw(st.integers(1, 2))
+    if (kernel - 1) * dilation + 1 > size + 2 * (padding if isinstance(padding, int) else 0):
         kernel, dilation = 1, 1
     conv_type = nn.Conv2d if two_d else nn.Conv1d
     conv = conv_type(
@@ -122,7 +123,7 @@ def conv_stem(draw) -> tuple[list[nn.Module], tuple[int, ...], int]:
     shape = (channels_in, size, size) if two_d else (channels_in, size)
     with torch.no_grad():
         width = conv(torch.zeros(1, *shape)).numel()
-    return [conv, draw(activations(width)), nn.Flatten()], shape, width
+    return [conv, draw(activations(width, sorting=False)), nn.Flatten()], shape, width
 
 
 @st.composite
@@ -183,10 +184,10 @@ def weight_scale(model: nn.Module) -> float:
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
-            value *= max(float(weight.double().norm()), 1.0)
+            value *= max(float(weight.detach().double().norm()), 1.0)
         scale = getattr(module, "scale", None)
         if isinstance(scale, torch.Tensor):
-            value *= max(float(scale.double().abs().max()), 1.0)
+            value *= max(float(scale.detach().double().abs().max()), 1.0)
         if isinstance(module, nn.LeakyReLU | nn.ELU):
             value *= max(
                 abs(getattr(module, "negative_slope", 0.0)), getattr(module, "alpha", 1.0), 1.0

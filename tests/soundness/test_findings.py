@@ -581,3 +581,55 @@ def test_finding_13_frozen_reward_sees_data_edits_and_lipschitz_changes():
     with torch.no_grad():
         expected = model(torch.tensor(features, dtype=torch.float32))[:, 0].double().numpy()
     np.testing.assert_allclose(frozen.numpy(features), expected, rtol=1e-5, atol=1e-6)
+
+
+# Backstops: what no listed check names is still caught -----------------------------------------
+
+
+def test_a_patched_tensor_method_is_caught_by_the_forward_check(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1)).eval()
+    original = torch.Tensor.flatten
+    monkeypatch.setattr(torch.Tensor, "flatten", lambda self, *a: 50.0 * original(self, *a))
+    with pytest.raises(UnsupportedModuleError, match="does not compute what its modules"):
+        lipschitz_bound(model, input_shape=(2, 2))
+
+
+def test_a_forward_that_fails_is_refused_with_the_reason():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1).double())
+    with pytest.raises(UnsupportedModuleError, match="forward pass fails"):
+        lipschitz_bound(model)
+
+
+def test_an_onnx_import_that_disagrees_with_the_reference_evaluator_is_refused(
+    tmp_path, monkeypatch
+):
+    import lipguard.io.onnx_import as onnx_import
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    path = onnx_file(
+        tmp_path / "relu.onnx",
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        [weight],
+        [value("x", [1, 4])],
+        [value("y", [1, 4])],
+    )
+    assert load_onnx(path)[0] is not None
+    monkeypatch.setitem(onnx_import._ACTIVATIONS, "Relu", nn.Tanh)  # a wrong translation
+    with pytest.raises(UnsupportedModuleError, match="reference evaluator"):
+        load_onnx(path)
+
+
+def test_finding_13_frozen_reward_sees_swapped_modules_and_storage():
+    torch.manual_seed(0)
+    model = LipschitzMLP(4, 1, hidden=(8,), lipschitz=1.0, activation="relu")
+    frozen = FrozenReward(model)
+    features = np.random.default_rng(1).standard_normal((5, 4)) * 3
+
+    def expected():
+        with torch.no_grad():
+            return model(torch.tensor(features, dtype=torch.float32))[:, 0].double().numpy()
+
+    model[1] = nn.Tanh()  # same parameters, another function
+    np.testing.assert_allclose(frozen.numpy(features), expected(), rtol=1e-5, atol=1e-6)
+    model[0].weight.data = torch.randn(8, 4)  # a new storage behind the same Parameter
+    np.testing.assert_allclose(frozen.numpy(features), expected(), rtol=1e-5, atol=1e-6)

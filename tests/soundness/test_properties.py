@@ -141,7 +141,8 @@ def test_local_bounds_hold_inside_their_ball(network, norm, radius):
 
     inside = torch.cat([inside, project(ascent(replica, inside[:6], norm, project=project))])
     norms = gradient_norms(replica, inside, norm)
-    observed = float(norms[torch.isfinite(norms)].max(initial=0.0))
+    finite = norms[torch.isfinite(norms)]
+    observed = float(finite.max()) if finite.numel() else 0.0
     assert math.isfinite(bound.value)
     assert bound.value >= observed * (1 - RELATIVE) - ABSOLUTE * weight_scale(replica)
 
@@ -237,7 +238,7 @@ def test_layer_guarantees_hold_in_every_dtype(layer_type, dtype, target, scale, 
         rows = model.effective_weight().double().norm(dim=1)
     except InvalidArgumentError:
         return
-    assert float(rows.max()) <= target
+    assert float(rows.detach().max()) <= target
 
 
 @settings(max_examples=EXAMPLES)

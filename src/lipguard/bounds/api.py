@@ -69,7 +69,14 @@ def read_model(model: nn.Module, shape: tuple[int, ...]) -> list[Operator]:
     generator = torch.Generator().manual_seed(0x11B)
     probes = torch.randn((FORWARD_PROBES, *shape), generator=generator).to(dtype).to(device)
     with torch.no_grad():
-        actual = model(probes.clone()).reshape(FORWARD_PROBES, -1).to(torch.float64)
+        try:
+            output = model(probes.clone())
+        except Exception as error:  # whatever the model raises, the engine cannot bound it
+            raise UnsupportedModuleError(
+                f"the model's forward pass fails on inputs of shape {tuple(probes.shape)} "
+                f"({dtype}): {type(error).__name__}: {error}"
+            ) from error
+        actual = output.reshape(FORWARD_PROBES, -1).to(torch.float64)
         low, high = enclose(operators, probes.to(torch.float64))
         error = forward_error(operators, probes.to(torch.float64), dtype)
     if actual.shape != low.shape:

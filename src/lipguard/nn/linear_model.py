@@ -126,8 +126,7 @@ class LipschitzLinearModel(nn.Module):
         self.in_features = _checks.positive_int("in_features", in_features)
         self.out_features = _checks.positive_int("out_features", out_features)
         self.lipschitz = lipschitz
-        self.norm = parse_norm(norm)
-        self.dual = dual_norm(self.norm)
+        self.norm = norm
         reference = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(reference.weight.detach().clone())
         self.bias = nn.Parameter(reference.bias.detach().clone()) if bias else None
@@ -140,6 +139,20 @@ class LipschitzLinearModel(nn.Module):
     @lipschitz.setter
     def lipschitz(self, value: float) -> None:
         self._lipschitz = _checks.positive_float("lipschitz", value)
+
+    @property
+    def norm(self) -> float:
+        """The input norm ``p`` (1, 2 or ``inf``); may be changed at any time."""
+        return self._norm
+
+    @norm.setter
+    def norm(self, value: float | str) -> None:
+        self._norm = parse_norm(value)
+
+    @property
+    def dual(self) -> float:
+        """The dual norm ``q`` the rows are constrained in."""
+        return dual_norm(self._norm)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight in use: ``weight`` projected onto the constraint set."""

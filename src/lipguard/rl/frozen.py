@@ -59,45 +59,72 @@ def _dense(matrix: np.ndarray, bias: np.ndarray) -> Callable[[np.ndarray], np.nd
     return lambda x: x @ transposed + bias
 
 
+def _different_objects(current: list, snapshot: list) -> bool:
+    return len(current) != len(snapshot) or any(
+        a is not b for a, b in zip(current, snapshot, strict=True)
+    )
+
+
 class FrozenReward:
     """``features (N, d) -> rewards (N,)`` computed with NumPy from a snapshot of ``model``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._shape = infer_input_shape(model)
+        self._modules: list[nn.Module] = []
         self._tensors: list[torch.Tensor] = []
+        self._pointers: list[int] = []
+        self._views: list[np.ndarray | torch.Tensor] = []
         self._copies: list[np.ndarray | torch.Tensor] = []
-        self._settings: list[dict] = []
+        self._settings: list[tuple[nn.Module, str, object]] = []
         self._layers: list[Callable[[np.ndarray], np.ndarray]] = []
         self._read()
 
-    def _sources(self) -> list[torch.Tensor]:
-        return [*self.model.parameters(), *self.model.buffers()]
+    def _sources(self) -> tuple[list[nn.Module], list[torch.Tensor]]:
+        modules = list(self.model.modules())
+        tensors = [
+            tensor
+            for module in modules
+            for tensor in (*module._parameters.values(), *module._buffers.values())
+            if tensor is not None
+        ]
+        return modules, tensors
 
     def _changed(self) -> bool:
-        """True when any parameter, buffer or module setting differs from the snapshot's."""
-        tensors = self._sources()
-        if len(tensors) != len(self._tensors) or any(
-            a is not b for a, b in zip(tensors, self._tensors, strict=True)
-        ):
+        """True when any module, parameter, buffer or module setting differs from the
+        snapshot's (tensors by value and storage, settings by ``==``)."""
+        modules, tensors = self._sources()
+        if _different_objects(modules, self._modules) or _different_objects(tensors, self._tensors):
             return True
-        for tensor, copy in zip(tensors, self._copies, strict=True):
-            if isinstance(copy, np.ndarray):
-                if not np.array_equal(tensor.detach().numpy(), copy):
-                    return True
-            elif tensor.shape != copy.shape or not torch.equal(tensor.detach(), copy):
+        for tensor, pointer, view, copy in zip(
+            tensors, self._pointers, self._views, self._copies, strict=True
+        ):
+            if tensor.data_ptr() != pointer:  # `.data = ...` swapped the storage
                 return True
-        return [module_settings(m) for m in self.model.modules()] != self._settings
+            if isinstance(copy, np.ndarray):
+                if not np.array_equal(view, copy):
+                    return True
+            elif not torch.equal(tensor.detach(), copy):
+                return True
+        return any(vars(m).get(key) != value for m, key, value in self._settings)
 
     def _read(self) -> None:
-        self._tensors = self._sources()
-        self._copies = [
-            t.detach().numpy().copy()
-            if t.device.type == "cpu" and t.dtype != torch.bfloat16  # numpy has no bfloat16
-            else t.detach().clone()
-            for t in self._tensors
+        self._modules, self._tensors = self._sources()
+        self._pointers = [t.data_ptr() for t in self._tensors]
+        numpy_able = [t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in self._tensors]
+        self._views = [
+            t.detach().numpy() if able else t
+            for t, able in zip(self._tensors, numpy_able, strict=True)
         ]
-        self._settings = [module_settings(m) for m in self.model.modules()]
+        self._copies = [
+            view.copy() if able else view.detach().clone()
+            for view, able in zip(self._views, numpy_able, strict=True)
+        ]
+        self._settings = [
+            (module, key, vars(module)[key])
+            for module in self._modules
+            for key in module_settings(module)
+        ]
         with torch.no_grad():
             operators = to_operators(self.model, self._shape)
         layers = []

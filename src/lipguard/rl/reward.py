@@ -8,7 +8,7 @@ for the ℓ2 norm on raw inputs
 
 so :func:`build_reward_model` divides the requested target by ``reward_scale / min std`` before
 it builds a :class:`~lipguard.nn.LipschitzMLP`, and :meth:`RewardModel.certified_lipschitz`
-multiplies the parts back (rounded upwards). The bound engine sees the whole model
+proves the whole model's bound again. The bound engine sees the whole model
 (``lipguard.bounds.lipschitz_bound`` / ``local_lipschitz_bound`` work on it unchanged).
 
 :func:`fit_reward` trains on observed rewards (regression); :func:`fit_preferences` on pairs of
@@ -29,7 +29,6 @@ from lipguard import _checks
 from lipguard.bounds.graph import register_module, sequential_handler
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.nn import DiagonalAffine, LipschitzMLP
-from lipguard.nn._guard import mul_up
 from lipguard.results import LipschitzBound
 from lipguard.train import FitResult, fit
 
@@ -74,16 +73,15 @@ class RewardModel(nn.Sequential):
         return super().forward(x)[:, 0]
 
     def certified_lipschitz(self) -> LipschitzBound:
-        """A sound ℓ2 bound on raw features: the network's own guarantee (a
-        :class:`LipschitzMLP`) or lipguard's best bound for it, times both scalings."""
-        if isinstance(self.network, LipschitzMLP):
-            inner = self.network.certified_lipschitz()
-        else:
-            from lipguard.bounds import lipschitz_bound
+        """A sound ℓ2 bound on raw features, proven by the bound engine over the whole model
+        (standardisation, network and output scaling as they are now): the smaller of its
+        product and compositional bounds."""
+        from lipguard.bounds import lipschitz_bound
 
-            inner = lipschitz_bound(self.network, norm=2, method="compositional")
-        value = mul_up(mul_up(inner.value, self[0].lipschitz()), self[2].lipschitz())
-        return LipschitzBound(value, 2.0, f"scaled {inner.method}", margin=inner.margin)
+        return min(
+            (lipschitz_bound(self, 2, method) for method in ("product", "compositional")),
+            key=lambda bound: bound.value,
+        )
 
 
 register_module(RewardModel, sequential_handler)  # forward only drops the output axis
