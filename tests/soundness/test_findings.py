@@ -633,3 +633,18 @@ def test_finding_13_frozen_reward_sees_swapped_modules_and_storage():
     np.testing.assert_allclose(frozen.numpy(features), expected(), rtol=1e-5, atol=1e-6)
     model[0].weight.data = torch.randn(8, 4)  # a new storage behind the same Parameter
     np.testing.assert_allclose(frozen.numpy(features), expected(), rtol=1e-5, atol=1e-6)
+
+
+def test_function_modes_are_refused_but_a_default_device_is_not():
+    from torch.overrides import TorchFunctionMode
+
+    class Scale(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            return result * 3 if func is torch.nn.functional.linear else result
+
+    model = small_model()
+    with Scale(), pytest.raises(UnsupportedModuleError, match="TorchFunctionMode"):
+        lipschitz_bound(model)
+    with torch.device("cpu"):
+        assert lipschitz_bound(model).value > 0

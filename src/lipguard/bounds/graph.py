@@ -216,9 +216,11 @@ def _check_global_state() -> None:
             if getattr(namespace, name) is not original:
                 raise UnsupportedModuleError(f"{label}.{name} has been replaced")
     from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-    if _get_current_function_mode_stack() or _get_current_dispatch_mode_stack():
+    modes = [m for m in _get_current_function_mode_stack() if type(m) is not DeviceContext]
+    if modes or _get_current_dispatch_mode_stack():  # a default-device context only places
         raise UnsupportedModuleError(
             "a TorchFunctionMode or TorchDispatchMode is active; it can change what every "
             "operation computes: bound the model outside it"
