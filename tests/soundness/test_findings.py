@@ -491,7 +491,7 @@ def test_finding_10_tiny_targets_hold_in_narrow_dtypes(dtype, lipschitz):
         except InvalidArgumentError:
             continue
         dual = {1: math.inf, 2: 2, "inf": 1}[norm]
-        assert float(torch.linalg.vector_norm(weight, ord=dual, dim=1).max()) <= lipschitz
+        assert float(torch.linalg.vector_norm(weight.detach(), ord=dual, dim=1).max()) <= lipschitz
 
 
 def test_finding_10_too_small_targets_are_refused_not_broken():
@@ -529,7 +529,7 @@ def test_finding_11_pessimistic_reward_is_exact_for_a_linear_reward():
     layer = SpectralLinear(16, 1, lipschitz=3.0).eval()
     x = torch.randn(4, 16)
     pessimistic = PessimisticReward(layer, eps=0.25, local=False)(x)
-    weight = [Fraction(float(w)) for w in layer.effective_weight().double().reshape(-1)]
+    weight = [Fraction(float(w)) for w in layer.effective_weight().detach().double().reshape(-1)]
     bias = Fraction(float(layer.bias.double()))
     norm_squared = sum(w * w for w in weight)
     for row, claimed in zip(x.double(), pessimistic, strict=True):

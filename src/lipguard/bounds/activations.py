@@ -66,11 +66,11 @@ class ActivationSpec:
         the ends may be infinite)."""
         candidates = [self.derivative(low), self.derivative(high)]
         for point in self.slope_critical_points:
-            inside = (low < point) & (point < high)
+            inside = (low <= point) & (point <= high)
             value = self.derivative(torch.full_like(low, point))
             candidates.append(torch.where(inside, value, candidates[0]))
-        for point, left, right in self.kink_limits:
-            inside = (low < point) & (point < high)
+        for point, left, right in self.kink_limits:  # an end at the kink counts: both sides
+            inside = (low <= point) & (point <= high)
             for limit in (left, right):
                 candidates.append(torch.where(inside, torch.full_like(low, limit), candidates[0]))
         stacked = torch.stack(candidates)
@@ -94,7 +94,7 @@ class ActivationSpec:
         ``±inf`` where the range is unbounded or could not be evaluated)."""
         candidates = [self.function(low), self.function(high)]
         for point in self.value_extrema:
-            inside = (low < point) & (point < high)
+            inside = (low <= point) & (point <= high)
             value = self.function(torch.full_like(low, point))
             candidates.append(torch.where(inside, value, candidates[0]))
         stacked = torch.stack(candidates)
@@ -223,4 +223,95 @@ SILU = ActivationSpec(
     1.0998394,
     slope_critical_points=(-2.3993572805154677, 2.3993572805154677),
     value_extrema=(-1.2784645427610738,),
+)
+
+
+def clamp(low: float | None, high: float | None) -> ActivationSpec:
+    """``min(max(x, low), high)`` (Hardtanh, ReLU6, ``torch.clamp``): slopes in ``[0, 1]``."""
+    a = -math.inf if low is None else float(low)
+    b = math.inf if high is None else float(high)
+    kinks = tuple(
+        (point, left, right)
+        for point, left, right in ((a, 0.0, 1.0), (b, 1.0, 0.0))
+        if math.isfinite(point)
+    )
+    return ActivationSpec(
+        f"clamp({a!r}, {b!r})",
+        lambda x: x.clamp(min=None if low is None else a, max=None if high is None else b),
+        lambda x: ((x > a) & (x < b)).to(x.dtype),
+        0.0,
+        1.0,
+        kink_limits=kinks,
+        piecewise_linear=True,
+    )
+
+
+ABS = ActivationSpec(
+    "abs",
+    torch.abs,
+    lambda x: torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x)),
+    -1.0,
+    1.0,
+    kink_limits=((0.0, -1.0, 1.0),),
+    value_extrema=(0.0,),
+    piecewise_linear=True,
+)
+
+
+def softplus(beta: float) -> ActivationSpec:
+    """``log(1 + e^{βx})/β`` without PyTorch's switch to the identity (``threshold=inf``): its
+    slope ``σ(βx)`` lies in ``(0, 1)``. (With a finite threshold PyTorch's Softplus jumps by
+    ``log(1 + e^{-t})/β`` there and is not Lipschitz.)"""
+    b = float(beta)
+    return ActivationSpec(
+        f"softplus({b!r})",
+        lambda x: F.softplus(x, b, math.inf),
+        lambda x: torch.sigmoid(b * x),
+        0.0,
+        1.0,
+    )
+
+
+def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
+    inner = (2 * x + 3) / 6
+    return torch.where(x < -3, torch.zeros_like(x), torch.where(x > 3, torch.ones_like(x), inner))
+
+
+# hardswish(x) = x·relu6(x + 3)/6: slope 0, (2x + 3)/6, 1 on the three pieces; minimum at -1.5
+HARDSWISH = ActivationSpec(
+    "hardswish",
+    F.hardswish,
+    _hardswish_derivative,
+    -0.5,
+    1.5,
+    kink_limits=((-3.0, 0.0, -0.5), (3.0, 1.5, 1.0)),
+    value_extrema=(-1.5,),
+)
+_SIXTH = math.nextafter(1.0 / 6.0, math.inf)  # >= 1/6 (1/6 itself rounds down)
+# relu6(x + 3)/6: its evaluated slopes are rounded, so it gets the evaluation margins
+HARDSIGMOID = ActivationSpec(
+    "hardsigmoid",
+    F.hardsigmoid,
+    lambda x: ((x > -3) & (x < 3)).to(x.dtype) * _SIXTH,
+    0.0,
+    _SIXTH,
+    kink_limits=((-3.0, 0.0, _SIXTH), (3.0, _SIXTH, 0.0)),
+)
+
+
+def _mish_derivative(x: torch.Tensor) -> torch.Tensor:
+    t = torch.tanh(F.softplus(x))
+    return t + x * torch.sigmoid(x) * (1 - t * t)
+
+
+# Mish'(-2.25637639636079...) = -0.11252612238946..., Mish'(1.49057117948542...) =
+# 1.08849816125172... (mpmath, 50 digits); minimum of Mish at -1.19243121451549...
+MISH = ActivationSpec(
+    "mish",
+    F.mish,
+    _mish_derivative,
+    -0.1125262,
+    1.0884982,
+    slope_critical_points=(-2.2563763963607931, 1.4905711794854285),
+    value_extrema=(-1.1924312145154952,),
 )

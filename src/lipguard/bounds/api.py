@@ -1,4 +1,9 @@
-"""The bound engine's entry points."""
+"""The bound engine's entry points.
+
+Models with several inputs (``forward(image, text)``) are bounded jointly — the ℓp norm of all
+inputs flattened and concatenated — and, with :func:`block_lipschitz_bounds`, input by input.
+``input_shape`` is one per-sample shape, or a list of them (one per input).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from lipguard.bounds.compositional import compositional_bound, dp_bound
 from lipguard.bounds.evaluate import enclose
 from lipguard.bounds.exact import ExactLipschitz
 from lipguard.bounds.exact import exact_lipschitz as _exact
-from lipguard.bounds.graph import Operator, infer_input_shape, to_operators
+from lipguard.bounds.frontend import Shapes, input_shapes, to_graph
+from lipguard.bounds.ir import Graph
 from lipguard.bounds.local import interval_slopes
 from lipguard.bounds.network import Network
 from lipguard.bounds.norms import matrix_norm, up
@@ -32,6 +38,8 @@ from lipguard.results import LipschitzBound
 METHODS = ("auto", "product", "compositional", "lipsdp", "lipsdp-layer")
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
 AUTO_LIPSDP_SIZE = 1000
+#: random inputs on which a model's own forward pass is compared with its graph
+FORWARD_PROBES = 4
 
 
 class CertificationError(LipguardError, RuntimeError):
@@ -39,50 +47,54 @@ class CertificationError(LipguardError, RuntimeError):
 
 
 def _prepare(
-    model: nn.Module, norm: float | str, input_shape: Sequence[int] | None
-) -> tuple[float, tuple[int, ...]]:
+    model: nn.Module, norm: float | str, input_shape: Sequence | None
+) -> tuple[float, Shapes]:
     p = parse_norm(norm)
     if p not in (2.0, math.inf):
         raise InvalidArgumentError(f"bounds are available in ℓ2 and ℓ∞, got norm={norm!r}")
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise _checks.NonFiniteError(f"model parameter {name!r} holds NaN or infinity")
-    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
-    return p, shape
+    return p, input_shapes(model, input_shape)
 
 
-#: random inputs on which a model's own forward pass is compared with its operators
-FORWARD_PROBES = 4
-
-
-def read_model(model: nn.Module, shape: tuple[int, ...]) -> list[Operator]:
-    """The operators of ``model`` (:func:`~lipguard.bounds.graph.to_operators`), checked against
-    the model's own forward pass: on :data:`FORWARD_PROBES` random inputs, representable in the
+def read_model(model: nn.Module, shapes: Shapes) -> Graph:
+    """The graph of ``model`` (:func:`~lipguard.bounds.frontend.to_graph`), checked against the
+    model's own forward pass: on :data:`FORWARD_PROBES` random inputs, representable in the
     model's dtype, the outputs must lie within twice the proven rounding error
-    (:func:`~lipguard.bounds.rounding.forward_error`) of the operators' exact function (outputs
+    (:func:`~lipguard.bounds.rounding.forward_error`) of the graph's exact function (outputs
     that may overflow the dtype are not compared). A model whose calls compute something else —
     whatever the reason — is refused."""
-    operators = to_operators(model, shape)
+    graph = to_graph(model, shapes)
     parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
     device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0x11B)
-    probes = torch.randn((FORWARD_PROBES, *shape), generator=generator).to(dtype).to(device)
+    probes = [
+        torch.randn((FORWARD_PROBES, *shape), generator=generator).to(dtype).to(device)
+        for shape in shapes
+    ]
+    joint = torch.cat([probe.reshape(FORWARD_PROBES, -1) for probe in probes], dim=1)
     with torch.no_grad():
         try:
-            output = model(probes.clone())
+            output = model(*[probe.clone() for probe in probes])
         except Exception as error:  # whatever the model raises, the engine cannot bound it
             raise UnsupportedModuleError(
-                f"the model's forward pass fails on inputs of shape {tuple(probes.shape)} "
-                f"({dtype}): {type(error).__name__}: {error}"
+                f"the model's forward pass fails on inputs of shapes "
+                f"{[tuple(p.shape) for p in probes]} ({dtype}): {type(error).__name__}: {error}"
             ) from error
+        if not isinstance(output, torch.Tensor):
+            raise UnsupportedModuleError(
+                f"the model returns a {type(output).__name__}, not one tensor; bound a module "
+                "that returns the output you want bounded"
+            )
         actual = output.reshape(FORWARD_PROBES, -1).to(torch.float64)
-        low, high = enclose(operators, probes.to(torch.float64))
-        error = forward_error(operators, probes.to(torch.float64), dtype)
+        low, high = enclose(graph, joint.to(torch.float64))
+        error = forward_error(graph, joint.to(torch.float64), dtype)
     if actual.shape != low.shape:
         raise UnsupportedModuleError(
-            f"the model returns {actual.shape[1]} values per sample where its modules describe "
-            f"{low.shape[1]}: its forward is not the chain of its modules"
+            f"the model returns {actual.shape[1]} values per sample where its graph has "
+            f"{low.shape[1]}: its forward is not what its modules describe"
         )
     slack = 2 * error + 1e-300
     checkable = torch.isfinite(error)  # where the dtype may overflow, nothing can be compared
@@ -94,11 +106,11 @@ def read_model(model: nn.Module, shape: tuple[int, ...]) -> list[Operator]:
             f"{deviation:.3g}, more than floating-point rounding allows): something overrides "
             "it (a patched method, a hook, a custom module); refusing to bound it"
         )
-    return operators
+    return graph
 
 
-def _network(model: nn.Module, shape: tuple[int, ...]) -> Network:
-    return Network.from_operators(read_model(model, shape), math.prod(shape))
+def _network(model: nn.Module, shapes: Shapes) -> Network:
+    return Network.from_graph(read_model(model, shapes))
 
 
 def network_product(network: Network, norm: float) -> float:
@@ -114,8 +126,9 @@ def network_product(network: Network, norm: float) -> float:
 def _lipsdp(network: Network, variant: str, solver: str) -> LipschitzBound:
     if lmi.has_linear_neurons(network):
         raise UnsupportedModuleError(
-            "LipSDP handles elementwise slope-restricted activations; GroupSort/MaxMin networks "
-            "are bounded by method='compositional' or 'product'"
+            "LipSDP handles elementwise slope-restricted activations; networks with identity "
+            "neurons (GroupSort/MaxMin, max-pooling, residual branches) are bounded by "
+            "method='compositional' or 'product'"
         )
     slopes = lmi.global_slopes(network)
     multipliers, rho = sdp.solve_lipsdp(network, slopes, variant=variant, solver=solver)
@@ -139,23 +152,24 @@ def lipschitz_bound(
     norm: float | str = 2,
     method: str = "auto",
     *,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence | None = None,
     solver: str = "barrier",
     seconds: float = 0.05,
 ) -> LipschitzBound:
     """A sound global upper bound on the Lipschitz constant of ``model`` in ℓ2 or ℓ∞.
 
     Args:
-        model: built from supported modules (``nn.Sequential``, ``nn.Linear``, ``nn.Conv1d/2d``,
-            ReLU, LeakyReLU, Tanh, Sigmoid, ELU, GELU, SiLU, GroupSort/MaxMin, Flatten,
-            Identity, Dropout in eval mode, :class:`lipguard.nn.Residual`, lipguard's layers);
-            anything else raises :class:`~lipguard.errors.UnsupportedModuleError`.
-        norm: 2 or ``inf`` — the same norm on inputs and outputs.
-        method: ``"product"`` (per-layer norms), ``"compositional"`` (cut/merge dynamic
-            programme and, in ℓ2, a fast verified LipSDP-style certificate), ``"lipsdp"``
-            (LipSDP-Neuron, ℓ2), ``"lipsdp-layer"``, or ``"auto"``: the smallest of those that
-            apply (LipSDP only up to :data:`AUTO_LIPSDP_SIZE` rows).
-        input_shape: per-sample input shape; inferred from a first linear layer.
+        model: any module the bound engine can read (see ``docs/bounds.md``): registered modules
+            (``nn.Sequential``, linear and convolutional layers, the supported activations,
+            lipguard's layers, …) directly, other modules through ``torch.export``; anything it
+            cannot prove raises :class:`~lipguard.errors.UnsupportedModuleError` naming it.
+        norm: 2 or ``inf`` — the same norm on inputs and outputs (all inputs jointly).
+        method: ``"product"`` (per-operator norms over the graph), ``"compositional"`` (cut/merge
+            dynamic programme and, in ℓ2, a fast verified LipSDP-style certificate),
+            ``"lipsdp"`` (LipSDP-Neuron, ℓ2), ``"lipsdp-layer"``, or ``"auto"``: the smallest of
+            those that apply (LipSDP only up to :data:`AUTO_LIPSDP_SIZE` rows).
+        input_shape: per-sample input shape (a list of them for several inputs); inferred from
+            a first linear layer.
         solver: for LipSDP, ``"barrier"`` (fast, default), ``"clarabel"`` or ``"scs"``.
         seconds: time budget of the compositional method's refinement.
 
@@ -165,69 +179,94 @@ def lipschitz_bound(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}")
-    p, shape = _prepare(model, norm, input_shape)
-    operators = read_model(model, shape)
+    p, shapes = _prepare(model, norm, input_shape)
+    graph = read_model(model, shapes)
     results: list[LipschitzBound] = []
     if method in ("auto", "product"):
-        results.append(LipschitzBound(product_bound(operators, p), p, "product"))
+        results.append(LipschitzBound(product_bound(graph, p), p, "product"))
     if method != "product":
         try:
-            network = Network.from_operators(operators, math.prod(shape))
+            network = Network.from_graph(graph)
         except LipguardError:
             if method != "auto":
                 raise
             network = None
         if network is not None:
-            if method in ("auto", "compositional"):
-                found = compositional_bound(network, p, seconds=seconds)
-                if found.proof is not None:
-                    results.append(_lipsdp_result(found.proof, "compositional"))
-                else:
-                    results.append(LipschitzBound(found.value, p, "compositional"))
-            if method in ("lipsdp", "lipsdp-layer") and p != 2.0:
-                raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
-            size = network.input_size + sum(layer.size for layer in network.hidden)
-            wants_sdp = method in ("lipsdp", "lipsdp-layer") or (
-                method == "auto"
-                and p == 2.0
-                and network.hidden
-                and size <= AUTO_LIPSDP_SIZE
-                and not lmi.has_linear_neurons(network)
+            results += _network_bounds(network, p, method, solver, seconds)
+    return min(results, key=lambda bound: bound.value)
+
+
+def _network_bounds(
+    network: Network, p: float, method: str, solver: str, seconds: float
+) -> list[LipschitzBound]:
+    results = []
+    if method in ("auto", "compositional"):
+        found = compositional_bound(network, p, seconds=seconds)
+        if found.proof is not None:
+            results.append(_lipsdp_result(found.proof, "compositional"))
+        else:
+            results.append(LipschitzBound(found.value, p, "compositional"))
+    if method in ("lipsdp", "lipsdp-layer") and p != 2.0:
+        raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
+    size = network.input_size + sum(layer.size for layer in network.hidden)
+    wants_sdp = method in ("lipsdp", "lipsdp-layer") or (
+        method == "auto"
+        and p == 2.0
+        and network.hidden
+        and size <= AUTO_LIPSDP_SIZE
+        and not lmi.has_linear_neurons(network)
+    )
+    if wants_sdp:
+        variant = "layer" if method == "lipsdp-layer" else "neuron"
+        try:
+            results.append(_lipsdp(network, variant, solver))
+        except (CertificationError, sdp.SolverError):
+            if method != "auto":
+                raise
+    return results
+
+
+def _joint_points(inputs: torch.Tensor | Sequence[torch.Tensor], shapes: Shapes) -> torch.Tensor:
+    """Joint input vectors ``(N, total)`` from one tensor per input (or one tensor)."""
+    tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    if len(tensors) != len(shapes):
+        raise ShapeError(f"the model takes {len(shapes)} inputs, got {len(tensors)} tensors")
+    for tensor, shape in zip(tensors, shapes, strict=True):
+        _checks.finite_tensor("inputs", tensor)
+        if tuple(tensor.shape[1:]) != tuple(shape):
+            raise ShapeError(
+                f"inputs have per-sample shape {tuple(tensor.shape[1:])}, expected {shape}"
             )
-            if wants_sdp:
-                variant = "layer" if method == "lipsdp-layer" else "neuron"
-                try:
-                    results.append(_lipsdp(network, variant, solver))
-                except (CertificationError, sdp.SolverError):
-                    if method != "auto":
-                        raise
-    best = min(results, key=lambda bound: bound.value)
-    return best
+    if len({len(tensor) for tensor in tensors}) != 1:
+        raise ShapeError("every input needs the same number of samples")
+    return torch.cat([t.detach().to(torch.float64).reshape(len(t), -1) for t in tensors], dim=1)
 
 
 def local_lipschitz_bound(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     radius: float,
     norm: float | str = 2,
     *,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence | None = None,
 ) -> list[LipschitzBound]:
     """Sound bounds on the Lipschitz constant of ``model`` restricted to each ball
-    ``B(inputs[i], radius)`` (ℓ2 or ℓ∞): interval propagation fixes stable neurons, then the
-    compositional bound runs with the local slope ranges (never above the global one)."""
+    ``B(inputs[i], radius)`` (ℓ2 or ℓ∞, over all inputs jointly: pass one tensor per input for
+    a model with several): interval propagation fixes stable neurons, then the compositional
+    bound runs with the local slope ranges (never above the global one)."""
     r = _checks.positive_float("radius", radius) if radius != 0 else 0.0
-    _checks.finite_tensor("inputs", inputs)
-    shape = tuple(input_shape) if input_shape is not None else tuple(inputs.shape[1:])
-    p, shape = _prepare(model, norm, shape)
-    if tuple(inputs.shape[1:]) != shape:
-        raise ShapeError(
-            f"inputs have per-sample shape {tuple(inputs.shape[1:])}, expected {shape}"
-        )
-    network = _network(model, shape)
+    tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    for tensor in tensors:
+        _checks.finite_tensor("inputs", tensor)
+    if input_shape is None:
+        input_shape = [tuple(t.shape[1:]) for t in tensors]
+        input_shape = input_shape[0] if len(tensors) == 1 else input_shape
+    p, shapes = _prepare(model, norm, input_shape)
+    points = _joint_points(inputs, shapes)
+    network = _network(model, shapes)
     global_value = compositional_bound(network, p).value  # a local bound is never worse
     results = []
-    for index, point in enumerate(inputs.detach().to(torch.float64).flatten(1)):
+    for index, point in enumerate(points):
         slopes = interval_slopes(network, point, r, p)
         value = min(dp_bound(network, slopes, p), global_value)
         scope = f"ball(inputs[{index}], radius={r:g}, ℓ{'inf' if p == math.inf else 2})"
@@ -237,23 +276,33 @@ def local_lipschitz_bound(
 
 def block_lipschitz_bounds(
     model: nn.Module,
-    blocks: Mapping[str, Sequence[int] | slice] | Sequence[Sequence[int] | slice],
+    blocks: Mapping[str, Sequence[int] | slice] | Sequence[Sequence[int] | slice] | None = None,
     norm: float | str = 2,
     method: str = "compositional",
     *,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence | None = None,
 ) -> dict[str, LipschitzBound]:
     """Bounds with respect to each block of input coordinates (the others held fixed): e.g. one
     modality of a multimodal model. ``blocks`` maps names to slices, lists or integer tensors of
-    distinct indices, or boolean masks with one entry per coordinate, of the flattened input.
-    ``method``: ``"product"``, ``"compositional"`` or ``"lipsdp"``."""
-    p, shape = _prepare(model, norm, input_shape)
-    network = _network(model, shape)
-    named = (
-        dict(blocks)
-        if isinstance(blocks, Mapping)
-        else {f"block{i}": block for i, block in enumerate(blocks)}
-    )
+    distinct indices, or boolean masks with one entry per coordinate, of the joint input vector
+    (all inputs flattened and concatenated); ``None`` makes one block per input of the model
+    (``input0``, ``input1``, …). ``method``: ``"product"``, ``"compositional"`` or
+    ``"lipsdp"``."""
+    p, shapes = _prepare(model, norm, input_shape)
+    graph = read_model(model, shapes)
+    if blocks is None:
+        named = {f"input{i}": part for i, part in enumerate(graph.input_slices())}
+    else:
+        named = (
+            dict(blocks)
+            if isinstance(blocks, Mapping)
+            else {f"block{i}": block for i, block in enumerate(blocks)}
+        )
+    if method not in ("product", "compositional", "lipsdp"):
+        raise InvalidArgumentError(
+            f"method must be product, compositional or lipsdp; got {method!r}"
+        )
+    network = Network.from_graph(graph)
     size = network.input_size
     results = {}
     for name, block in named.items():
@@ -262,13 +311,9 @@ def block_lipschitz_bounds(
             bound = LipschitzBound(network_product(sub, p), p, "product")
         elif method == "lipsdp":
             bound = _lipsdp(sub, "neuron", "barrier")
-        elif method == "compositional":
+        else:
             found = compositional_bound(sub, p)
             bound = LipschitzBound(found.value, p, "compositional")
-        else:
-            raise InvalidArgumentError(
-                f"method must be product, compositional or lipsdp; got {method!r}"
-            )
         results[name] = LipschitzBound(bound.value, p, bound.method, scope=f"input block {name!r}")
     return results
 
@@ -313,10 +358,10 @@ def exact_lipschitz(
     model: nn.Module,
     norm: float | str = 2,
     *,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence | None = None,
     max_regions: int = 100_000,
 ) -> ExactLipschitz:
     """The exact constant of a small piecewise-linear network by region enumeration (a test
     oracle; see :mod:`lipguard.bounds.exact`)."""
-    p, shape = _prepare(model, norm, input_shape)
-    return _exact(_network(model, shape), p, max_regions=max_regions)
+    p, shapes = _prepare(model, norm, input_shape)
+    return _exact(_network(model, shapes), p, max_regions=max_regions)

@@ -36,16 +36,11 @@ from lipguard.bounds.api import (
     _prepare,
     lipschitz_bound,
 )
-from lipguard.bounds.graph import (
-    Activation,
-    Conv,
-    Dense,
-    Skip,
-    Sort,
-    module_settings,
-    to_operators,
-)
+from lipguard.bounds.frontend import input_shapes, to_graph
+from lipguard.bounds.graph import module_settings
+from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
+from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Sort, Sum
 from lipguard.errors import LipguardError
 from lipguard.results import LipschitzBound
 
@@ -80,42 +75,63 @@ def weights_dtype(model: nn.Module) -> str:
     return ",".join(sorted(names)) or "none"
 
 
-def _describe_operators(operators: Sequence) -> list:
+def _describe_graph(graph: Graph) -> list:
+    """A canonical, exact description of a graph: every node's operator kind, settings,
+    inputs and shape (constant index maps by the sha256 of their bytes)."""
     parts: list = []
-    for operator in operators:
-        if isinstance(operator, Dense):
-            parts.append(["dense", operator.in_shape, operator.out_shape])
-        elif isinstance(operator, Conv):
-            parts.append(
-                [
-                    "conv",
-                    operator.in_shape,
-                    operator.out_shape,
-                    operator.stride,
-                    operator.padding,
-                    operator.dilation,
-                    operator.groups,
-                ]
-            )
-        elif isinstance(operator, Activation):
-            parts.append(["activation", operator.spec.name, operator.shape])
-        elif isinstance(operator, Sort):
-            parts.append(["sort", operator.group_size, operator.descending, operator.shape])
-        elif isinstance(operator, Skip):
-            parts.append(["skip", _describe_operators(operator.body)])
-    return parts
+    for node in graph.nodes:
+        parts.append(
+            [type(node.op).__name__, list(node.inputs), list(node.shape), _settings_of(node.op)]
+        )
+    return [parts, list(graph.inputs), graph.output]
 
 
-def architecture_sha256(model: nn.Module, input_shape: Sequence[int]) -> str:
+def _settings_of(op) -> list:
+    if op is None:
+        return []
+    if isinstance(op, Dense):
+        return [list(op.in_shape), list(op.out_shape)]
+    if isinstance(op, Conv):
+        return [
+            list(op.in_shape),
+            list(op.out_shape),
+            op.stride,
+            op.padding,
+            op.dilation,
+            op.groups,
+        ]
+    if isinstance(op, Activation):
+        return [op.spec.name]
+    if isinstance(op, Sort):
+        return [op.group_size, op.descending]
+    if isinstance(op, Sum):
+        return list(op.coefficients)
+    if isinstance(op, Gather):
+        fill = None if op.fill is None else _bytes_sha256(op.fill)
+        return [_bytes_sha256(op.index), fill, list(op.in_sizes), list(op.out_shape)]
+    if isinstance(op, MaxPool):
+        return [_bytes_sha256(op.windows), list(op.in_shape), list(op.out_shape)]
+    return []  # Scale: its constants are buffers, in the weights hash
+
+
+def _bytes_sha256(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def architecture_sha256(model: nn.Module, input_shape: Sequence) -> str:
     """SHA-256 of an exact canonical description of the architecture: every module's path, type
     and settings (including ``inplace`` flags and activation parameters to the last bit) and the
-    operator sequence the bound engine sees for ``input_shape``."""
+    graph the bound engine reads for ``input_shape`` (one shape, or a list of them)."""
+    shapes = input_shapes(model, input_shape)
     modules = [
         [path, f"{type(module).__module__}.{type(module).__qualname__}", module_settings(module)]
         for path, module in model.named_modules()
     ]
-    operators = _describe_operators(to_operators(model, tuple(input_shape)))
-    text = json.dumps([list(input_shape), modules, operators], sort_keys=True, allow_nan=True)
+    graph = _describe_graph(to_graph(model, shapes))
+    text = json.dumps(
+        [[list(shape) for shape in shapes], modules, graph], sort_keys=True, allow_nan=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -145,7 +161,7 @@ class Certificate:
 
     upper: LipschitzBound
     lower: LipschitzLowerBound | None
-    input_shape: tuple[int, ...]
+    input_shape: tuple  # per-sample shape; a tuple of shapes for a model with several inputs
     dtype: str
     weights_sha256: str
     architecture_sha256: str
@@ -185,7 +201,7 @@ class Certificate:
             },
             "lower": lower,
             "gap": self.gap,
-            "input_shape": list(self.input_shape),
+            "input_shape": _listed(self.input_shape),
             "dtype": self.dtype,
             "weights_sha256": self.weights_sha256,
             "architecture_sha256": self.architecture_sha256,
@@ -294,7 +310,7 @@ class Certificate:
         if "multipliers" in details:
             if self.upper.method not in _MULTIPLIER_METHODS:
                 return None
-            network = _network(model, self.input_shape)
+            network = _network(model, input_shapes(model, self.input_shape))
             multipliers = [torch.tensor(m, dtype=torch.float64) for m in details["multipliers"]]
             proof = lmi.verify(network, lmi.global_slopes(network), multipliers, details["rho"])
             return None if proof is None else proof.value
@@ -307,7 +323,12 @@ class Certificate:
 def _from_dict(data: dict[str, Any]) -> Certificate:
     upper = data["upper"]
     norm = _parse_norm(upper["norm"])
-    shape = tuple(int(size) for size in data["input_shape"])
+    given = data["input_shape"]
+    if all(isinstance(size, list) for size in given):
+        shape: tuple = tuple(tuple(int(size) for size in item) for item in given)
+        witness_shape: tuple = (sum(math.prod(item) for item in shape),)
+    else:
+        shape = witness_shape = tuple(int(size) for size in given)
     lower = None
     if data["lower"] is not None:
         raw = data["lower"]
@@ -315,10 +336,11 @@ def _from_dict(data: dict[str, Any]) -> Certificate:
             _number(raw["value"]),
             norm,
             str(raw["method"]),
-            torch.tensor(raw["x"], dtype=torch.float64).reshape(shape),
-            torch.tensor(raw["y"], dtype=torch.float64).reshape(shape),
+            torch.tensor(raw["x"], dtype=torch.float64).reshape(witness_shape),
+            torch.tensor(raw["y"], dtype=torch.float64).reshape(witness_shape),
             _number(raw["gradient_norm"]),
             bool(raw["rigorous"]),
+            shape if witness_shape != shape else None,
         )
     bound = LipschitzBound(
         _number(upper["value"]),
@@ -340,6 +362,10 @@ def _from_dict(data: dict[str, Any]) -> Certificate:
         str(data["torch_version"]),
         str(data["created"]),
     )
+
+
+def _listed(shape: tuple) -> list:
+    return [list(item) if isinstance(item, tuple) else item for item in shape]
 
 
 def _number(value: Any) -> float:
@@ -370,22 +396,26 @@ def certify(
     method: str = "auto",
     *,
     inputs: torch.Tensor | None = None,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence | None = None,
     lower_bound: bool = True,
     seed: int = 0,
 ) -> Certificate:
     """Prove an upper bound, search for a witnessed lower bound, and bind both to ``model``.
 
-    ``inputs`` seeds the lower-bound search (a batch of typical inputs); without it, standard
-    normal points of the input shape are used.
+    ``inputs`` seeds the lower-bound search (a batch of typical inputs, one tensor per input for
+    a model with several); without it, standard normal points of the input shape are used.
     """
-    p, shape = _prepare(model, norm, input_shape)
+    p, shapes = _prepare(model, norm, input_shape)
+    shape = shapes[0] if len(shapes) == 1 else shapes
     upper = lipschitz_bound(model, p, method, input_shape=shape)
     lower = None
     if lower_bound:
         if inputs is None:
             generator = torch.Generator().manual_seed(seed)
-            inputs = torch.randn((16, *shape), generator=generator, dtype=torch.float64)
+            inputs = [
+                torch.randn((16, *item), generator=generator, dtype=torch.float64)
+                for item in shapes
+            ]
         lower = lipschitz_lower_bound(model, inputs, p, seed=seed)
         if lower.value > upper.value:  # both are proven about one function: a bug, not a claim
             raise CertificationError(

@@ -1,13 +1,10 @@
-"""Models as the bound engine sees them: a sequence of operators built by a per-module registry.
+"""The module front end: a per-module registry turns a model into a chain of operators.
 
-:func:`to_operators` walks a model and turns each supported module into operators on the
-flattened per-sample feature vector:
-
-- :class:`Dense` — ``y = W x + b`` (``nn.Linear``, lipguard's linear layers);
-- :class:`Conv` — a convolution on a known input shape (``nn.Conv1d``/``nn.Conv2d``, zero padding);
-- :class:`Activation` — an elementwise :class:`~lipguard.bounds.activations.ActivationSpec`;
-- :class:`Sort` — GroupSort / MaxMin on groups of consecutive features;
-- :class:`Skip` — a residual block ``x + body(x)``.
+:func:`to_operators` walks a model and turns each supported module into operators of
+:mod:`lipguard.bounds.ops` on the flattened per-sample feature vector (``nn.Linear`` and
+lipguard's linear layers → ``Dense``, convolutions → ``Conv``, activations → ``Activation``,
+GroupSort/MaxMin → ``Sort``, residual blocks → ``Skip``, …); :func:`module_graph` makes the
+chain a :class:`~lipguard.bounds.ir.Graph`, labelling every node with its module's path.
 
 Dispatch is on the module's exact type (a subclass may override ``forward``, so it is never
 assumed to behave like its parent); parametrised modules (``torch.nn.utils.parametrize``) map to
@@ -35,7 +32,6 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +40,17 @@ from torch.nn.utils import parametrize
 
 from lipguard.bounds import activations as act
 from lipguard.bounds.enclosure import Enclosure
+from lipguard.bounds.ir import Builder, Graph
+from lipguard.bounds.ops import (
+    Activation,
+    Conv,
+    Dense,
+    Operator,
+    Scale,
+    Shape,
+    Skip,
+    Sort,
+)
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
@@ -53,89 +60,6 @@ from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.residual import Residual
 from lipguard.nn.spectral import SpectralLinear
 
-Shape = tuple[int, ...]
-
-#: a convolution is materialised as a dense matrix only up to this many entries
-MAX_DENSE_ENTRIES = 2**24
-
-
-@dataclass(frozen=True)
-class Dense:
-    """``y = W x + b`` on flattened features; ``matrix`` and ``bias`` carry rounding bounds."""
-
-    matrix: Enclosure
-    bias: Enclosure
-    in_shape: Shape
-    out_shape: Shape
-
-
-@dataclass(frozen=True)
-class Conv:
-    """A convolution (cross-correlation, zero padding) on inputs of shape ``in_shape``."""
-
-    weight: torch.Tensor  # float64, (out_channels, in_channels / groups, *kernel)
-    bias: torch.Tensor  # float64, (out_channels,)
-    stride: tuple[int, ...]
-    padding: tuple[int, ...] | str
-    dilation: tuple[int, ...]
-    groups: int
-    in_shape: Shape
-    out_shape: Shape
-
-    def apply(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
-        """The convolution on a batch of flattened float64 inputs."""
-        functional = F.conv1d if len(self.in_shape) == 2 else F.conv2d
-        out = functional(
-            x.reshape(-1, *self.in_shape),
-            self.weight,
-            self.bias if with_bias else None,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
-        return out.reshape(x.shape[0], -1)
-
-    def dense(self) -> Dense:
-        """The exact dense matrix (columns are responses to basis vectors: one product each)."""
-        size_in, size_out = math.prod(self.in_shape), math.prod(self.out_shape)
-        if size_in * size_out > MAX_DENSE_ENTRIES:
-            raise UnsupportedModuleError(
-                f"a convolution from {self.in_shape} to {self.out_shape} is too large to "
-                f"materialise ({size_in}×{size_out}); use method='product'"
-            )
-        basis = torch.eye(size_in, dtype=torch.float64, device=self.weight.device)
-        matrix = self.apply(basis, with_bias=False).T.contiguous()
-        bias = self.bias.repeat_interleave(math.prod(self.out_shape[1:]))
-        return Dense(Enclosure(matrix), Enclosure(bias), self.in_shape, self.out_shape)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An elementwise activation."""
-
-    spec: act.ActivationSpec
-    shape: Shape
-
-
-@dataclass(frozen=True)
-class Sort:
-    """Sort consecutive groups of ``group_size`` features (GroupSort, MaxMin)."""
-
-    group_size: int
-    descending: bool
-    shape: Shape
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A residual block ``x + body(x)``."""
-
-    body: tuple[Operator, ...]
-    shape: Shape
-
-
-Operator = Dense | Conv | Activation | Sort | Skip
 Handler = Callable[[nn.Module, Shape, str], tuple[list[Operator], Shape]]
 _HANDLERS: dict[type[nn.Module], Handler] = {}
 #: each registered type's ``forward`` when it was registered (a later replacement is refused)
@@ -167,6 +91,8 @@ _INSTANCE_OVERRIDES = ("forward", "__call__", "_call_impl", "_wrapped_call_impl"
 #: True while the tensor the next module receives is also read later (a residual block's
 #: input, the model's input): an in-place module there would change what is read
 _INPUT_SHARED: ContextVar[bool] = ContextVar("lipguard_input_shared", default=False)
+#: the module path of each operator made during a walk (keyed by id), for the graph's labels
+_LABELS: ContextVar[dict[int, str] | None] = ContextVar("lipguard_labels", default=None)
 
 
 def register_module(module_type: type[nn.Module], handler: Handler) -> None:
@@ -184,16 +110,30 @@ def register_module(module_type: type[nn.Module], handler: Handler) -> None:
 
 def to_operators(model: nn.Module, input_shape: Sequence[int]) -> list[Operator]:
     """The operators of ``model`` for per-sample inputs of shape ``input_shape``."""
+    return _walk(model, input_shape)[0]
+
+
+def module_graph(model: nn.Module, input_shape: Sequence[int]) -> Graph:
+    """The graph of ``model``'s operator chain, each node labelled with its module's path."""
+    operators, labels = _walk(model, input_shape)
+    builder = Builder()
+    start = builder.input(tuple(int(size) for size in input_shape), "input")
+    return builder.finish(builder.chain(operators, start, "model", labels))
+
+
+def _walk(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[Operator], dict[int, str]]:
     shape = tuple(int(size) for size in input_shape)
     if not shape or any(size < 1 for size in shape):
         raise ShapeError(f"input_shape must be a non-empty shape of positive sizes, got {shape}")
     _check_global_state()
-    token = _INPUT_SHARED.set(True)  # the caller's input tensor
+    labels: dict[int, str] = {}
+    shared, labelled = _INPUT_SHARED.set(True), _LABELS.set(labels)  # the caller's input
     try:
         operators, _ = _convert(model, shape, "model")
     finally:
-        _INPUT_SHARED.reset(token)
-    return operators
+        _INPUT_SHARED.reset(shared)
+        _LABELS.reset(labelled)
+    return operators, labels
 
 
 def _check_global_state() -> None:
@@ -315,16 +255,11 @@ def _convert(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator]
     operators, out_shape = handler(module, shape, path)
     if operators:  # a fresh tensor: later in-place modules change nothing that is read again
         _INPUT_SHARED.set(False)
+    labels = _LABELS.get()
+    if labels is not None:
+        for operator in operators:  # children labelled their own operators first
+            labels.setdefault(id(operator), path)
     return operators, out_shape
-
-
-def _flat_size(shape: Shape, path: str, layer: nn.Module) -> int:
-    if len(shape) != 1:
-        raise ShapeError(
-            f"{path} ({type(layer).__name__}) receives features of shape {shape}; lipguard "
-            "bounds linear layers on flat features only (add nn.Flatten before it)"
-        )
-    return shape[0]
 
 
 def sequential_handler(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -340,18 +275,20 @@ def sequential_handler(module: nn.Module, shape: Shape, path: str) -> tuple[list
 def _dense(
     weight: torch.Tensor, bias: torch.Tensor | None, shape: Shape, path: str, layer: nn.Module
 ) -> tuple[list[Operator], Shape]:
-    size = _flat_size(shape, path, layer)
-    if weight.shape[1] != size:
-        raise ShapeError(f"{path} expects {weight.shape[1]} features, gets {size}")
+    if shape[-1] != weight.shape[1]:
+        raise ShapeError(
+            f"{path} ({type(layer).__name__}) expects {weight.shape[1]} features in the last "
+            f"dimension, gets inputs of shape {shape}"
+        )
     for label, tensor in (("weight", weight), ("bias", bias)):
         if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
             raise UnsupportedModuleError(
                 f"{path} ({type(layer).__name__}): its effective {label} holds NaN or infinity"
             )
-    out = weight.shape[0]
-    bias_value = torch.zeros(out, dtype=weight.dtype) if bias is None else bias
-    operator = Dense(Enclosure.exact(weight), Enclosure.exact(bias_value), shape, (out,))
-    return [operator], (out,)
+    out_shape = (*shape[:-1], weight.shape[0])
+    bias_value = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+    operator = Dense(Enclosure.exact(weight), Enclosure.exact(bias_value), shape, out_shape)
+    return [operator], out_shape
 
 
 def _linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -359,7 +296,18 @@ def _linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator],
 
 
 def _diagonal_affine(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
-    return _dense(torch.diag(module.scale), module.offset, shape, path, module)
+    if shape[-1] != module.scale.numel():
+        raise ShapeError(
+            f"{path} (DiagonalAffine) scales {module.scale.numel()} features, gets inputs of "
+            f"shape {shape}"
+        )
+    for label, tensor in (("scale", module.scale), ("offset", module.offset)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise UnsupportedModuleError(f"{path} (DiagonalAffine): its {label} is not finite")
+    rows = math.prod(shape[:-1])
+    scale = Enclosure.exact(module.scale.detach().repeat(rows))
+    shift = Enclosure.exact(module.offset.detach().repeat(rows))
+    return [Scale(scale, shift, shape)], shape
 
 
 def _lipguard_linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -457,9 +405,11 @@ def _group_sort(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operat
             f"{path}: {type(module).__name__}(dim={module.dim}) on features of shape {shape}; "
             "only sorting along the last feature dimension is supported"
         )
-    size = _flat_size(shape, path, module)
-    if size % module.group_size:
-        raise ShapeError(f"{path}: group size {module.group_size} does not divide {size}")
+    if shape[-1] % module.group_size:
+        raise ShapeError(
+            f"{path}: group size {module.group_size} does not divide the last dimension of "
+            f"features of shape {shape}"
+        )
     return [Sort(module.group_size, module.descending, shape)], shape
 
 

@@ -30,8 +30,9 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
-from lipguard.bounds.evaluate import OperatorNetwork, enclose, relative_temperature
-from lipguard.bounds.graph import Operator, to_operators
+from lipguard.bounds.evaluate import GraphFunction, enclose, relative_temperature
+from lipguard.bounds.frontend import Shapes, to_graph
+from lipguard.bounds.ir import Graph
 from lipguard.bounds.network import Network
 from lipguard.errors import LipguardError, ShapeError
 from lipguard.linalg import U64
@@ -49,9 +50,11 @@ class LipschitzLowerBound:
         x, y: the witness inputs (per-sample shape, float64).
         gradient_norm: ``||J(x)||_{p→p}`` of the function at ``x`` (where differentiable).
         rigorous: True when ``value`` is a guaranteed underestimate of the ratio for the
-            function the engine's upper bounds are about (the model converted to the engine's
-            operators, outputs enclosed with their rounding); False for a model the engine does
-            not support, where it is the float64 ratio of a float64 copy.
+            function the engine's upper bounds are about (the model's graph, outputs enclosed
+            with their rounding); False for a model the engine does not support, where it is
+            the float64 ratio of a float64 copy.
+        shapes: the model's input shapes when it has several (``x``, ``y`` are then joint
+            flat vectors); ``None`` for one input of ``x``'s shape.
     """
 
     value: float
@@ -61,6 +64,7 @@ class LipschitzLowerBound:
     y: torch.Tensor
     gradient_norm: float
     rigorous: bool = True
+    shapes: Shapes | None = None
 
     @property
     def sound(self) -> bool:
@@ -68,46 +72,51 @@ class LipschitzLowerBound:
 
     def check(self, model: nn.Module) -> float:
         """Recompute the witnessed ratio on ``model`` (the same function as when it was found)."""
-        return _Target.of(model, self.x.shape).ratio(self.x, self.y, self.norm)
+        shapes = self.shapes if self.shapes is not None else (tuple(self.x.shape),)
+        return _Target.of(model, shapes).ratio(self.x, self.y, self.norm)
 
 
 class _Target:
-    """The function a lower bound is about, its smooth surrogate and its rigorous ratio."""
+    """The function a lower bound is about, its smooth surrogate and its rigorous ratio.
+
+    Points have per-sample shape of the model's input, or for a model with several inputs are
+    their joint flat vector."""
 
     def __init__(
         self,
         function: nn.Module,
         temperature: list[float],
         smooth: nn.Module,
-        operators: Sequence[Operator] | None,
-        shape: torch.Size,
+        graph: Graph | None,
+        shapes: Shapes,
     ) -> None:
         self.function, self.temperature, self.smooth = function, temperature, smooth
-        self.operators, self.shape = operators, shape
+        self.graph, self.shapes = graph, shapes
 
     @staticmethod
-    def of(model: nn.Module, shape: torch.Size) -> _Target:
+    def of(model: nn.Module, shapes: Shapes) -> _Target:
         temperature = [1.0]
         try:
-            operators = to_operators(model, tuple(shape))
+            graph = to_graph(model, shapes)
         except LipguardError:
-            exact = copy.deepcopy(model).to(torch.float64).eval()
-            return _Target(exact, temperature, _surrogate(exact, temperature), None, shape)
-        exact = _Shaped(OperatorNetwork(operators), shape)
-        smooth = _Shaped(OperatorNetwork(operators, temperature), shape)
-        return _Target(exact, temperature, smooth, operators, shape)
+            exact = _Split(copy.deepcopy(model).to(torch.float64).eval(), shapes)
+            smooth = _Split(_surrogate(exact.model, temperature), shapes)
+            return _Target(exact, temperature, smooth, None, shapes)
+        exact = _Flat(GraphFunction(graph))
+        smooth = _Flat(GraphFunction(graph, temperature))
+        return _Target(exact, temperature, smooth, graph, shapes)
 
     @property
     def rigorous(self) -> bool:
-        return self.operators is not None
+        return self.graph is not None
 
     def first_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(W_0, b_0)`` when the function starts with an affine map into piecewise-linear
         neurons (where flipping a first-layer neuron is a well-defined move), else ``None``."""
-        if self.operators is None:
+        if self.graph is None:
             return None
         try:
-            network = Network.from_operators(self.operators, math.prod(self.shape))
+            network = Network.from_graph(self.graph)
         except LipguardError:
             return None
         if not network.hidden or not network.hidden[0].piecewise_linear:
@@ -119,11 +128,11 @@ class _Target:
         distance = float(_vector_norm((x - y).unsqueeze(0), norm)[0])
         if distance == 0.0:
             return 0.0
-        if self.operators is None:
+        if self.graph is None:
             with torch.no_grad():
                 change = self.function(x.unsqueeze(0)) - self.function(y.unsqueeze(0))
             return float(_vector_norm(change, norm)[0]) / distance
-        low, high = enclose(self.operators, torch.stack([x, y]))
+        low, high = enclose(self.graph, torch.stack([x.reshape(-1), y.reshape(-1)]))
         centre_gap = (high[1] + low[1]) / 2 - (high[0] + low[0]) / 2
         widths = (high[0] - low[0]) / 2 + (high[1] - low[1]) / 2
         gap = float(torch.linalg.vector_norm(centre_gap, ord=norm))
@@ -132,15 +141,32 @@ class _Target:
         return value if value > 0.0 else 0.0  # NaN (overflow) and negatives prove nothing
 
 
-class _Shaped(nn.Module):
-    """A flat-input function on inputs of per-sample shape ``shape``."""
+class _Flat(nn.Module):
+    """A function of joint flat input vectors, on points of any per-sample shape."""
 
-    def __init__(self, function: nn.Module, shape: torch.Size) -> None:
+    def __init__(self, function: nn.Module) -> None:
         super().__init__()
-        self.function, self.shape = function, shape
+        self.function = function
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.function(x.reshape(x.shape[0], -1))
+
+
+class _Split(nn.Module):
+    """A model called with its inputs cut out of the points (one input: reshaped)."""
+
+    def __init__(self, model: nn.Module, shapes: Shapes) -> None:
+        super().__init__()
+        self.model, self.shapes = model, shapes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        parts, start = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            parts.append(flat[:, start : start + size].reshape(x.shape[0], *shape).clone())
+            start += size
+        return self.model(*parts).reshape(x.shape[0], -1)
 
 
 class _SmoothReLU(nn.Module):
@@ -213,7 +239,7 @@ def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
 
 def lipschitz_lower_bound(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     norm: float | str = 2,
     *,
     restarts: int = 4,
@@ -227,7 +253,9 @@ def lipschitz_lower_bound(
         model: any ``nn.Module`` mapping a batch ``(N, *shape)`` to ``(N, ...)`` outputs; one the
             bound engine converts is searched and witnessed on exactly the function its upper
             bounds are about.
-        inputs: start points ``(N, *shape)`` (e.g. data); ``restarts`` noisy copies are added.
+        inputs: start points ``(N, *shape)`` (e.g. data), or one tensor per input for a model
+            with several (the witnesses are then joint flat vectors); ``restarts`` noisy copies
+            are added.
         norm: the ℓp norm on inputs and outputs (1, 2 or inf).
         restarts: extra start points per input, perturbed by noise of the inputs' scale.
         steps: gradient-ascent steps in each phase.
@@ -235,10 +263,19 @@ def lipschitz_lower_bound(
         seed: seeds the perturbations.
     """
     p = parse_norm(norm)
-    _checks.finite_tensor("inputs", inputs)
-    if inputs.dim() < 2 or inputs.shape[0] == 0:
-        raise ShapeError(f"inputs must be a non-empty batch (N, ...), got {tuple(inputs.shape)}")
-    target = _Target.of(model, inputs.shape[1:])
+    tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    for tensor in tensors:
+        _checks.finite_tensor("inputs", tensor)
+        if tensor.dim() < 2 or tensor.shape[0] == 0 or tensor.shape[0] != tensors[0].shape[0]:
+            raise ShapeError(
+                f"inputs must be non-empty batches (N, ...) of one size, got {tuple(tensor.shape)}"
+            )
+    shapes = tuple(tuple(tensor.shape[1:]) for tensor in tensors)
+    if len(tensors) > 1:
+        inputs = torch.cat([t.detach().to(torch.float64).flatten(1) for t in tensors], dim=1)
+    else:
+        inputs = tensors[0]
+    target = _Target.of(model, shapes)
     exact = target.function
     generator = torch.Generator().manual_seed(seed)
     base = inputs.detach().to(torch.float64)
@@ -272,7 +309,14 @@ def lipschitz_lower_bound(
     x, y = pairs[winner]
     gradient = float(_operator_norms(_jacobians(exact, x.unsqueeze(0), create_graph=False), p)[0])
     return LipschitzLowerBound(
-        ratios[winner], p, "surrogate ascent + pairwise", x, y, gradient, target.rigorous
+        ratios[winner],
+        p,
+        "surrogate ascent + pairwise",
+        x,
+        y,
+        gradient,
+        target.rigorous,
+        shapes if len(shapes) > 1 else None,
     )
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from lipguard.bounds.enclosure import Enclosure
-from lipguard.bounds.graph import Conv, Dense
+from lipguard.bounds.ops import Conv, Dense
 from lipguard.linalg import U64, gamma, spectral_norm_certificate, spectral_norm_upper_bounds
 
 #: convolutions with at most this many matrix entries are also certified as dense matrices
@@ -41,8 +41,17 @@ def matrix_norm(matrix: Enclosure, norm: float) -> float:
     return up(spectral_norm_certificate(matrix.value).upper + matrix.frobenius_error())
 
 
+def scale_norm(scale: Enclosure) -> float:
+    """``max_i |s_i|`` of an entrywise scaling (its rounding bound included): its operator norm
+    in every ℓp."""
+    if scale.value.numel() == 0:
+        return 0.0
+    return up(float((scale.value.abs() + scale.abs_error()).max()))
+
+
 def operator_norm(operator: Dense | Conv, norm: float) -> float:
-    """A sound operator norm of a dense or convolutional operator (ℓ2 or ℓ∞)."""
+    """A sound operator norm of a dense or convolutional operator (ℓ2 or ℓ∞); a dense map on
+    several row blocks is block-diagonal, with the norm of its matrix."""
     if isinstance(operator, Dense):
         return matrix_norm(operator.matrix, norm)
     if norm == math.inf:

@@ -11,7 +11,9 @@ operators, with the exact intermediate values enclosed (:mod:`lipguard.bounds.ev
   the subnormal floor, with ``k`` the number of non-zero terms in each output's sum;
 - elementwise activations: ``Lip(φ)·e`` plus :data:`ACTIVATION_ULPS` ulps of the result (ReLU
   and identity are exact, LeakyReLU one rounding);
-- sorting is exact and 1-Lipschitz in each group's ℓ∞ norm; a residual sum adds one rounding.
+- entrywise scalings ``s ⊙ x + t``: ``|s|·e`` plus :data:`SCALE_ROUNDINGS` roundings;
+- sums of branches: ``Σ|c_k|·e_k`` plus ``γ`` of the sum; gathers copy exactly;
+- sorting and max-pooling are exact and 1-Lipschitz in each group's (window's) ℓ∞ norm.
 
 Assumptions (stated, not checked): IEEE arithmetic in the dtype with round-to-nearest, any
 summation order (FMA allowed); half and bfloat16 matrix products accumulate in float32 and round
@@ -23,35 +25,80 @@ library ``tanh``/``exp``/``erf`` within :data:`ACTIVATION_ULPS` ulps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lipguard.bounds import activations as act
-from lipguard.bounds.evaluate import dense_interval, known, rounded
-from lipguard.bounds.graph import Activation, Conv, Dense, Operator, Sort
+from lipguard.bounds import ops
+from lipguard.bounds.evaluate import apply_abs, propagate
+from lipguard.bounds.ir import Graph
+from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Scale, Sort
 from lipguard.linalg import underflow_unit, unit_roundoff
 
 #: accuracy assumed of a library activation (tanh, sigmoid, exp, erf), in ulps of the result
 ACTIVATION_ULPS = 8
+#: roundings allowed for an entrywise scaling (batch norm: x - μ, its computed 1/√(σ² + ε),
+#: two products and a sum)
+SCALE_ROUNDINGS = 6
 
 
-def forward_error(
-    operators: Sequence[Operator], points: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """Per point and output, a bound on ``|f̂(x) - f(x)|`` where ``f̂`` evaluates the operators in
-    ``dtype`` on the input ``x`` exactly as given (float64 ``(N, ...)`` points representable in
-    ``dtype``); ``inf`` where no bound holds (e.g. a sum too long for ``dtype``)."""
+def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per point and output, a bound on ``|f̂(x) - f(x)|`` where ``f̂`` evaluates the graph in
+    ``dtype`` on the joint input ``x`` exactly as given (float64 ``(N, ...)`` points
+    representable in ``dtype``); ``inf`` where no bound holds (a sum too long for ``dtype``, a
+    value that may overflow it)."""
     x = points.reshape(points.shape[0], -1).to(torch.float64)
-    error = torch.zeros_like(x)
-    return _propagate(operators, x, x.clone(), error, _Units(dtype))[2]
+    units = _Units(dtype)
+    intervals = propagate(graph, x, x.clone())
+    errors: list[torch.Tensor | None] = [None] * len(graph.nodes)
+    for index, part in zip(graph.inputs, graph.input_slices(), strict=True):
+        errors[index] = torch.zeros_like(x[:, part])
+    for index, node in enumerate(graph.nodes):
+        if node.op is None:
+            continue
+        sources = [(intervals[i], errors[i]) for i in node.inputs]
+        error = _error(node.op, sources, intervals[index], units)
+        low, high = intervals[index]
+        errors[index] = _overflow(error, low, high, units)
+    return errors[graph.output]
 
 
 def _overflow(error: torch.Tensor, low, high, units: _Units) -> torch.Tensor:
     """``inf`` wherever a computed value may leave the dtype's range (it would become ±inf)."""
     reach = torch.maximum(low.abs(), high.abs()) + error
     return torch.where(reach < units.largest, error, math.inf)
+
+
+def _error(op, sources, result, units: _Units) -> torch.Tensor:
+    """The error bound of one node from its inputs' intervals and error bounds."""
+    (low, high), error = sources[0]
+    if isinstance(op, Dense | Conv):
+        return _affine_error(op, low, high, error, units)
+    if isinstance(op, Activation):
+        return _activation_error(op.spec, low, high, error, units)
+    if isinstance(op, Sort):  # exact, and 1-Lipschitz in each group's ℓ∞ norm
+        group = op.group_size
+        largest = error.unflatten(-1, (-1, group)).amax(-1, keepdim=True)
+        return largest.expand(*largest.shape[:-1], group).flatten(-2)
+    if isinstance(op, MaxPool):  # exact, and 1-Lipschitz in each window's ℓ∞ norm
+        return ops.max_pool(op, error).clamp(min=0.0)
+    if isinstance(op, Gather):  # exact copies; constants carry no error
+        return ops.gather(op, [e for _, e in sources]) * (op.index >= 0)
+    magnitude = torch.maximum(result[0].abs(), result[1].abs())
+    if isinstance(op, Scale):  # up to SCALE_ROUNDINGS roundings (batch norm computes its scale)
+        s = op.scale.value.abs() + op.scale.abs_error()
+        reach = (torch.maximum(low.abs(), high.abs()) + error) * s + op.shift.value.abs()
+        roundings = SCALE_ROUNDINGS
+        return s * error + roundings * units.result * reach + roundings * units.floor
+    # Sum: c_k·x_k (one rounding each unless c = ±1), then the additions
+    total = torch.zeros_like(magnitude)
+    reach = torch.zeros_like(magnitude)
+    for coefficient, ((lo, hi), e) in zip(op.coefficients, sources, strict=True):
+        term = abs(coefficient) * (torch.maximum(lo.abs(), hi.abs()) + e)
+        total = total + abs(coefficient) * e
+        reach = reach + term
+    terms = len(op.coefficients)
+    return total + units.gamma(torch.tensor(2 * terms)) * reach + terms * units.floor
 
 
 class _Units:
@@ -78,75 +125,31 @@ class _Units:
         return torch.where(ku < 0.5, ku / (1 - ku), math.inf)
 
 
-def _propagate(operators, low, high, error, units: _Units):
-    for operator in operators:
-        if isinstance(operator, Dense | Conv):
-            error = _affine_error(operator, low, high, error, units)
-            low, high = dense_interval(operator, low, high)
-        elif isinstance(operator, Activation):
-            error = _activation_error(operator.spec, low, high, error, units)
-            low, high = known(*operator.spec.value_range(low, high))
-        elif isinstance(operator, Sort):
-            group = operator.group_size
-            largest = error.unflatten(-1, (-1, group)).amax(-1, keepdim=True)
-            error = largest.expand(*largest.shape[:-1], group).flatten(-2)
-            low, high = (_sorted(operator, bound) for bound in (low, high))
-        else:
-            body_low, body_high, body_error = _propagate(operator.body, low, high, error, units)
-            low, high = rounded(low + body_low, high + body_high)
-            magnitude = torch.maximum(low.abs(), high.abs())
-            error = (error + body_error) * (1 + 2 * units.result) + units.result * magnitude
-            error = error + units.floor
-        error = _overflow(error, low, high, units)
-    return low, high, error
-
-
-def _sorted(operator: Sort, h: torch.Tensor) -> torch.Tensor:
-    groups = h.unflatten(-1, (-1, operator.group_size))
-    return groups.sort(dim=-1, descending=operator.descending).values.flatten(-2)
-
-
 def _affine_error(operator, low, high, error, units: _Units) -> torch.Tensor:
-    """``|W|e + γ_k(|W|(|h| + e) + |b|) + u|y| + floor`` (the last two: rounding the result)."""
+    """``|W|e + γ_k(|W|(|h| + e) + |b|) + u|y| + floor`` (the last two: rounding the result),
+    ``k`` the number of non-zero terms in each output's sum."""
     if isinstance(operator, Dense):
-        weight = operator.matrix.value
-        bias = operator.bias.value
-        apply = lambda h, w: F.linear(h, w)  # noqa: E731
-        terms = (weight != 0).sum(dim=1) + (bias != 0)
+        weight, bias = operator.matrix.value, operator.bias.value
+        terms = ((weight != 0).sum(dim=1) + (bias != 0)).repeat(operator.blocks)
+        bias = bias.abs().repeat(operator.blocks)
     else:
-        weight = operator.weight
-        bias = operator.bias.repeat_interleave(math.prod(operator.out_shape[1:]))
-        apply = lambda h, w: _conv(operator, h, w)  # noqa: E731
-        per_output = (weight != 0).flatten(1).sum(dim=1)
-        terms = per_output.repeat_interleave(math.prod(operator.out_shape[1:])) + (bias != 0)
+        positions = math.prod(operator.out_shape[1:])
+        bias = operator.bias.abs().repeat_interleave(positions)
+        per_output = (operator.weight != 0).flatten(1).sum(dim=1)
+        terms = per_output.repeat_interleave(positions) + (operator.bias != 0).repeat_interleave(
+            positions
+        )
     magnitude = torch.maximum(low.abs(), high.abs())
-    absolute = weight.abs()
-    propagated = apply(error, absolute)
-    reach = apply(magnitude + error, absolute)
+    propagated = apply_abs(operator, error, with_error=False)
+    reach = apply_abs(operator, magnitude + error, with_error=False)
     inputs = 2 * units.product_inputs * (1 + units.product_inputs) * reach  # TF32/bf16 operands
-    accumulated = units.gamma(terms + 1) * (reach + bias.abs())
-    result = reach + bias.abs() + accumulated
+    accumulated = units.gamma(terms + 1) * (reach + bias)
+    result = reach + bias + accumulated
     total = propagated + inputs + accumulated + units.result * result + units.floor * (terms + 1)
     return torch.where(torch.isfinite(total), total * (1 + 1e-12), math.inf)
 
 
-def _conv(operator: Conv, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    functional = F.conv1d if len(operator.in_shape) == 2 else F.conv2d
-    out = functional(
-        h.reshape(-1, *operator.in_shape),
-        weight,
-        None,
-        operator.stride,
-        operator.padding,
-        operator.dilation,
-        operator.groups,
-    )
-    return out.reshape(h.shape[0], -1)
-
-
-def _activation_error(
-    spec: act.ActivationSpec, low, high, error, units: _Units
-) -> torch.Tensor:
+def _activation_error(spec: act.ActivationSpec, low, high, error, units: _Units) -> torch.Tensor:
     """``Lip(φ)·e`` plus the rounding of ``φ`` at the computed point."""
     propagated = spec.lipschitz * error
     if spec.name in ("relu", "identity"):

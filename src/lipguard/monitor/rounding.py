@@ -64,7 +64,7 @@ class FloatingPointSlack:
         return slack * (1 + 1e-9)
 
     def _model_error(self, states: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-        from lipguard.bounds.graph import to_operators
+        from lipguard.bounds.frontend import to_graph
         from lipguard.bounds.rounding import forward_error
 
         dtype = model_dtype(self.model)
@@ -72,31 +72,31 @@ class FloatingPointSlack:
         rounded = exact.to(dtype).to(torch.float64)
         try:
             with torch.no_grad():
-                operators = to_operators(self.model, tuple(exact.shape[1:]))
+                graph = to_graph(self.model, (tuple(exact.shape[1:]),))
         except LipguardError as error:
             if not self._warned:
                 logger.warning("tolerance='auto' cannot bound the model's rounding: %s", error)
                 self._warned = True
             return np.zeros(len(states))
-        error = forward_error(operators, rounded, dtype)[:, 0].numpy()
+        error = forward_error(graph, rounded, dtype)[:, 0].numpy()
         moved = torch.linalg.vector_norm(rounded - exact, ord=self.norm, dim=1).numpy()
         return error + bounds * moved
 
     def gradient_factor(self) -> float:
         """Relative slack of a computed input gradient: ``2·Σ γ_{k+1}`` over the model's affine
         operators (``k`` their widest sum) in its dtype, at least ``64·u``."""
-        from lipguard.bounds.graph import Conv, Dense, to_operators
+        from lipguard.bounds.frontend import input_shapes, to_graph
+        from lipguard.bounds.ops import Conv, Dense
 
         assert self.model is not None
         dtype = model_dtype(self.model)
         u = unit_roundoff(dtype if dtype == torch.float64 else torch.float32)
         total = 64 * unit_roundoff(dtype)
         try:
-            shape = _input_shape(self.model)
-            operators = to_operators(self.model, shape) if shape else []
+            operators = to_graph(self.model, input_shapes(self.model, None)).operators()
         except LipguardError:
             return total
-        for operator in _flat(operators):
+        for operator in operators:
             if isinstance(operator, Dense):
                 terms = operator.matrix.value.shape[1] + 1
             elif isinstance(operator, Conv):
@@ -105,22 +105,3 @@ class FloatingPointSlack:
                 continue
             total += 2 * gamma(terms, u) if terms * u < 0.5 else math.inf
         return total
-
-
-def _input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    from lipguard.bounds.graph import infer_input_shape
-
-    try:
-        return infer_input_shape(model)
-    except LipguardError:
-        return None
-
-
-def _flat(operators):
-    from lipguard.bounds.graph import Skip
-
-    for operator in operators:
-        if isinstance(operator, Skip):
-            yield from _flat(operator.body)
-        else:
-            yield operator

@@ -2,9 +2,9 @@
 
 Environments step one small batch at a time, where PyTorch's per-call overhead (tens of
 microseconds per layer, plus lipguard's certificate checks) dwarfs the arithmetic.
-:class:`FrozenReward` reads the model once through the bound engine's operators (dense layers —
-lipguard's constrained layers with their effective weights, standardisation included — ReLU,
-tanh, GroupSort/MaxMin) and evaluates them with NumPy in float64. Before every call it compares
+:class:`FrozenReward` reads the model once through the bound engine's graph (a chain of dense
+layers — lipguard's constrained layers with their effective weights —, standardisation, ReLU,
+tanh, GroupSort/MaxMin) and evaluates it with NumPy in float64. Before every call it compares
 the model with the snapshot's sources — every parameter and buffer by value (``torch.equal``
 semantics, so ``.data`` edits, which autograd's version counter does not see, are caught, and so
 are replaced tensors) and every module's settings (a layer's ``lipschitz``, say) — and re-reads
@@ -20,14 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipguard.bounds.graph import (
-    Activation,
-    Dense,
-    Sort,
-    infer_input_shape,
-    module_settings,
-    to_operators,
-)
+from lipguard.bounds.graph import infer_input_shape, module_graph, module_settings
+from lipguard.bounds.ops import Activation, Dense, Scale, Sort
 from lipguard.errors import UnsupportedModuleError
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -126,21 +120,27 @@ class FrozenReward:
             for key in module_settings(module)
         ]
         with torch.no_grad():
-            operators = to_operators(self.model, self._shape)
+            graph = module_graph(self.model, self._shape)
         layers = []
-        for operator in operators:
-            if isinstance(operator, Dense):
-                layers.append(
-                    _dense(operator.matrix.value.cpu().numpy(), operator.bias.value.cpu().numpy())
+        for index, node in enumerate(graph.nodes[1:], start=1):
+            op = node.op
+            if node.inputs != (index - 1,):
+                raise UnsupportedModuleError(
+                    "FrozenReward evaluates chains of layers only; call the model itself"
                 )
-            elif isinstance(operator, Activation) and operator.spec.name in _ACTIVATIONS:
-                layers.append(_ACTIVATIONS[operator.spec.name])
-            elif isinstance(operator, Sort):
-                layers.append(_sort(operator.group_size, operator.descending))
+            if isinstance(op, Dense) and op.blocks == 1:
+                layers.append(_dense(op.matrix.value.cpu().numpy(), op.bias.value.cpu().numpy()))
+            elif isinstance(op, Scale):
+                scale, shift = op.scale.value.cpu().numpy(), op.shift.value.cpu().numpy()
+                layers.append(lambda x, s=scale, t=shift: x * s + t)
+            elif isinstance(op, Activation) and op.spec.name in _ACTIVATIONS:
+                layers.append(_ACTIVATIONS[op.spec.name])
+            elif isinstance(op, Sort):
+                layers.append(_sort(op.group_size, op.descending))
             else:
                 raise UnsupportedModuleError(
-                    f"FrozenReward evaluates dense layers, ReLU, tanh and GroupSort only, not "
-                    f"{type(operator).__name__}; call the model itself"
+                    f"FrozenReward evaluates dense layers, scalings, ReLU, tanh and GroupSort "
+                    f"only, not {type(op).__name__} ({node.where}); call the model itself"
                 )
         self._layers = layers
 

@@ -58,14 +58,14 @@ class PessimisticReward:
         input_shape: Sequence[int] | None = None,
     ):
         from lipguard.bounds import lipschitz_bound
-        from lipguard.bounds.graph import infer_input_shape, to_operators
+        from lipguard.bounds.frontend import input_shapes, to_graph
 
         self.eps = _checks.positive_float("eps", eps)
         self.norm = parse_norm(norm)
         self.local = local
         self.model = copy.deepcopy(model).eval()  # the snapshot the operators are read from
-        self.input_shape = tuple(input_shape or infer_input_shape(self.model))
-        self._operators = to_operators(self.model, self.input_shape)
+        self.input_shape = input_shapes(self.model, input_shape)[0]
+        self._graph = to_graph(self.model, (self.input_shape,))
         self.global_bound = min(
             lipschitz_bound(self.model, self.norm, method, input_shape=self.input_shape).value
             for method in ("product", "compositional")
@@ -89,7 +89,7 @@ class PessimisticReward:
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         from lipguard.bounds.evaluate import enclose
 
-        low, _ = enclose(self._operators, features.detach())
+        low, _ = enclose(self._graph, features.detach())
         if low.shape[1] != 1:
             raise ShapeError(f"a reward model has one output, this one has {low.shape[1]}")
         drop = torch.nextafter(self.lipschitz(features) * self.eps, torch.tensor(math.inf))
