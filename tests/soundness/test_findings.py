@@ -530,7 +530,7 @@ def test_finding_11_pessimistic_reward_is_exact_for_a_linear_reward():
     x = torch.randn(4, 16)
     pessimistic = PessimisticReward(layer, eps=0.25, local=False)(x)
     weight = [Fraction(float(w)) for w in layer.effective_weight().detach().double().reshape(-1)]
-    bias = Fraction(float(layer.bias.double()))
+    bias = Fraction(float(layer.bias.detach().double()))
     norm_squared = sum(w * w for w in weight)
     for row, claimed in zip(x.double(), pessimistic, strict=True):
         value = sum(w * Fraction(float(v)) for w, v in zip(weight, row, strict=True)) + bias

@@ -17,8 +17,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lipguard.bounds.graph import infer_input_shape, module_graph
+from lipguard.bounds.graph import (
+    UnregisteredModuleError,
+    check_untampered,
+    infer_input_shape,
+    module_graph,
+)
 from lipguard.bounds.ir import Graph
+from lipguard.bounds.trace import trace_graph
 from lipguard.errors import InvalidArgumentError, ShapeError
 
 Shapes = tuple[tuple[int, ...], ...]
@@ -46,10 +52,12 @@ def input_shapes(model: nn.Module, input_shape: Sequence | None) -> Shapes:
 
 
 def to_graph(model: nn.Module, shapes: Shapes) -> Graph:
-    """The graph of ``model`` for inputs of per-sample ``shapes``."""
-    if len(shapes) != 1:
-        raise InvalidArgumentError(
-            f"{type(model).__name__} takes one input in the module registry; got {len(shapes)} "
-            "input shapes"
-        )
-    return module_graph(model, shapes[0])
+    """The graph of ``model`` for inputs of per-sample ``shapes``: the module registry's when it
+    knows every module (one input), else the traced computation's."""
+    if len(shapes) == 1:
+        try:
+            return module_graph(model, shapes[0])
+        except UnregisteredModuleError:
+            pass  # a module the registry does not know: trace the whole model instead
+    check_untampered(model)
+    return trace_graph(model, shapes)

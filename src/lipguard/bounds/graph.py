@@ -212,7 +212,19 @@ def _dispatch_type(module: nn.Module, path: str) -> type[nn.Module]:
     return type(module)
 
 
-def _convert(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+class UnregisteredModuleError(UnsupportedModuleError):
+    """The registry has no handler for a module type (the tracing front end may read it)."""
+
+
+def check_untampered(model: nn.Module) -> None:
+    """Refuse global overrides and, in every submodule, hooks and overrides of what calling it
+    computes (the checks the registry applies module by module, for a model it will not walk)."""
+    _check_global_state()
+    for path, module in model.named_modules(prefix="model"):
+        _check_calls(module, path)
+
+
+def _check_calls(module: nn.Module, path: str) -> None:
     name = type(module).__name__
     if module._forward_hooks or module._forward_pre_hooks:
         raise UnsupportedModuleError(
@@ -235,10 +247,15 @@ def _convert(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator]
             raise UnsupportedModuleError(
                 f"{path} ({name}) defines or replaces {attribute}; only forward is understood"
             )
+
+
+def _convert(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+    name = type(module).__name__
+    _check_calls(module, path)
     dispatch = _dispatch_type(module, path)
     handler = _HANDLERS.get(dispatch)
     if handler is None:
-        raise UnsupportedModuleError(
+        raise UnregisteredModuleError(
             f"{path}: {name} is not supported by the bound engine (it is never "
             "assumed to be 1-Lipschitz); register it with lipguard.bounds.register_module"
         )
