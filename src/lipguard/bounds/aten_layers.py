@@ -123,8 +123,13 @@ def _addmm(converter, node, args, kwargs, where):
 
 def _matmul(converter, node, args, kwargs, where):
     x, matrix = args[0], args[1]
-    if not isinstance(x, Traced) or isinstance(matrix, Traced):
+    if isinstance(x, Traced) and isinstance(matrix, Traced):
         raise UnsupportedModuleError(f"{where}: a product of two input-dependent tensors")
+    if not isinstance(x, Traced):
+        raise UnsupportedModuleError(
+            f"{where}: a matrix product with the constant on the left (W @ x); transpose it to "
+            "x @ Wᵀ"
+        )
     return _dense(converter, x, torch.as_tensor(matrix).T, None, where)
 
 
@@ -289,27 +294,28 @@ def _avg_pool(converter, node, args, kwargs, where):
     ceil_mode = args[4] if len(args) > 4 else False
     count_include_pad = args[5] if len(args) > 5 else True
     divisor = args[6] if len(args) > 6 else None
-    if ceil_mode or not count_include_pad or divisor is not None:
+    if ceil_mode or divisor is not None:
         raise UnsupportedModuleError(
-            f"{where}: average pooling with ceil_mode, count_include_pad=False or a divisor "
-            "override (a divisor that varies by position)"
+            f"{where}: average pooling with ceil_mode or a divisor override"
         )
-    return _average_conv(converter, x, kernel, stride, padding, where)
+    return _average_conv(converter, x, kernel, stride, padding, where, count_include_pad)
 
 
-def _average_conv(converter, x, kernel, stride, padding, where) -> Traced:
-    """The window sums (a depthwise convolution of ones, exact) divided by the window size (a
-    scaling whose ``1/k`` carries its rounding)."""
+def _average_conv(
+    converter, x, kernel, stride, padding, where, count_include_pad: bool = True
+) -> Traced:
+    """The window sums (a depthwise convolution of ones, exact) divided by the window size —
+    or, without counting the padding, by each window's number of real entries — as a scaling
+    whose ``1/k`` carries its rounding."""
     shape = converter.shape(x)
     spatial = len(shape) - 1
     kernel, stride, padding = (tupled(v, spatial) for v in (kernel, stride, padding))
     channels = shape[0]
     weight = torch.ones((channels, 1, *kernel), dtype=torch.float64)
     functional = F.conv1d if spatial == 1 else F.conv2d
-    probe = functional(
-        torch.zeros(1, *shape, dtype=torch.float64), weight, None, stride, padding, 1, channels
-    )
-    out_shape = tuple(probe.shape[1:])
+    ones = torch.ones(1, *shape, dtype=torch.float64)
+    counts = functional(ones, weight, None, stride, padding, 1, channels)
+    out_shape = tuple(counts.shape[1:])
     op = Conv(
         weight,
         torch.zeros(channels, dtype=torch.float64),
@@ -321,13 +327,17 @@ def _average_conv(converter, x, kernel, stride, padding, where) -> Traced:
         out_shape,
     )
     summed = converter.add(op, [x], where)
-    return _divided(converter, summed, math.prod(kernel), where)
+    if count_include_pad:
+        counts = torch.full_like(counts, float(math.prod(kernel)))
+    return _divided(converter, summed, counts.reshape(-1), where)
 
 
-def _divided(converter, value: Traced, count: int, where: str) -> Traced:
-    """``value / count`` as a scaling by ``1/count`` (with its rounding bound)."""
+def _divided(converter, value: Traced, count, where: str) -> Traced:
+    """``value / count`` (a number, or one per entry) as a scaling by ``1/count`` with its
+    rounding bound."""
     shape = converter.shape(value)
-    factor = torch.full((math.prod(shape),), 1.0 / count, dtype=torch.float64)
+    counts = torch.as_tensor(count, dtype=torch.float64).expand(math.prod(shape))
+    factor = 1.0 / counts
     op = Scale(
         Enclosure(factor, U64 * factor * (1 + 4 * U64)),
         Enclosure(torch.zeros_like(factor)),

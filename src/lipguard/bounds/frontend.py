@@ -13,8 +13,11 @@ refused for both; see :mod:`lipguard.bounds.graph`.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from lipguard.bounds.graph import (
@@ -22,6 +25,7 @@ from lipguard.bounds.graph import (
     check_untampered,
     infer_input_shape,
     module_graph,
+    module_settings,
 )
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.trace import trace_graph
@@ -53,11 +57,51 @@ def input_shapes(model: nn.Module, input_shape: Sequence | None) -> Shapes:
 
 def to_graph(model: nn.Module, shapes: Shapes) -> Graph:
     """The graph of ``model`` for inputs of per-sample ``shapes``: the module registry's when it
-    knows every module (one input), else the traced computation's."""
+    knows every module (one input), else the traced computation's (cached while the model's
+    modules, tensors and settings stay exactly as they were)."""
     if len(shapes) == 1:
         try:
             return module_graph(model, shapes[0])
         except UnregisteredModuleError:
             pass  # a module the registry does not know: trace the whole model instead
     check_untampered(model)
-    return trace_graph(model, shapes)
+    key = (id(model), shapes)
+    cached = _TRACED.get(key)
+    if cached is not None and cached[0]() is model and cached[1].unchanged(model):
+        return cached[2]
+    graph = trace_graph(model, shapes)
+    _TRACED[key] = (weakref.ref(model), _Snapshot(model), graph)
+    while len(_TRACED) > _CACHE_SIZE:
+        _TRACED.popitem(last=False)
+    return graph
+
+
+class _Snapshot:
+    """Every module, tensor (by value and storage) and module setting of a model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.state = self._state(model)
+        self.copies = [tensor.detach().clone() for tensor in self.state[1]]
+
+    @staticmethod
+    def _state(model: nn.Module) -> tuple[list, list, list]:
+        modules = list(model.modules())
+        tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())]
+        settings = [module_settings(m) for m in modules]
+        return modules, [t for t in tensors if t is not None], settings
+
+    def unchanged(self, model: nn.Module) -> bool:
+        modules, tensors, settings = self._state(model)
+        if settings != self.state[2] or len(tensors) != len(self.copies):
+            return False
+        if any(a is not b for a, b in zip(modules, self.state[0], strict=False)):
+            return False
+        return all(
+            a is b and a.shape == c.shape and a.dtype == c.dtype and torch.equal(a.detach(), c)
+            for a, b, c in zip(tensors, self.state[1], self.copies, strict=True)
+        ) and len(modules) == len(self.state[0])
+
+
+#: traced graphs by (model id, input shapes), with what they were traced from (most recent last)
+_TRACED: OrderedDict[tuple, tuple] = OrderedDict()
+_CACHE_SIZE = 16

@@ -5,7 +5,9 @@ inputs, containers and layers the registry does not know) is traced with
 ``torch.export.export`` — on a copy whose lipguard layers are replaced by ``nn.Linear`` layers
 holding their effective weights (the same function; a certificate's Lanczos iteration is not
 something to trace) — with a symbolic batch dimension, so an operation that mixes samples cannot
-pass for a per-sample one. Each ATen operation of the exported program becomes graph nodes:
+pass for a per-sample one (a forward that fixes the batch size, ``x.reshape(len(x), -1)``, is
+traced for a fixed batch of two instead; every operation is still checked to act on each sample
+alike). Each ATen operation of the exported program becomes graph nodes:
 
 - ``linear``/``addmm``/``mm``/``matmul`` with a constant matrix, ``conv1d``/``conv2d``/
   ``convolution`` → ``Dense``/``Conv``; eval-mode ``batch_norm`` → ``Scale`` per channel;
@@ -30,10 +32,13 @@ module registry.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import logging
 import math
 import operator as py_operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -66,16 +71,42 @@ def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
     device = parameter.device if parameter is not None else torch.device("cpu")
     args = tuple(torch.randn(TRACE_BATCH, *shape, dtype=dtype, device=device) for shape in shapes)
     batch = torch.export.Dim("batch", min=2)
-    try:
-        program = torch.export.export(
-            lowered, args, dynamic_shapes=tuple({0: batch} for _ in shapes), strict=False
-        )
-    except Exception as error:  # torch.export raises many types; the message says why
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsupportedModuleError(
-            f"{type(model).__name__}: torch.export cannot trace its forward ({first})"
-        ) from error
+    dims = tuple({0: batch} for _ in shapes)
+    if _takes_varargs(lowered):  # forward(*inputs): one entry holding them all
+        dims = (dims,)
+    with _quiet_tracer():
+        try:
+            program = torch.export.export(lowered, args, dynamic_shapes=dims, strict=False)
+        except Exception:  # e.g. len(x) fixes the batch: trace it fixed, every op is checked
+            try:
+                program = torch.export.export(lowered, args, strict=False)
+            except Exception as error:  # torch.export raises many types; the message says why
+                text = str(error).strip()
+                first = text.splitlines()[0] if text else type(error).__name__
+                raise UnsupportedModuleError(
+                    f"{type(model).__name__}: torch.export cannot trace its forward ({first})"
+                ) from error
     return Converter(program).graph()
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence the tracer's own error logging: a failed trace becomes one clear refusal."""
+    names = ("torch._subclasses.fake_tensor", "torch.export", "torch._export", "torch.fx")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _takes_varargs(model: nn.Module) -> bool:
+    parameters = inspect.signature(model.forward).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
 
 
 def _lowered(model: nn.Module) -> nn.Module:
@@ -83,7 +114,7 @@ def _lowered(model: nn.Module) -> nn.Module:
     from lipguard.nn.base import LipschitzLinear
     from lipguard.nn.linear_model import LipschitzLinearModel
 
-    copied = copy.deepcopy(model).eval()
+    copied = copy.deepcopy(model)  # modes as they are: a training-mode layer is refused
 
     def replace(module: nn.Module) -> None:
         for name, child in module.named_children():
