@@ -5,6 +5,7 @@ tiny Lipschitz targets, narrow dtypes, residual stacks, convolution configuratio
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 import torch
@@ -24,8 +25,10 @@ from lipguard.nn import (
 from lipguard.nn.base import LipschitzLinear
 
 #: examples per property test: by default a derandomized subset (well under two minutes in all);
-#: with HYPOTHESIS_PROFILE=thorough, more than 10,000 generated cases over the suite
-EXAMPLES = 1600 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 10
+#: with HYPOTHESIS_PROFILE=thorough, more than 10,000 generated cases over the suite;
+#: LIPGUARD_SOUNDNESS_EXAMPLES sets the number directly
+_THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+EXAMPLES = int(os.environ.get("LIPGUARD_SOUNDNESS_EXAMPLES", 1600 if _THOROUGH else 10))
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 SLOPES = (-5.0, -0.5, -1e-3, 0.0, 0.01, 0.5, 1.0, 5.0, 100.0)
@@ -33,11 +36,27 @@ SCALES = (1e-3, 0.3, 1.0, 3.0, 100.0)
 TARGETS = (1e-3, 0.5, 1.0, 7.0, 1e3)
 
 
+#: activations only the tracing front end reads (about one network in four has one)
+TRACED = {
+    "prelu": lambda draw, width: nn.PReLU(draw(st.sampled_from([1, width])), init=-0.3),
+    "selu": lambda draw, width: nn.SELU(),
+    "celu": lambda draw, width: nn.CELU(draw(st.sampled_from([0.3, 1.0, 2.0]))),
+    "hardtanh": lambda draw, width: nn.Hardtanh(-draw(st.sampled_from([0.1, 1.0])), 2.0),
+    "relu6": lambda draw, width: nn.ReLU6(),
+    "softplus": lambda draw, width: nn.Softplus(draw(st.sampled_from([0.5, 3.0])), math.inf),
+    "mish": lambda draw, width: nn.Mish(),
+    "hardswish": lambda draw, width: nn.Hardswish(),
+    "hardsigmoid": lambda draw, width: nn.Hardsigmoid(),
+}
+
+
 @st.composite
 def activations(draw, width: int, sorting: bool = True) -> nn.Module:
     """Any elementwise or (``sorting``, flat features) sorting activation for ``width``
     features (inplace flags random)."""
     inplace = draw(st.booleans())
+    if draw(st.integers(0, 11)) == 0:
+        return TRACED[draw(st.sampled_from(sorted(TRACED)))](draw, width)
     kinds = ["relu", "leaky", "tanh", "sigmoid", "elu", "gelu", "silu"]
     if sorting and width % 2 == 0:
         kinds += ["maxmin", "groupsort"]
@@ -77,7 +96,9 @@ def flat_blocks(draw, width: int, depth: int) -> list[nn.Module]:
     """Layers on flat features of ``width`` that end at ``width`` again."""
     layers: list[nn.Module] = []
     for _ in range(depth):
-        kind = draw(st.sampled_from(["dense", "dense", "affine", "residual", "pass"]))
+        kind = draw(
+            st.sampled_from(["dense", "dense", "affine", "residual", "pass", "norm", "graph"])
+        )
         if kind == "dense":
             hidden = draw(st.sampled_from([2, 4, 6]))
             layers += [draw(linear_layers(width, hidden)), draw(activations(hidden))]
@@ -88,10 +109,40 @@ def flat_blocks(draw, width: int, depth: int) -> list[nn.Module]:
         elif kind == "residual":
             body = draw(flat_blocks(width, 1))
             layers.append(Residual(nn.Sequential(draw(activations(width)), *body)))
+        elif kind == "norm":
+            layers.append(batch_norm(nn.BatchNorm1d(width), draw(st.sampled_from(SCALES))))
+        elif kind == "graph":
+            layers.append(Branches(width, draw(st.booleans()), draw(activations(width))))
         else:
             layers.append(draw(st.sampled_from([nn.Identity(), nn.Dropout(0.3)])))
             layers.append(draw(activations(width)))
     return layers
+
+
+def batch_norm(module: nn.Module, scale: float) -> nn.Module:
+    """A batch norm in eval mode with random statistics (variances down to ``1e-3·scale``)."""
+    with torch.no_grad():
+        module.running_mean.normal_()
+        module.running_var.uniform_(1e-3, 2.0).mul_(scale)
+        module.weight.normal_()
+        module.bias.normal_()
+    return module.eval()
+
+
+class Branches(nn.Module):
+    """A DAG the registry cannot walk: ``a(x) + b(x)`` (a projection shortcut) or
+    ``head(cat(a(x), b(x)))`` (a concatenation)."""
+
+    def __init__(self, width: int, concatenate: bool, activation: nn.Module) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(width, width), activation, nn.Linear(width, width))
+        self.b = nn.Linear(width, width)
+        self.head = nn.Linear(2 * width, width) if concatenate else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.a(x) + self.b(x)
+        return self.head(torch.cat([self.a(x), self.b(x)], dim=-1))
 
 
 @st.composite
@@ -121,9 +172,37 @@ def conv_stem(draw) -> tuple[list[nn.Module], tuple[int, ...], int]:
         bias=draw(st.booleans()),
     )
     shape = (channels_in, size, size) if two_d else (channels_in, size)
+    layers = [conv, draw(activations(channels_out, sorting=False))]  # PReLU: per channel
+    extra = draw(st.sampled_from(["none", "none", "norm", "max", "average"]))
+    if extra == "norm":
+        norm = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+        layers.append(batch_norm(norm(channels_out), draw(st.sampled_from(SCALES))))
+    elif extra in ("max", "average"):
+        pool_kernel = draw(st.integers(1, 2))
+        pool_stride = draw(st.integers(1, 2))
+        if extra == "max":
+            pool = (nn.MaxPool2d if two_d else nn.MaxPool1d)(
+                pool_kernel, pool_stride, ceil_mode=draw(st.booleans())
+            )
+        else:
+            pool = (nn.AvgPool2d if two_d else nn.AvgPool1d)(
+                pool_kernel + 1,
+                pool_stride,
+                padding=1,
+                count_include_pad=draw(st.booleans()),
+            )
+        if width_of([*layers, pool], shape) > 0:
+            layers.append(pool)
+    layers.append(nn.Flatten())
+    return layers, shape, width_of(layers, shape)
+
+
+def width_of(layers: list[nn.Module], shape: tuple[int, ...]) -> int:
     with torch.no_grad():
-        width = conv(torch.zeros(1, *shape)).numel()
-    return [conv, draw(activations(width, sorting=False)), nn.Flatten()], shape, width
+        try:
+            return nn.Sequential(*layers)(torch.zeros(1, *shape)).numel()
+        except RuntimeError:  # a pooling window larger than its input
+            return 0
 
 
 @st.composite

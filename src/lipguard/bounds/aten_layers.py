@@ -134,7 +134,8 @@ def _matmul(converter, node, args, kwargs, where):
 
 
 def _convolution(converter, node, args, kwargs, where):
-    x, weight, bias = args[0], args[1], args[2]
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if node.target == aten.convolution.default:
         stride, padding, dilation, transposed, _, groups = args[3:9]
         if transposed:
@@ -475,6 +476,9 @@ HANDLERS.update(
 )
 #: why an operation is refused, where there is more to say than "unknown"
 REFUSED = {
+    "_native_batch_norm_legit_functional": "batch norm in training mode normalises by the "
+    "batch; call eval()",
+    "_native_batch_norm_legit": "batch norm in training mode normalises by the batch; call eval()",
     "layer_norm": "LayerNorm divides by the input's own spread: no useful global Lipschitz "
     "constant (it is unbounded near constant inputs)",
     "native_layer_norm": "LayerNorm has no useful global Lipschitz constant",

@@ -38,6 +38,7 @@ import inspect
 import logging
 import math
 import operator as py_operator
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -86,6 +87,9 @@ def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
                 raise UnsupportedModuleError(
                     f"{type(model).__name__}: torch.export cannot trace its forward ({first})"
                 ) from error
+        # functionalise: in-place operations become pure ones with their uses rewired, so
+        # reading each node as a function of its arguments is exact (aliasing included)
+        program = program.run_decompositions(decomp_table={})
     return Converter(program).graph()
 
 
@@ -98,7 +102,9 @@ def _quiet_tracer() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():  # torch's own deprecation notices while it traces
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
