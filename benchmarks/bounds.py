@@ -1,11 +1,14 @@
 """Benchmark lipguard's Lipschitz bounds against a straightforward cvxpy LipSDP and the product.
 
-Networks: the two LipSDP fixtures (random 2-10-30-20-2 and MNIST 784-50-10) and an MLP
-64-256-256-10 trained here on scikit-learn's digits. For each, every lipguard method (product,
-compositional, LipSDP-Neuron and -Layer with the barrier solver) and the witnessed lower bound,
-against two peers: LipSDP-Neuron written directly in cvxpy and solved by Clarabel (with the
-MNIST input compressed by a thin SVD, as the published timing did; run in a subprocess with a
-time limit) and the naive product of float64 spectral norms (numpy, no rounding control).
+Networks: the two LipSDP fixtures (random 2-10-30-20-2 and MNIST 784-50-10), an MLP
+64-256-256-10 trained here on scikit-learn's digits, and the four VNN-COMP ONNX networks of
+``tests/fixtures/onnx`` (ACAS Xu, MNIST 256×2, a TensorFlow-exported CIFAR CNN, a CIFAR ResNet),
+read through lipguard's ONNX import. For each, every lipguard method (product, compositional,
+LipSDP-Neuron and -Layer with the barrier solver, where they apply) and the witnessed lower
+bound, against two peers on the networks that are plain ReLU chains: LipSDP-Neuron written
+directly in cvxpy and solved by Clarabel (with the MNIST input compressed by a thin SVD, as the
+published timing did; run in a subprocess with a time limit) and the naive product of float64
+spectral norms (numpy, no rounding control).
 Reports each value, its ratio to the lower bound and its time (median of ``--repeats`` runs for
 the fast methods). Writes ``bounds.json`` and ``bounds.md`` to ``--out``.
 
@@ -34,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from digits import trained_digits_mlp
 from layers import machine
 from lipguard.bounds import lipschitz_bound, lipschitz_lower_bound
+from lipguard.errors import LipguardError
 
 FIXTURES = Path(__file__).parent.parent / "tests" / "fixtures" / "lipsdp"
+ONNX = Path(__file__).parent.parent / "tests" / "fixtures" / "onnx"
 
 
 @dataclass
@@ -63,13 +68,42 @@ def fixture(name: str) -> tuple[nn.Sequential, torch.Tensor]:
     return nn.Sequential(*layers).eval(), inputs
 
 
-def naive_product(model: nn.Sequential) -> float:
-    norms = [
-        np.linalg.norm(m.weight.detach().double().numpy(), 2)
-        for m in model
-        if isinstance(m, nn.Linear)
-    ]
-    return float(np.prod(norms))
+def chain_weights(model: nn.Module) -> list[np.ndarray]:
+    """The weight matrices of a plain ``Linear``/ReLU chain (the peers' input)."""
+    return [m.weight.detach().double().numpy() for m in model if isinstance(m, nn.Linear)]
+
+
+def naive_product(weights: list[np.ndarray]) -> float:
+    return float(np.prod([np.linalg.norm(w, 2) for w in weights]))
+
+
+def onnx_networks() -> list[tuple[str, nn.Module, torch.Tensor, list[np.ndarray] | None]]:
+    """The VNN-COMP fixtures with random start points; the weights of the two plain MLPs."""
+    import onnx
+
+    from lipguard.io import load_onnx
+
+    networks = []
+    for file, label, chain in (
+        ("ACASXU_run2a_1_1_batch_2000.onnx", "ACAS Xu 5-50×6-5 (ONNX)", True),
+        ("mnist-net_256x2.onnx", "MNIST 784-256-256-10 (ONNX)", True),
+        ("cifar10_small.onnx", "CIFAR CNN, TF NHWC (ONNX)", False),
+        ("resnet_2b.onnx", "CIFAR ResNet-2b (ONNX)", False),
+    ):
+        model, shape = load_onnx(ONNX / file)
+        inputs = torch.randn(16, *shape, generator=torch.Generator().manual_seed(0))
+        weights = None
+        if chain:  # MatMul (in, out) / Gemm transB (out, in) weights, in graph order
+            proto = onnx.load(str(ONNX / file))
+            arrays = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+            weights = []
+            for node in proto.graph.node:
+                if node.op_type == "MatMul":
+                    weights.append(arrays[node.input[1]].T.astype(np.float64))
+                elif node.op_type == "Gemm":
+                    weights.append(arrays[node.input[1]].astype(np.float64))
+        networks.append((label, model, inputs, weights))
+    return networks
 
 
 def cvxpy_lipsdp(weights: list[np.ndarray]) -> float:
@@ -111,8 +145,7 @@ def _run_cvxpy(weights, queue, memory_limit: int) -> None:
         queue.put((None, time.perf_counter() - started, f"failed: {type(error).__name__}"))
 
 
-def cvxpy_row(name: str, model: nn.Sequential, lower: float, limit: float) -> Row:
-    weights = [m.weight.detach().double().numpy() for m in model if isinstance(m, nn.Linear)]
+def cvxpy_row(name: str, weights: list[np.ndarray], lower: float, limit: float) -> Row:
     queue: multiprocessing.Queue = multiprocessing.Queue()
     memory_limit = 16 * 2**30
     process = multiprocessing.Process(target=_run_cvxpy, args=(weights, queue, memory_limit))
@@ -162,7 +195,8 @@ def timed(function, repeats: int) -> tuple[object, float]:
     return result, statistics.median(samples)
 
 
-def benchmark(name, model, inputs, repeats, cvxpy_limit, skip_cvxpy) -> list[Row]:
+def benchmark(name, model, inputs, repeats, cvxpy_limit, skip_cvxpy, weights) -> list[Row]:
+    shape = tuple(inputs.shape[1:])
     lower, lower_seconds = timed(lambda: lipschitz_lower_bound(model, inputs, 2), 1)
     rows = [
         Row(
@@ -176,10 +210,15 @@ def benchmark(name, model, inputs, repeats, cvxpy_limit, skip_cvxpy) -> list[Row
         )
     ]
     for method in ("product", "compositional", "lipsdp", "lipsdp-layer"):
-        slow = method.startswith("lipsdp")
-        bound, seconds = timed(
-            lambda m=method: lipschitz_bound(model, 2, m), 1 if slow else repeats
-        )
+        slow = method != "product"
+        try:
+            bound, seconds = timed(
+                lambda m=method: lipschitz_bound(model, 2, m, input_shape=shape),
+                1 if slow else repeats,
+            )
+        except LipguardError as error:
+            rows.append(Row(name, f"lipguard {method}", None, None, None, True, str(error)[:90]))
+            continue
         rows.append(
             Row(
                 name,
@@ -191,21 +230,22 @@ def benchmark(name, model, inputs, repeats, cvxpy_limit, skip_cvxpy) -> list[Row
                 bound.method,
             )
         )
-    product, seconds = timed(lambda: naive_product(model), repeats)
-    rows.append(
-        Row(
-            name,
-            "naive product (peer)",
-            product,
-            product / lower.value,
-            seconds,
-            False,
-            "float64 SVD, rounding unchecked",
+    if weights is not None:
+        product, seconds = timed(lambda: naive_product(weights), repeats)
+        rows.append(
+            Row(
+                name,
+                "naive product (peer)",
+                product,
+                product / lower.value,
+                seconds,
+                False,
+                "float64 SVD, rounding unchecked",
+            )
         )
-    )
-    if not skip_cvxpy:
-        rows.append(cvxpy_row(name, model, lower.value, cvxpy_limit))
-    for row in rows[-6:]:
+        if not skip_cvxpy:
+            rows.append(cvxpy_row(name, weights, lower.value, cvxpy_limit))
+    for row in rows:
         print(row)
     return rows
 
@@ -244,16 +284,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
 
-    networks = [
-        ("random 2-10-30-20-2", *fixture("random_weights")),
-        ("MNIST 784-50-10", *fixture("mnist_weights")),
-    ]
+    networks = []
+    for label, file in (
+        ("random 2-10-30-20-2", "random_weights"),
+        ("MNIST 784-50-10", "mnist_weights"),
+    ):
+        model, inputs = fixture(file)
+        networks.append((label, model, inputs, chain_weights(model)))
     digits, test_inputs, _, accuracy = trained_digits_mlp()
-    digits_inputs = test_inputs[:16]
-    networks.append(("digits MLP 64-256-256-10", digits, digits_inputs))
+    networks.append(("digits MLP 64-256-256-10", digits, test_inputs[:16], chain_weights(digits)))
+    networks += onnx_networks()
     rows: list[Row] = []
-    for name, model, inputs in networks:
-        rows += benchmark(name, model, inputs, args.repeats, args.cvxpy_limit, args.skip_cvxpy)
+    for name, model, inputs, weights in networks:
+        rows += benchmark(
+            name, model, inputs, args.repeats, args.cvxpy_limit, args.skip_cvxpy, weights
+        )
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),

@@ -21,7 +21,7 @@ from lipguard.io import load_onnx
 from lipguard.io.onnx_import import reference_evaluator
 from tests.soundness.oracles import gradient_norms
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "onnx"
+FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
 RNG = np.random.default_rng(0)
 
 
@@ -202,7 +202,6 @@ FIXTURE_FILES = (
 )
 
 
-@pytest.mark.skipif(not FIXTURES.exists(), reason="the shared VNN-COMP fixtures are not here")
 @pytest.mark.parametrize("name", FIXTURE_FILES)
 def test_vnncomp_fixtures_load_match_and_are_bounded(name):
     path = FIXTURES / name
@@ -214,7 +213,6 @@ def test_vnncomp_fixtures_load_match_and_are_bounded(name):
     assert sampled_steepness(model, shape, 8) <= upper
 
 
-@pytest.mark.skipif(not FIXTURES.exists(), reason="the shared VNN-COMP fixtures are not here")
 def test_lipguard_certify_prints_the_sandwich_of_an_onnx_file():
     result = CliRunner().invoke(app, ["certify", str(FIXTURES / "mnist-net_256x2.onnx"), "--json"])
     assert result.exit_code == 0, result.output

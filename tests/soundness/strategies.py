@@ -96,9 +96,8 @@ def flat_blocks(draw, width: int, depth: int) -> list[nn.Module]:
     """Layers on flat features of ``width`` that end at ``width`` again."""
     layers: list[nn.Module] = []
     for _ in range(depth):
-        kind = draw(
-            st.sampled_from(["dense", "dense", "affine", "residual", "pass", "norm", "graph"])
-        )
+        kinds = ["dense"] * 4 + ["affine", "residual"] * 2 + ["pass"] * 2 + ["norm", "graph"]
+        kind = draw(st.sampled_from(kinds))
         if kind == "dense":
             hidden = draw(st.sampled_from([2, 4, 6]))
             layers += [draw(linear_layers(width, hidden)), draw(activations(hidden))]
@@ -173,7 +172,7 @@ def conv_stem(draw) -> tuple[list[nn.Module], tuple[int, ...], int]:
     )
     shape = (channels_in, size, size) if two_d else (channels_in, size)
     layers = [conv, draw(activations(channels_out, sorting=False))]  # PReLU: per channel
-    extra = draw(st.sampled_from(["none", "none", "norm", "max", "average"]))
+    extra = draw(st.sampled_from(["none"] * 4 + ["norm", "max", "average"]))
     if extra == "norm":
         norm = nn.BatchNorm2d if two_d else nn.BatchNorm1d
         layers.append(batch_norm(norm(channels_out), draw(st.sampled_from(SCALES))))
