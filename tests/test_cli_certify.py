@@ -70,3 +70,11 @@ def test_errors_exit_with_code_2(tmp_path):
     result = runner.invoke(app, ["certify", str(tmp_path / "missing.json")])
     assert result.exit_code == 2
     assert "error" in result.output
+
+
+def test_input_shapes_of_several_inputs_parse():
+    from lipguard._cli_support import parse_shape
+
+    assert parse_shape("3,32,32") == (3, 32, 32)
+    assert parse_shape("3x32x32;16") == ((3, 32, 32), (16,))
+    assert parse_shape(None) is None

@@ -18,13 +18,20 @@ def load_model(path: Path):
     return load_checkpoint(path)
 
 
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
+def parse_shape(text: str | None) -> tuple | None:
+    """``3,32,32`` (one input) or ``3,32,32;16`` (one shape per input, separated by ``;``)."""
     if text is None:
         return None
     try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shapes = [
+            tuple(int(part) for part in item.replace("x", ",").split(",") if part.strip())
+            for item in text.split(";")
+        ]
     except ValueError:
-        raise typer.BadParameter(f"input shape must look like 3,32,32; got {text!r}") from None
+        raise typer.BadParameter(
+            f"input shape must look like 3,32,32 (or 3,32,32;16 for two inputs); got {text!r}"
+        ) from None
+    return shapes[0] if len(shapes) == 1 else tuple(shapes)
 
 
 def fail(error: Exception) -> None:

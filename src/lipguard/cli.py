@@ -58,7 +58,8 @@ def certify(
         str, typer.Option(help="auto, product, compositional, lipsdp, lipsdp-layer.")
     ] = "auto",
     input_shape: Annotated[
-        str | None, typer.Option(help="Per-sample input shape, e.g. 3,32,32.")
+        str | None,
+        typer.Option(help="Per-sample input shape, e.g. 3,32,32 (3,32,32;16 for two inputs)."),
     ] = None,
     lower: Annotated[bool, typer.Option(help="Also search for a witnessed lower bound.")] = True,
     save: Annotated[Path | None, typer.Option(help="Write the certificate JSON here.")] = None,
@@ -94,12 +95,18 @@ def certify(
         table.add_row("lower bound", f"{certificate.lower.value:.6g}", "witnessed pair of inputs")
         table.add_row("gap", f"{certificate.gap:.4f}", "upper / lower")
     table.add_row("norm", "inf" if upper.norm == math.inf else f"ℓ{upper.norm:g}", "")
-    table.add_row("input shape", "×".join(map(str, certificate.input_shape)), "per sample")
+    table.add_row("input shape", _shape_text(certificate.input_shape), "per sample")
     table.add_row("weights sha256", certificate.weights_sha256[:16] + "…", "")
     table.add_row("time", f"{seconds:.2f} s", "")
     console.print(table)
     if save is not None:
         console.print(f"certificate: {save}")
+
+
+def _shape_text(shape: tuple) -> str:
+    if shape and isinstance(shape[0], tuple):
+        return " + ".join("×".join(map(str, item)) for item in shape)
+    return "×".join(map(str, shape))
 
 
 @app.command()

@@ -87,9 +87,10 @@ def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
                 raise UnsupportedModuleError(
                     f"{type(model).__name__}: torch.export cannot trace its forward ({first})"
                 ) from error
-        # functionalise: in-place operations become pure ones with their uses rewired, so
-        # reading each node as a function of its arguments is exact (aliasing included)
-        program = program.run_decompositions(decomp_table={})
+        if _mutates(program):
+            # functionalise: in-place operations become pure ones with their uses rewired, so
+            # reading each node as a function of its arguments is exact (aliasing included)
+            program = program.run_decompositions(decomp_table={})
     return Converter(program).graph()
 
 
@@ -108,6 +109,15 @@ def _quiet_tracer() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _mutates(program) -> bool:
+    """True when an operation of the program writes into one of its arguments."""
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            return True
+    return False
 
 
 def _takes_varargs(model: nn.Module) -> bool:
