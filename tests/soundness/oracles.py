@@ -19,7 +19,8 @@ def gradient_norms(
     model: nn.Module, points: torch.Tensor, norm: float, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``||J(x)||_{p→p}`` at each point, by autograd through ``model`` itself (inputs cloned so
-    in-place layers cannot change them); ``columns`` restricts ``J`` to an input block."""
+    in-place layers cannot change them); ``columns`` restricts ``J`` to an input block. NaN
+    where the float64 evaluation overflows (callers keep the finite values)."""
     points = points.detach().clone()
 
     def single(x: torch.Tensor) -> torch.Tensor:
@@ -39,6 +40,9 @@ def gradient_norms(
         jacobian = jacobian.reshape(-1, x.numel())
         if columns is not None:
             jacobian = jacobian[:, columns]
+        if not bool(torch.isfinite(jacobian).all()):  # the float64 replica overflowed here
+            rows.append(torch.tensor(math.nan, dtype=torch.float64))
+            continue
         value = _operator_norms(jacobian.double()[None], norm)[0]
         rows.append((value - slack * (1 if norm == 2.0 else jacobian.shape[1])).clamp(min=0))
     return torch.stack(rows).detach()

@@ -280,7 +280,7 @@ def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
 # hardswish(x) = x·relu6(x + 3)/6: slope 0, (2x + 3)/6, 1 on the three pieces; minimum at -1.5
 HARDSWISH = ActivationSpec(
     "hardswish",
-    F.hardswish,
+    lambda x: x * (x + 3).clamp(0.0, 6.0) / 6,  # F.hardswish has no double backward
     _hardswish_derivative,
     -0.5,
     1.5,
@@ -291,7 +291,7 @@ _SIXTH = math.nextafter(1.0 / 6.0, math.inf)  # >= 1/6 (1/6 itself rounds down)
 # relu6(x + 3)/6: its evaluated slopes are rounded, so it gets the evaluation margins
 HARDSIGMOID = ActivationSpec(
     "hardsigmoid",
-    F.hardsigmoid,
+    lambda x: (x + 3).clamp(0.0, 6.0) / 6,  # F.hardsigmoid has no double backward
     lambda x: ((x > -3) & (x < 3)).to(x.dtype) * _SIXTH,
     0.0,
     _SIXTH,
@@ -308,7 +308,7 @@ def _mish_derivative(x: torch.Tensor) -> torch.Tensor:
 # 1.08849816125172... (mpmath, 50 digits); minimum of Mish at -1.19243121451549...
 MISH = ActivationSpec(
     "mish",
-    F.mish,
+    lambda x: x * torch.tanh(F.softplus(x)),
     _mish_derivative,
     -0.1125262,
     1.0884982,
