@@ -410,6 +410,20 @@ _REINDEX = (
     "index_select",
 )
 HANDLERS: dict[str, Callable] = {name: _reindex for name in _REINDEX}
+#: activations without arguments, each one fixed spec
+_FIXED = {
+    "relu": act.RELU,
+    "silu": act.SILU,
+    "tanh": act.TANH,
+    "sigmoid": act.SIGMOID,
+    "abs": act.ABS,
+    "mish": act.MISH,
+    "hardswish": act.HARDSWISH,
+    "hardsigmoid": act.HARDSIGMOID,
+}
+HANDLERS.update(
+    {name: pointwise.activation(lambda *a, s=spec, **k: s) for name, spec in _FIXED.items()}
+)
 HANDLERS.update(
     {
         "clone": _identity,
@@ -442,23 +456,15 @@ HANDLERS.update(
         "mul": _multiply,
         "div": _divide,
         "neg": _negate,
-        "relu": pointwise.activation(lambda *a, **k: act.RELU),
         "leaky_relu": pointwise.activation(pointwise.leaky),
         "elu": pointwise.elu,
         "selu": pointwise.selu,
         "celu": pointwise.celu,
         "gelu": pointwise.gelu,
-        "silu": pointwise.activation(lambda *a, **k: act.SILU),
-        "tanh": pointwise.activation(lambda *a, **k: act.TANH),
-        "sigmoid": pointwise.activation(lambda *a, **k: act.SIGMOID),
         "hardtanh": pointwise.clamp,
         "clamp": pointwise.clamp,
         "relu6": pointwise.relu6,
-        "abs": pointwise.activation(lambda *a, **k: act.ABS),
         "softplus": pointwise.softplus,
-        "mish": pointwise.activation(lambda *a, **k: act.MISH),
-        "hardswish": pointwise.activation(lambda *a, **k: act.HARDSWISH),
-        "hardsigmoid": pointwise.activation(lambda *a, **k: act.HARDSIGMOID),
         "prelu": pointwise.prelu,
         "_prelu_kernel": pointwise.prelu,
         "sort": pointwise.sort,

@@ -43,15 +43,7 @@ class GraphFunction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.temperature is None:
             return self.graph.evaluate(x)
-        graph = self.graph
-        values: list[torch.Tensor | None] = [None] * len(graph.nodes)
-        flat = x.reshape(x.shape[0], -1).to(torch.float64)
-        for index, part in zip(graph.inputs, graph.input_slices(), strict=True):
-            values[index] = flat[:, part]
-        for index, node in enumerate(graph.nodes):
-            if node.op is not None:
-                values[index] = self._smooth(node.op, [values[i] for i in node.inputs])
-        return values[graph.output]
+        return self.graph.evaluate(x, self._smooth)
 
     def _smooth(self, op: ops.Operator, inputs: list[torch.Tensor]) -> torch.Tensor:
         t = relative_temperature(self.temperature[0], inputs[0])
@@ -165,21 +157,7 @@ def apply_abs(operator: Dense | Conv, h: torch.Tensor, *, with_error: bool = Tru
             magnitude = magnitude + operator.matrix.error
         rows = h.reshape(h.shape[0], operator.blocks, -1)
         return F.linear(rows, magnitude).reshape(h.shape[0], -1)
-    return absolute(operator).apply(h, with_bias=False)
-
-
-def absolute(operator: Conv) -> Conv:
-    """The convolution with ``|kernel|`` and ``|bias|``."""
-    return Conv(
-        operator.weight.abs(),
-        operator.bias.abs(),
-        operator.stride,
-        operator.padding,
-        operator.dilation,
-        operator.groups,
-        operator.in_shape,
-        operator.out_shape,
-    )
+    return operator.absolute().apply(h, with_bias=False)
 
 
 def _dense(operator: Dense, low: torch.Tensor, high: torch.Tensor):
@@ -201,7 +179,7 @@ def _dense(operator: Dense, low: torch.Tensor, high: torch.Tensor):
 
 def _conv(operator: Conv, low: torch.Tensor, high: torch.Tensor):
     centre, radius = _centre(low, high)
-    magnitude = absolute(operator)
+    magnitude = operator.absolute()
     g = gamma(math.prod(operator.weight.shape[1:]) + 2)
     mid = operator.apply(centre)
     spread = magnitude.apply(radius, with_bias=False) * (1 + g) + g * magnitude.apply(centre.abs())

@@ -15,7 +15,7 @@ of operators with residual :class:`~lipguard.bounds.ops.Skip` blocks), ``torch.e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,16 +80,20 @@ class Graph:
                 readers[source].append(index)
         return readers
 
-    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+    def evaluate(
+        self,
+        x: torch.Tensor,
+        apply: Callable[[Operator, list[torch.Tensor]], torch.Tensor] = ops.apply,
+    ) -> torch.Tensor:
         """The graph's function in float64 on joint input vectors ``(N, input_size)``
-        (differentiable)."""
+        (differentiable); ``apply`` evaluates one operator (default: exactly)."""
         values: list[torch.Tensor | None] = [None] * len(self.nodes)
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
         for index, part in zip(self.inputs, self.input_slices(), strict=True):
             values[index] = flat[:, part]
         for index, node in enumerate(self.nodes):
             if node.op is not None:
-                values[index] = ops.apply(node.op, [values[i] for i in node.inputs])
+                values[index] = apply(node.op, [values[i] for i in node.inputs])
         return values[self.output]
 
     @staticmethod

@@ -352,16 +352,7 @@ def _times(source: _Expression, coefficient: float) -> _Expression:
 def _conv(op: Conv, matrix: Enclosure, bias: Enclosure) -> _Expression:
     """The convolution applied to every column of ``A`` and to ``c`` (with its bias); each
     output entry is a sum of ``k`` products, its rounding bounded by ``γ_{k+2}``."""
-    absolute = Conv(
-        op.weight.abs(),
-        op.bias.abs(),
-        op.stride,
-        op.padding,
-        op.dilation,
-        op.groups,
-        op.in_shape,
-        op.out_shape,
-    )
+    absolute = op.absolute()
     g = gamma(math.prod(op.weight.shape[1:]) + 2)
     columns = matrix.value.T
     image = op.apply(columns, with_bias=False).T

@@ -85,6 +85,19 @@ class Conv:
         )
         return out.reshape(x.shape[0], -1)
 
+    def absolute(self) -> Conv:
+        """The convolution with ``|kernel|`` and ``|bias|`` (for rounding and interval bounds)."""
+        return Conv(
+            self.weight.abs(),
+            self.bias.abs(),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.in_shape,
+            self.out_shape,
+        )
+
     def dense(self) -> Dense:
         """The exact dense matrix (columns are responses to basis vectors: one product each)."""
         size_in, size_out = math.prod(self.in_shape), math.prod(self.out_shape)
@@ -146,10 +159,7 @@ class Gather:
     @property
     def multiplicity(self) -> int:
         """The largest number of outputs that copy one input entry (the ℓ2 norm is its root)."""
-        taken = self.index[self.index >= 0]
-        if taken.numel() == 0:
-            return 0
-        return int(torch.bincount(taken).max())
+        return _multiplicity(self.index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,8 +182,13 @@ class MaxPool:
     @property
     def multiplicity(self) -> int:
         """The largest number of windows one input entry belongs to."""
-        taken = self.windows[self.windows >= 0]
-        return int(torch.bincount(taken).max()) if taken.numel() else 0
+        return _multiplicity(self.windows)
+
+
+def _multiplicity(index: torch.Tensor) -> int:
+    """How often the most frequent non-negative entry of ``index`` occurs (0 if none)."""
+    taken = index[index >= 0]
+    return int(torch.bincount(taken).max()) if taken.numel() else 0
 
 
 Operator = Dense | Conv | Activation | Sort | Skip | Scale | Gather | Sum | MaxPool
