@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import sqlite3
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
-import sqlalchemy
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,113 +142,6 @@ def test_drift_detectors_fire_after_a_change_and_stay_quiet_otherwise():
         ]
         assert alarms, detector_type.__name__
         assert 1000 <= alarms[0] <= 1200, (detector_type.__name__, alarms[0])
-
-
-def _tamper(path, sql, *parameters):
-    connection = sqlite3.connect(path)
-    connection.execute(sql, parameters)
-    connection.commit()
-    connection.close()
-
-
-@pytest.fixture
-def filled(tmp_path):
-    path = tmp_path / "audit.db"
-    store = AuditStore(path, key="secret")
-    store.append(("violation", {"i": i, "ratio": 1.0 + i}) for i in range(20))
-    assert store.verify().ok
-    return path, store
-
-
-def test_an_edit_is_detected(filled):
-    path, store = filled
-    _tamper(path, "UPDATE audit_records SET payload = ? WHERE seq = 7", '{"i":7,"ratio":0.5}')
-    report = store.verify()
-    assert not report.ok
-    assert any("record 7" in p and "edited" in p for p in report.problems)
-
-
-def test_a_deletion_is_detected(filled):
-    path, store = filled
-    _tamper(path, "DELETE FROM audit_records WHERE seq = 5")
-    assert not store.verify().ok
-
-
-def test_a_reordering_is_detected(filled):
-    path, store = filled
-    _tamper(path, "UPDATE audit_records SET seq = -3 WHERE seq = 3")
-    _tamper(path, "UPDATE audit_records SET seq = 3 WHERE seq = 4")
-    _tamper(path, "UPDATE audit_records SET seq = 4 WHERE seq = -3")
-    assert not store.verify().ok
-
-
-def test_truncate_and_append_is_detected(filled):
-    path, store = filled
-    _tamper(path, "DELETE FROM audit_records WHERE seq > 15")
-    AuditStore(path).append([("violation", {"forged": True})] * 5)  # no key: cannot forge
-    report = store.verify()
-    assert not report.ok
-    # without a key, a rewritten tail is caught by the head kept elsewhere
-    plain = AuditStore(path.with_name("plain.db"))
-    plain.append([("a", {"i": i}) for i in range(10)])
-    head = plain.head()
-    _tamper(plain.url.removeprefix("sqlite:///"), "DELETE FROM audit_records WHERE seq > 7")
-    plain.append([("a", {"i": 99})] * 3)
-    assert plain.verify().ok  # a consistent rewrite...
-    assert not plain.verify(expected_head=head).ok  # ...that the external head exposes
-
-
-WRITER = textwrap.dedent("""
-    import sys
-    from lipguard.monitor import AuditStore
-    store = AuditStore(sys.argv[1])
-    batch = 0
-    while True:
-        last = store.append(("violation", {"batch": batch, "i": i}) for i in range(200))
-        print(last, flush=True)
-        batch += 1
-""")
-
-
-def test_kill_minus_nine_loses_no_committed_record(tmp_path):
-    rng = random.Random(0)
-    for trial in range(3):
-        path = tmp_path / f"killed{trial}.db"
-        writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
-        )
-        committed = 0
-        deadline = time.monotonic() + 1.0 + rng.random()
-        while time.monotonic() < deadline:
-            line = writer.stdout.readline()
-            if line:
-                committed = int(line)
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.wait()
-        store = AuditStore(path)
-        report = store.verify()
-        assert report.ok, report.problems
-        assert committed > 0
-        assert report.records >= committed
-
-
-def test_postgresql_path():
-    url = os.environ.get("LIPGUARD_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no PostgreSQL server here: set LIPGUARD_TEST_POSTGRES_URL to run this test")
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as connection:  # a fresh log: earlier runs tampered with theirs
-        connection.execute(sqlalchemy.text("DROP TABLE IF EXISTS audit_records"))
-    store = AuditStore(url, key="k")
-    store.append([("violation", {"i": i}) for i in range(100)])
-    assert store.count() == 100
-    assert store.verify().ok
-    with engine.begin() as connection:
-        connection.execute(
-            sqlalchemy.text("UPDATE audit_records SET payload = :p WHERE seq = :s"),
-            {"p": '{"i": -1}', "s": 50},
-        )
-    assert not store.verify().ok
 
 
 def test_batched_drift_updates_equal_one_at_a_time():

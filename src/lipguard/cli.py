@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lipguard
-from lipguard._cli_support import console, fail, load_model, parse_shape
+from lipguard._cli_support import OneLineErrors, console, fail, load_model, parse_shape
 from lipguard.cli_attack import attack_command
 from lipguard.cli_monitor import audit_app, monitor_command
 from lipguard.cli_run import run_command
@@ -22,6 +22,7 @@ from lipguard.cli_smooth import smooth_app
 from lipguard.errors import LipguardError
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="lipguard: smooth, provable reward and value models.",
     no_args_is_help=True,
     add_completion=False,

@@ -4,13 +4,14 @@
 from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.monitor import Event, LipschitzMonitor, Observation
 from lipguard.monitor.pairs import PairViolations, brute_force_violations, find_violations
-from lipguard.monitor.store import AuditError, AuditRecord, AuditStore, VerifyReport
+from lipguard.monitor.store import AuditError, AuditRecord, AuditStore, Checkpoint, VerifyReport
 
 __all__ = [
     "ADWIN",
     "AuditError",
     "AuditRecord",
     "AuditStore",
+    "Checkpoint",
     "Event",
     "LipschitzMonitor",
     "Observation",

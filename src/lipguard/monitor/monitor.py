@@ -19,10 +19,14 @@ Every event goes to the audit store (if any), to the callbacks and to Python log
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,11 +133,13 @@ class LipschitzMonitor:
             self.tolerance + self.noise_floor
         ):
             raise InvalidArgumentError("tolerance and noise_floor must be finite and >= 0")
+        if envelope_radius is not None:
+            envelope_radius = _checks.positive_float("envelope_radius", envelope_radius)
         self.envelope_radius = envelope_radius
         self.model = model
         self._slack = FloatingPointSlack(model, self.norm) if self.automatic else None
         self.weights_sha256 = weights_sha256
-        self.store = AuditStore(store) if isinstance(store, str) else store
+        self.store = AuditStore(store) if isinstance(store, (str, Path)) else store
         self.callbacks = list(callbacks)
         self.step = 0
         self._states = np.zeros((0, 0))
@@ -146,7 +152,9 @@ class LipschitzMonitor:
             states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
             if states.ndim != 2 or rewards.shape != (len(states),):
                 raise ShapeError("reference must be (states (N, d), rewards (N,))")
-            bounds = self._bound_of(states)
+            if not (np.isfinite(states).all() and np.isfinite(rewards).all()):
+                raise InvalidArgumentError("reference states and rewards must be finite")
+            bounds = self._bounds_at(states)
             slacks = self._slacks_of(states, rewards, reference[1], bounds)
             self._reference = (states, rewards, bounds, PoolIndex(states), slacks)
             self._envelope_tree = cKDTree(states) if envelope_radius is not None else None
@@ -161,6 +169,27 @@ class LipschitzMonitor:
             if drift
             else {}
         )
+        if self.store is not None:
+            self.store.append([("monitor_started", self._settings(lipschitz, reference))])
+
+    def _settings(self, lipschitz, reference) -> dict:
+        """What the audit trail records about this monitor when it starts."""
+        settings = {
+            "lipschitz": "state-dependent" if callable(lipschitz) else float(lipschitz),
+            "norm": "inf" if self.norm == math.inf else "2",
+            "window": self.window,
+            "tolerance": "auto" if self.automatic else self.tolerance,
+            "noise_floor": self.noise_floor,
+            "envelope_radius": self.envelope_radius,
+            "pairs": self.pairs,
+            "weights_sha256": self.weights_sha256,
+            "reference": None,
+        }
+        if self._reference is not None:
+            states, rewards = self._reference[:2]
+            digest = hashlib.sha256(states.tobytes() + rewards.tobytes()).hexdigest()
+            settings["reference"] = {"count": len(states), "sha256": digest}
+        return settings
 
     def _slacks_of(self, states, rewards, given, bounds) -> np.ndarray:
         if self._slack is None:
@@ -169,7 +198,12 @@ class LipschitzMonitor:
         return self._slack.observations(states, rewards, dtype, bounds)
 
     def observe(self, states, rewards) -> Observation:
-        """Check a batch of observations (states ``(N, d)``, rewards ``(N,)``) and remember them."""
+        """Check a batch of observations (states ``(N, d)``, rewards ``(N,)``) and remember them.
+
+        Transactional: the batch's events and its summary record are appended to the audit
+        store first, and only then does the monitor advance (step counter, window, drift
+        detectors); if anything raises — the store included — its state is unchanged and the
+        same batch can be observed again."""
         given = rewards
         states = np.asarray(_numpy(states), dtype=np.float64)
         rewards = np.asarray(_numpy(rewards), dtype=np.float64).reshape(-1)
@@ -181,11 +215,42 @@ class LipschitzMonitor:
             raise ShapeError(
                 f"states have {states.shape[1]} features, expected {self._states.shape[1]}"
             )
+        if len(states) == 0:
+            return Observation([])
         steps = self.step + np.arange(len(states))
-        bounds = self._bound_of(states)
+        bounds = self._bounds_at(states)
         slacks = self._slacks_of(states, rewards, given, bounds)
-        events: list[Event] = []
         worst_ratio = np.zeros(len(states))
+        events = self._violations(
+            self._pair_search(states, rewards, bounds, steps, slacks), steps, worst_ratio
+        )
+        events += self._envelope(states, steps)
+        events += self._model_checks(states, steps, bounds)
+        detectors = copy.deepcopy(self._detectors)
+        events += self._drift(detectors, steps, worst_ratio, bounds)
+        if self.store is not None:
+            summary = _summary(states, rewards, steps, worst_ratio, events)
+            self.store.append(
+                [(e.kind, {"step": e.step, **e.details}) for e in events] + [("batch", summary)]
+            )
+        self._detectors = detectors
+        self._remember(states, rewards, steps, bounds, slacks)
+        self.step += len(states)
+        self._emit(events)
+        return Observation(events)
+
+    def _bounds_at(self, states: np.ndarray) -> np.ndarray:
+        """``L(s)`` for every state, checked: finite and > 0 (a NaN bound would silence every
+        pair it is in)."""
+        bounds = np.asarray(self._bound_of(states), dtype=np.float64)
+        if bounds.shape != (len(states),):
+            raise ShapeError(f"L(s) must return one bound per state, got shape {bounds.shape}")
+        if not (np.isfinite(bounds).all() and (bounds > 0).all()):
+            raise InvalidArgumentError("L(s) returned a bound that is not finite and > 0")
+        return bounds
+
+    def _pair_search(self, states, rewards, bounds, steps, slacks) -> list:
+        """Violating pairs against the window, the batch itself and the reference set."""
         pools = [
             (
                 "window",
@@ -220,16 +285,10 @@ class LipschitzMonitor:
                 exclude_self=self_pairs,
                 slack=slacks,
                 pool_slack=pool_slacks,
+                worst=self.pairs == "worst",
             )
             found_by_pool.append((name, pool_ids, found))
-        events += self._violations(found_by_pool, steps, worst_ratio)
-        events += self._envelope(states, steps)
-        events += self._model_checks(states, steps, bounds)
-        events += self._drift(steps, worst_ratio, bounds)
-        self._remember(states, rewards, steps, bounds, slacks)
-        self.step += len(states)
-        self._emit(events)
-        return Observation(events)
+        return found_by_pool
 
     def _violations(self, found_by_pool, steps, worst_ratio) -> list[Event]:
         """Violation events (every pair, or each observation's worst) and, in place, each new
@@ -253,7 +312,9 @@ class LipschitzMonitor:
             heads = (
                 order[np.r_[True, first[order][1:] != first[order][:-1]]] if len(order) else order
             )
-            counts = np.bincount(first, minlength=len(steps))
+            counts = np.zeros(len(steps), dtype=np.int64)
+            for _, _, found in found_by_pool:  # each pool reported its worst pair and count
+                counts[found.first] += found.count
             for k, (name, pool_ids, found) in enumerate(found_by_pool):
                 picked = heads[pool[heads] == k]
                 chosen.append((name, pool_ids, found, ratio[picked], position[picked], counts))
@@ -326,10 +387,11 @@ class LipschitzMonitor:
             )
         return events
 
-    def _drift(self, steps, worst_ratio, bounds) -> list[Event]:
+    @staticmethod
+    def _drift(detectors, steps, worst_ratio, bounds) -> list[Event]:
         indicator = (worst_ratio > bounds).astype(np.float64)
         events = []
-        for name, detector in self._detectors.items():
+        for name, detector in detectors.items():
             values = indicator if name.startswith("violations") else worst_ratio / bounds
             for index in detector.update_many(values):
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
@@ -345,15 +407,24 @@ class LipschitzMonitor:
         self._slacks = np.concatenate([self._slacks, slacks])[-self.window :]
 
     def _emit(self, events: list[Event]) -> None:
-        if not events:
-            return
-        if self.store is not None:
-            self.store.append((e.kind, {"step": e.step, **e.details}) for e in events)
         for event in events:
             level = logging.INFO if event.kind == "violation" else logging.WARNING
             logger.log(level, "%s at step %d: %s", event.kind, event.step, event.details)
             for callback in self.callbacks:
                 callback(event)
+
+
+def _summary(states, rewards, steps, worst_ratio, events) -> dict:
+    """The audit record of one checked batch: it shows the operation, not only the alarms."""
+    digest = hashlib.sha256(states.tobytes() + rewards.tobytes()).hexdigest()
+    worst = float(worst_ratio.max())
+    return {
+        "step": int(steps[0]),
+        "count": len(steps),
+        "sha256": digest,
+        "worst_violation_ratio": worst if worst > 0 else None,
+        "events": dict(Counter(event.kind for event in events)),
+    }
 
 
 def _numpy(values):

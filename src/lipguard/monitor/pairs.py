@@ -10,8 +10,12 @@ can violate:
 and checks each candidate — the result equals brute force over all pairs (property-tested), at a
 cost that depends on how many neighbours fall in the radius rather than on the pool size. States
 with more than ``TREE_DIMENSIONS`` features are indexed on their widest coordinates (a lower bound
-of the distance, so nothing is missed). Small problems use one dense screening block instead (a
-matrix product for ℓ2, then exact distances for the survivors).
+of the distance, so nothing is missed). When the radii cover most of the pool (one outlier
+reward widens every radius) or the problem is small, dense blocks of a few queries each screen
+every pair with a lower bound of its distance (a matrix product for ℓ2) against that pair's own
+bound, and exact distances settle the survivors. Every stage works in blocks, so temporaries stay
+within ``MEMORY_BUDGET`` whatever the rewards; ``worst=True`` also bounds the result (one pair
+per query).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from scipy.spatial import cKDTree
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
+MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
+TREE_CANDIDATES = 1_000_000  # candidates per block of KD-tree queries
 TREE_DIMENSIONS = 8  # KD-trees degrade to linear scans in more dimensions
 
 
@@ -53,6 +59,7 @@ class PairViolations:
     distance: np.ndarray
     difference: np.ndarray  # |r - r'|
     bound: np.ndarray  # L·d + tolerance + both slacks
+    count: np.ndarray | None = None  # with worst=True: each query's number of violating pairs
 
 
 def _norm_order(norm: float) -> float:
@@ -83,6 +90,7 @@ def find_violations(
     exclude_self: bool = False,
     slack: np.ndarray | None = None,
     pool_slack: np.ndarray | None = None,
+    worst: bool = False,
 ) -> PairViolations:
     """All violating pairs between queries ``(states, rewards)`` and a pool.
 
@@ -91,42 +99,124 @@ def find_violations(
     when even the more permissive bound is exceeded). ``slack`` and ``pool_slack`` add each
     observation's own slack to every pair it is in. ``exclude_self`` skips pairs ``(i, j)``
     with ``j <= i`` (a set against itself). ``index`` reuses a :class:`PoolIndex` of the pool.
+    ``worst=True`` keeps only each query's pair with the largest ratio ``|Δr|/d`` (ties: the
+    lowest pool index) and counts its violating pairs in ``count``.
+
+    Memory stays within about ``MEMORY_BUDGET`` bytes of temporaries (plus the result) whatever
+    the rewards: candidates are generated and checked in blocks.
     """
     states, pool_states = _as_rows(states), _as_rows(pool_states)
     m, n = len(states), len(pool_states)
     if m == 0 or n == 0:
         return _empty()
-    p = _norm_order(norm)
-    query_l = np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (m,))
-    smallest_l = float(query_l.min())
-    if pool_lipschitz is not None:
-        smallest_l = min(smallest_l, float(pool_lipschitz.min()))
-    query_slack = np.zeros(m) if slack is None else np.asarray(slack, dtype=np.float64)
-    other_slack = np.zeros(n) if pool_slack is None else np.asarray(pool_slack, dtype=np.float64)
-    reach = np.maximum(rewards - pool_rewards.min(), pool_rewards.max() - rewards)
-    reach = reach - tolerance - query_slack - float(other_slack.min())
-    # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
-    radius = np.where(reach > 0, reach / smallest_l * (1 + 1e-9) + 1e-12, -1.0)
+    problem = _Problem(
+        states,
+        np.asarray(rewards, dtype=np.float64),
+        pool_states,
+        np.asarray(pool_rewards, dtype=np.float64),
+        np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (m,)),
+        None if pool_lipschitz is None else np.asarray(pool_lipschitz, dtype=np.float64),
+        _norm_order(norm),
+        float(tolerance),
+        float(noise_floor),
+        np.zeros(m) if slack is None else np.asarray(slack, dtype=np.float64),
+        np.zeros(n) if pool_slack is None else np.asarray(pool_slack, dtype=np.float64),
+        exclude_self,
+    )
+    radius = problem.radius()
     if m * n <= DENSE_LIMIT:
-        rows, cols, dist = _dense_candidates(states, pool_states, radius, p)
+        blocks = _dense_blocks(problem, radius)
     else:
-        index = index if index is not None else PoolIndex(pool_states)
-        rows, cols, dist = _tree_candidates(states, pool_states, radius, p, index)
-    if exclude_self:
-        keep = cols > rows
-        rows, cols, dist = rows[keep], cols[keep], dist[keep]
-    pair_l = query_l[rows]
-    if pool_lipschitz is not None:
-        pair_l = np.maximum(pair_l, pool_lipschitz[cols])
-    difference = np.abs(rewards[rows] - pool_rewards[cols])
-    bound = pair_l * dist + tolerance + query_slack[rows] + other_slack[cols]
-    violating = (difference > bound) & (dist >= noise_floor)
+        blocks = _tree_blocks(problem, radius, index or PoolIndex(pool_states))
+    result = _joined([problem.check(rows, cols) for rows, cols in blocks])
+    return _worst_per_query(result, m) if worst else result
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One search: queries against a pool, with every per-pair term of the bound."""
+
+    a: np.ndarray
+    ra: np.ndarray
+    b: np.ndarray
+    rb: np.ndarray
+    la: np.ndarray
+    lb: np.ndarray | None
+    p: float
+    tolerance: float
+    noise_floor: float
+    sa: np.ndarray
+    sb: np.ndarray
+    exclude_self: bool
+
+    def radius(self) -> np.ndarray:
+        """Per query, the largest distance at which any pool point can still violate (-1:
+        none can)."""
+        smallest = float(self.la.min()) if self.lb is None else min(self.la.min(), self.lb.min())
+        reach = np.maximum(self.ra - self.rb.min(), self.rb.max() - self.ra)
+        reach = reach - self.tolerance - self.sa - float(self.sb.min())
+        # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
+        return np.where(reach > 0, reach / smallest * (1 + 1e-9) + 1e-12, -1.0)
+
+    def pair_terms(self, rows, cols):
+        """``(L of the pair, |Δr|, tolerance + both slacks)`` for candidate pairs."""
+        pair_l = self.la[rows]
+        if self.lb is not None:
+            pair_l = np.maximum(pair_l, self.lb[cols])
+        difference = np.abs(self.ra[rows] - self.rb[cols])
+        return pair_l, difference, self.tolerance + self.sa[rows] + self.sb[cols]
+
+    def check(self, rows, cols) -> PairViolations:
+        """The exact test on candidate pairs, with exact distances, in bounded blocks."""
+        if self.exclude_self:
+            keep = cols > rows
+            rows, cols = rows[keep], cols[keep]
+        parts = [_empty()]
+        step = max(1, MEMORY_BUDGET // (8 * self.a.shape[1] + 64))
+        for start in range(0, len(rows), step):
+            r, c = rows[start : start + step], cols[start : start + step]
+            dist = _pair_distances(self.a, self.b, r, c, self.p)
+            pair_l, difference, extra = self.pair_terms(r, c)
+            bound = pair_l * dist + extra
+            hit = (difference > bound) & (dist >= self.noise_floor)
+            parts.append(
+                PairViolations(
+                    r[hit].astype(np.int64),
+                    c[hit].astype(np.int64),
+                    dist[hit],
+                    difference[hit],
+                    bound[hit],
+                )
+            )
+        return _joined(parts)
+
+
+def _joined(parts: list[PairViolations]) -> PairViolations:
+    if len(parts) <= 1:
+        return parts[0] if parts else _empty()
+    return PairViolations(*(np.concatenate([getattr(x, f) for x in parts]) for f in _FIELDS))
+
+
+_FIELDS = ("first", "second", "distance", "difference", "bound")
+
+
+def _worst_per_query(found: PairViolations, m: int) -> PairViolations:
+    """Each query's pair with the largest ratio (ties: lowest pool index), with pair counts."""
+    if len(found.first) == 0:
+        return PairViolations(*(getattr(found, f) for f in _FIELDS), np.zeros(0, dtype=np.int64))
+    safe = np.where(found.distance > 0, found.distance, 1.0)
+    ratio = np.where(found.distance > 0, found.difference / safe, math.inf)
+    order = np.lexsort((found.second, -ratio, found.first))
+    first = found.first[order]
+    heads = order[np.r_[True, first[1:] != first[:-1]]]
+    counts = np.bincount(found.first, minlength=m)
     return PairViolations(
-        rows[violating].astype(np.int64),
-        cols[violating].astype(np.int64),
-        dist[violating],
-        difference[violating],
-        bound[violating],
+        found.first[heads],
+        found.second[heads],
+        found.distance[heads],
+        found.difference[heads],
+        found.bound[heads],
+        counts[found.first[heads]],
     )
 
 
@@ -150,49 +240,66 @@ def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return _distances(first[:, None, :] - second[None, :, :], p)
 
 
-def _exact_within(a, b, rows, cols, radius, p):
-    dist = _pair_distances(a, b, rows, cols, p)
-    keep = dist <= radius[rows]
-    return rows[keep], cols[keep], dist[keep]
-
-
-def _tree_candidates(a, b, radius, p, index: PoolIndex):
-    """Pairs within ``radius`` from the pool's KD-tree (on its widest coordinates: a coordinate
-    projection never lengthens a difference in ℓ2 or ℓ∞, so no pair is missed), with exact
-    distances. Falls back to one dense block when the radii cover most of the pool."""
+def _tree_blocks(problem: _Problem, radius, index: PoolIndex):
+    """Candidate blocks within ``radius`` from the pool's KD-tree (on its widest coordinates: a
+    coordinate projection never lengthens a difference in ℓ2 or ℓ∞, so no pair is missed), a
+    bounded number of candidates per block. Falls back to dense blocks when the radii cover
+    most of the pool."""
+    a, b, p = problem.a, problem.b, problem.p
     queries = a if index.coordinates is None else a[:, index.coordinates]
     active = np.flatnonzero(radius >= 0)
+    if len(active) == 0:
+        return
     sample = active[:: max(1, len(active) // 64)]  # estimate the candidate count on ~64 queries
     counts = index.tree.query_ball_point(queries[sample], radius[sample], p=p, return_length=True)
     if counts.sum() > 0.25 * len(sample) * len(b):
-        return _dense_candidates(a, b, radius, p)
-    candidates = index.tree.query_ball_point(queries[active], radius[active], p=p)
-    rows = np.repeat(active, [len(c) for c in candidates])
-    cols = np.fromiter((j for c in candidates for j in c), dtype=np.int64, count=len(rows))
-    return _exact_within(a, b, rows, cols, radius, p)
+        yield from _dense_blocks(problem, radius)
+        return
+    per_query = max(1.0, counts.sum() / len(sample))
+    chunk = max(1, int(TREE_CANDIDATES / per_query))
+    for start in range(0, len(active), chunk):
+        part = active[start : start + chunk]
+        candidates = index.tree.query_ball_point(queries[part], radius[part], p=p)
+        rows = np.repeat(part, [len(c) for c in candidates])
+        cols = np.fromiter((j for c in candidates for j in c), dtype=np.int64, count=len(rows))
+        yield rows, cols
 
 
-def _dense_candidates(a, b, radius, p, chunk: int = 256):
-    """Pairs with ``d(a_i, b_j) <= radius_i``, with their exact distances. ℓ2 screens with the
-    Gram identity ``|a|² + |b|² - 2a·b`` (one matrix product) under a radius widened by its
-    rounding error, then recomputes the survivors' distances directly, so the result is exact."""
-    rows_all, cols_all = [], []
-    if p == 2.0:  # in torch: numpy's BLAS threads would fight torch's for the two cores
-        first, second, limit = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(radius)
-        scale = (first * first).sum(1)[:, None] + (second * second).sum(1)[None, :]
-        squared = scale - 2.0 * (first @ second.T)
-        slack = 8 * a.shape[1] * np.finfo(np.float64).eps * scale
-        reach = limit.clamp(min=0.0)[:, None] ** 2 + slack
-        mask = (squared <= reach) & (limit[:, None] >= 0)
-        rows_all, cols_all = (index.numpy() for index in torch.nonzero(mask, as_tuple=True))
-    else:
-        for start in range(0, len(a), chunk):
-            block = np.abs(a[start : start + chunk, None, :] - b[None, :, :]).max(2)
-            r, c = np.nonzero(block <= radius[start : start + chunk, None])
-            rows_all.append(r + start)
-            cols_all.append(c)
-        rows_all, cols_all = np.concatenate(rows_all), np.concatenate(cols_all)
-    return _exact_within(a, b, rows_all, cols_all, radius, p)
+def _dense_blocks(problem: _Problem, radius):
+    """Candidate blocks from all pairs, a few query rows at a time (temporaries within
+    ``MEMORY_BUDGET``). A pair is a candidate when it can violate given a *lower bound* of its
+    distance: ℓ2 from the Gram identity ``|a|² + |b|² - 2a·b`` minus its rounding error (one
+    matrix product), ℓ∞ exactly. Pruning uses a relative margin of 1e-9 — far above the few
+    roundings of the test — so every pair the exact check would flag stays a candidate."""
+    a, b, p = problem.a, problem.b, problem.p
+    n, d = len(b), a.shape[1]
+    active = np.flatnonzero(radius >= 0)
+    per_row = 8 * n * (d if p == math.inf else 8)
+    chunk = max(1, MEMORY_BUDGET // per_row)
+    second = torch.from_numpy(b)
+    second_sq = (second * second).sum(1)
+    eps = np.finfo(np.float64).eps
+    for start in range(0, len(active), chunk):
+        part = active[start : start + chunk]
+        first = torch.from_numpy(a[part])
+        if p == 2.0:  # in torch: numpy's BLAS threads would fight torch's for the two cores
+            scale = (first * first).sum(1)[:, None] + second_sq[None, :]
+            squared = scale - 2.0 * (first @ second.T)
+            lower = (squared - 8 * d * eps * scale).clamp(min=0.0).sqrt()
+        else:
+            lower = (first[:, None, :] - second[None, :, :]).abs().amax(-1)
+        pair_l = torch.from_numpy(problem.la[part])[:, None]
+        if problem.lb is not None:
+            pair_l = torch.maximum(pair_l, torch.from_numpy(problem.lb)[None, :])
+        rewards = torch.from_numpy(problem.ra[part])[:, None]
+        difference = (rewards - torch.from_numpy(problem.rb)[None, :]).abs()
+        extra = (
+            torch.from_numpy(problem.tolerance + problem.sa[part])[:, None]
+            + torch.from_numpy(problem.sb)[None, :]
+        )
+        keep = difference * (1 + 1e-9) >= pair_l * lower + extra
+        local, cols = (index.numpy() for index in torch.nonzero(keep, as_tuple=True))
+        yield part[local], cols
 
 
 def brute_force_violations(
