@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -32,15 +36,25 @@ from lipguard.monitor import pairs as pairs_module
     norm=st.sampled_from([2.0, float("inf")]),
     dense=st.booleans(),
     dimension=st.sampled_from([3, 8, 20]),
+    budget=st.sampled_from([None, 1, 5_000]),
+    spike=st.booleans(),
+    worst=st.booleans(),
 )
 def test_pruned_search_equals_brute_force(
-    seed, lipschitz, tolerance, noise_floor, norm, dense, dimension
+    seed, lipschitz, tolerance, noise_floor, norm, dense, dimension, budget, spike, worst
 ):
+    """Equal to brute force on every path: the tree, dense blocks, tiny memory budgets (one
+    query row, one candidate per block), an outlier reward that widens every radius, and the
+    per-query worst pair."""
     rng = np.random.default_rng(seed)
     states, pool = rng.normal(size=(40, dimension)), rng.normal(size=(60, dimension))
     rewards, pool_rewards = rng.normal(size=40), rng.normal(size=60)
-    original = pairs_module.DENSE_LIMIT
+    if spike:
+        pool_rewards[7] = 1e4
+    limits = (pairs_module.DENSE_LIMIT, pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES)
     pairs_module.DENSE_LIMIT = 10**9 if dense else 0
+    if budget is not None:
+        pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES = budget, budget
     try:
         found = find_violations(
             states,
@@ -51,9 +65,10 @@ def test_pruned_search_equals_brute_force(
             norm=norm,
             tolerance=tolerance,
             noise_floor=noise_floor,
+            worst=worst,
         )
     finally:
-        pairs_module.DENSE_LIMIT = original
+        pairs_module.DENSE_LIMIT, pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES = limits
     expected = brute_force_violations(
         states,
         rewards,
@@ -64,7 +79,55 @@ def test_pruned_search_equals_brute_force(
         tolerance=tolerance,
         noise_floor=noise_floor,
     )
-    assert set(zip(found.first.tolist(), found.second.tolist(), strict=True)) == expected
+    pairs = set(zip(found.first.tolist(), found.second.tolist(), strict=True))
+    if not worst:
+        assert pairs == expected
+        return
+    assert pairs <= expected
+    per_query = Counter(i for i, _ in expected)
+    assert dict(zip(found.first.tolist(), found.count.tolist(), strict=True)) == per_query
+    distance = pairs_module._dense_distances(states, pool, norm)
+    ratio = np.abs(rewards[:, None] - pool_rewards[None, :]) / distance
+    for i, j in pairs:
+        assert ratio[i, j] == max(ratio[i, k] for k in range(60) if (i, k) in expected)
+
+
+def test_a_spike_in_a_large_batch_stays_small_and_fast():
+    """One outlier reward in a 4096×64 batch widens every search radius; the search stays in
+    bounded blocks (measured in a fresh process: peak memory, wall time)."""
+    script = textwrap.dedent("""
+        import resource, time
+        import numpy as np
+        from lipguard.monitor import LipschitzMonitor
+        rng = np.random.default_rng(0)
+        weights = rng.normal(size=64) / 8
+        monitor = LipschitzMonitor(1.0, window=1024, tolerance=0.0, pairs="worst", drift=False)
+        states = rng.normal(size=(1024, 64))
+        monitor.observe(states, states @ weights)
+        states = rng.normal(size=(4096, 64))
+        rewards = states @ weights
+        rewards[17] += 1e6
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        events = monitor.observe(states, rewards).violations
+        seconds = time.perf_counter() - started
+        extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        spike = [e for e in events if e.step == 1041]
+        print(len(events), spike[0].details["pairs"], seconds, extra)
+    """)
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    events, spike_pairs, seconds, extra_kib = (
+        int(output[0]),
+        int(output[1]),
+        float(output[2]),
+        int(output[3]),
+    )
+    assert spike_pairs > 4000  # the spike violates against nearly everything it meets
+    assert 0 < events < 100  # ... and the others only against the spike: one event each at most
+    assert extra_kib < 1024 * 1024  # < 1 GiB above the process's baseline
+    assert seconds < 10.0  # 1.2-1.8 s here; generous for shared CI machines
 
 
 def _stream(rng, n, slope):

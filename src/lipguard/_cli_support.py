@@ -71,11 +71,25 @@ def number(*, low: float | None = None, strict: bool = False) -> Callable[[Any],
 
 
 def load_model(path: Path):
+    """``(model, per-sample input shape)`` from an ONNX file or a lipguard checkpoint; an ONNX
+    graph that cannot run on its own declared input shape (inconsistent dimensions) is refused
+    here, in one line."""
+    import torch
+
     from lipguard.io import load_checkpoint, load_onnx
 
-    if path.suffix == ".onnx":
-        return load_onnx(path)
-    return load_checkpoint(path)
+    if path.suffix != ".onnx":
+        return load_checkpoint(path)
+    module, shape = load_onnx(path)
+    shapes = shape if shape and isinstance(shape[0], tuple) else (shape,)
+    try:
+        with torch.no_grad():
+            module(*(torch.zeros(1, *item) for item in shapes))
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise InvalidArgumentError(
+            f"{path} cannot run on its declared input shape {shape}: {str(error).splitlines()[0]}"
+        ) from None
+    return module, shape
 
 
 def parse_shape(text: str | None) -> tuple | None:
@@ -92,6 +106,33 @@ def parse_shape(text: str | None) -> tuple | None:
             f"input shape must look like 3,32,32 (or 3,32,32;16 for two inputs); got {text!r}"
         ) from None
     return shapes[0] if len(shapes) == 1 else tuple(shapes)
+
+
+def parse_pair(text: str | None, option: str, example: str) -> tuple[float, float] | None:
+    """``"a,b"`` → ``(a, b)``, two finite numbers with ``a < b``."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{option} must look like {example}; got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise typer.BadParameter(f"{option} needs two finite numbers a < b; got {text!r}")
+    return low, high
+
+
+def accepted_inputs(network, x) -> None:
+    """Check, on one input, that the model takes inputs of this shape (one line if not)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            network.eval()(x[:1])
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise InvalidArgumentError(
+            f"the model does not take inputs of shape {tuple(x.shape[1:])}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
 
 
 def fail(error: Exception | str) -> NoReturn:
@@ -178,3 +219,30 @@ def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = 
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise InvalidArgumentError(f"{path}: array {name!r} is not numeric ({array.dtype})")
     return arrays
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array (never unpickled), with one-line errors."""
+    if not path.is_file():
+        raise InvalidArgumentError(f"cannot read {path}: no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InvalidArgumentError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if not np.issubdtype(array.dtype, np.number):
+        raise InvalidArgumentError(f"{path} is not a numeric array ({array.dtype})")
+    return array
+
+
+def reshaped(x, shape: tuple):
+    """Data samples ``(N, ...)`` reshaped to the per-sample ``shape`` (one input only)."""
+    if shape and isinstance(shape[0], tuple):
+        raise InvalidArgumentError(
+            "data files feed models with one input; this model takes several"
+        )
+    size = math.prod(x.shape[1:])
+    if math.prod(shape) != size:
+        raise InvalidArgumentError(
+            f"samples of {size} values cannot take the input shape {tuple(shape)}"
+        )
+    return x.reshape(x.shape[0], *shape)

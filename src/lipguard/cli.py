@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 import lipguard
-from lipguard._cli_support import OneLineErrors, console, fail, load_model, parse_shape
+from lipguard._cli_support import (
+    OneLineErrors,
+    OverwriteOption,
+    console,
+    fail,
+    load_model,
+    parse_shape,
+    refuse_existing,
+)
 from lipguard.cli_attack import attack_command
 from lipguard.cli_monitor import audit_app, monitor_command
 from lipguard.cli_run import run_command
@@ -67,10 +75,12 @@ def certify(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the certificate as JSON.")
     ] = False,
+    overwrite: Annotated[bool, OverwriteOption] = False,
 ) -> None:
     """Prove a Lipschitz upper bound (and find a lower bound) for a model file."""
     from lipguard.bounds import certify as certify_model
 
+    refuse_existing(save, overwrite)
     try:
         network, stored_shape = load_model(model)
         shape = parse_shape(input_shape) or stored_shape

@@ -13,7 +13,18 @@ import typer
 from rich import box
 from rich.table import Table
 
-from lipguard._cli_support import console, fail, load_model, parse_shape
+from lipguard._cli_support import (
+    OverwriteOption,
+    accepted_inputs,
+    console,
+    fail,
+    load_model,
+    parse_pair,
+    parse_shape,
+    refuse_existing,
+    reshaped,
+    write_text,
+)
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, LipguardError
 
@@ -44,16 +55,6 @@ def _attack(name: str, threat, steps: int, seed: int):
     return builders[name]()
 
 
-def _parse_bounds(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"bounds must look like 0,1; got {text!r}") from None
-    return low, high
-
-
 def attack_command(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a lipguard checkpoint.")],
     data: Annotated[Path, typer.Option(help=".npz (x, optional labels y), .npy or .csv inputs.")],
@@ -62,10 +63,10 @@ def attack_command(
     objective: Annotated[str, typer.Option(help=f"One of {', '.join(OBJECTIVES)}.")] = "ce",
     attack: Annotated[str, typer.Option(help=f"One of {', '.join(ATTACKS)}.")] = "pgd",
     steps: Annotated[
-        int, typer.Option(help="Steps (pgd, apgd), queries (square) or samples (random).")
+        int, typer.Option(help="Steps (pgd, apgd), queries (square) or samples (random).", min=1)
     ] = 20,
     bounds: Annotated[str | None, typer.Option(help="Valid input box, e.g. 0,1.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs attacked together.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Inputs attacked together.", min=1)] = 512,
     label_column: Annotated[int | None, typer.Option(help="CSV column holding labels.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Per-sample input shape.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the attack's randomness.")] = 0,
@@ -73,11 +74,14 @@ def attack_command(
     save_adversarial: Annotated[
         Path | None, typer.Option(help="Write the adversarial inputs to this .npy file.")
     ] = None,
+    overwrite: Annotated[bool, OverwriteOption] = False,
 ) -> None:
     """Attack every input of a data file and report the success rate."""
     from lipguard.attacks import ThreatModel
     from lipguard.cli_smooth import load_data
 
+    for target in (out, save_adversarial):
+        refuse_existing(target, overwrite)
     try:
         if objective not in OBJECTIVES:
             raise InvalidArgumentError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -87,8 +91,9 @@ def attack_command(
         x, y = load_data(data, label_column)
         shape = parse_shape(input_shape) or stored_shape
         if shape is not None:
-            x = x.reshape(x.shape[0], *shape)
-        threat = ThreatModel(eps, norm, bounds=_parse_bounds(bounds))
+            x = reshaped(x, shape)
+        accepted_inputs(network, x)
+        threat = ThreatModel(eps, norm, bounds=parse_pair(bounds, "--bounds", "0,1"))
         runner = _attack(attack, threat, steps, seed)
         started = time.perf_counter()
         results = []
@@ -121,7 +126,7 @@ def attack_command(
     console.print(table)
     if out is not None:
         payload = {"success": success.tolist(), "loss": loss.tolist(), "eps": eps, "norm": norm}
-        out.write_text(json.dumps(payload, indent=2))
+        write_text(out, json.dumps(payload, indent=2))
         console.print(f"results: {out}")
     if save_adversarial is not None:
         np.save(save_adversarial, torch.cat([r.x_adv for r in results]).numpy())

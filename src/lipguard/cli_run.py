@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +22,17 @@ def run_command(
     config: Annotated[
         Path | None, typer.Option(help="TOML file overriding any setting (docs/pipeline.md).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for results.json and report.html.")] = Path(
-        "runs/default"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the results (default: a new runs/<date-time>); an existing one that "
+            "holds files is refused unless --overwrite.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the results in --out (only once the new run finishes).")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes on 2 cores).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
 ) -> None:
@@ -35,6 +44,10 @@ def run_command(
         settings = load_config(config, quick=quick, env=env, seed=seed)
     except (LipguardError, OSError, ValueError) as error:
         fail(str(error))
+    if out is None:
+        out = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        fail(f"{out} already holds results; pass --overwrite to replace them, or another --out")
     console.print(
         f"[bold]lipguard run[/bold] on {settings.env}: reward target L = {settings.lipschitz:g}, "
         f"{settings.algorithm} {settings.timesteps} steps per policy → {out}"
@@ -52,11 +65,15 @@ def run_command(
             task = progress.add_task(description, total=total)
             yield lambda: progress.advance(task)
 
-        results = run_pipeline(settings, out, track)
+        results = run_pipeline(settings, out, track, overwrite=overwrite)
     console.print(_summary(results))
     for text, ok in results["checks"].items():
         console.print(f"[{'green' if ok else 'red'}]{'✔' if ok else '✘'}[/] {text}")
     console.print(f"report: {out / 'report.html'}  results: {out / 'results.json'}")
+    console.print(
+        f"audit log: {out / 'audit.db'}, head {results['monitor']['audit_head']} (keep it "
+        "elsewhere; `lipguard audit verify --expect-head` checks the log still holds it)"
+    )
     if not all(results["checks"].values()):
         raise typer.Exit(1)
 

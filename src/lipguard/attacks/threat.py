@@ -60,8 +60,8 @@ class ThreatModel:
         object.__setattr__(self, "norm", p)
         if self.bounds is not None:
             low, high = self.bounds
-            if bool(torch.as_tensor(low >= high).any()):
-                raise InvalidArgumentError("bounds must satisfy low < high")
+            if not bool((torch.as_tensor(low) < torch.as_tensor(high)).all()):
+                raise InvalidArgumentError("bounds must satisfy low < high (and not be NaN)")
         if self.mask is not None and self.mask.dtype != torch.bool:
             raise InvalidArgumentError("mask must be a boolean tensor (True = attackable)")
 

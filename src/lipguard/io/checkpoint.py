@@ -8,13 +8,16 @@ cannot run code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lipguard import _checks
 from lipguard.errors import InvalidArgumentError, UnsupportedModuleError
 from lipguard.nn import (
     GroupSort,
@@ -90,7 +93,7 @@ _DESCRIBE: dict[type, Callable[[nn.Module], Spec]] = {
 def _mlp(spec: Spec) -> LipschitzMLP:
     model = LipschitzMLP.__new__(LipschitzMLP)
     nn.Sequential.__init__(model, *[_build(child) for child in spec["children"]])
-    model.lipschitz = float(spec["lipschitz"])
+    model.lipschitz = _checks.positive_float("LipschitzMLP lipschitz", spec["lipschitz"])
     return model
 
 
@@ -105,9 +108,9 @@ def _leaf(cls: type) -> Callable[[Spec], nn.Module]:
             )
         try:
             return cls(**arguments)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RuntimeError) as error:
             raise InvalidArgumentError(
-                f"checkpoint: cannot build {cls.__name__}: {error}"
+                f"checkpoint: cannot build {cls.__name__}: {str(error).splitlines()[0]}"
             ) from None
 
     return build
@@ -151,7 +154,7 @@ def _build(spec: Spec) -> nn.Module:
         raise InvalidArgumentError(f"unknown module in checkpoint: {spec!r:.200}") from None
     try:
         return builder(spec)
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, AttributeError) as error:
         raise InvalidArgumentError(f"malformed {spec['type']} in checkpoint: {error}") from None
 
 
@@ -177,18 +180,95 @@ def save_checkpoint(
     return architecture
 
 
+MAX_DEPTH = 64  # nesting of containers a checkpoint may declare
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """Rebuild a model saved by :func:`save_checkpoint`; returns ``(model, input_shape)``."""
+    """Rebuild a model saved by :func:`save_checkpoint`; returns ``(model, input_shape)``.
+
+    Every failure of an untrusted file is an :class:`InvalidArgumentError` naming it, raised
+    before any large allocation: the architecture is checked for shape, nesting depth and a
+    parameter count no larger than the weights file holds."""
     architecture, weights = _paths(path)
     try:
         payload = json.loads(architecture.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0] or "unreadable"
         raise InvalidArgumentError(
-            f"cannot read checkpoint architecture {architecture}: {error}"
+            f"cannot read checkpoint architecture {architecture}: {reason}"
         ) from None
-    if payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InvalidArgumentError(f"{architecture} is not a {FORMAT} file")
-    model = _build(payload["model"])
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    spec = payload.get("model")
+    _check_depth(spec, architecture)
+    available = _weight_elements(weights)
+    declared = _declared_parameters(spec)
+    if declared > available:
+        raise InvalidArgumentError(
+            f"{architecture} declares {declared:,} parameters but {weights.name} holds "
+            f"{available:,}: the files do not belong together"
+        )
+    model = _build(spec)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise InvalidArgumentError(
+            f"{weights.name} does not fit {architecture.name}: {first[0].strip()}"
+        ) from None
     shape = payload.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(n, int) and n >= 1 for n in shape)
+    ):
+        raise InvalidArgumentError(f"{architecture}: input_shape must be a list of positive ints")
     return model.eval(), tuple(shape) if shape else None
+
+
+def _check_depth(spec: object, source: Path) -> None:
+    """Refuse a tree nested deeper than ``MAX_DEPTH`` (checked without recursion)."""
+    stack = [(spec, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidArgumentError(f"{source} nests modules deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
+def _weight_elements(weights: Path) -> int:
+    """The number of values the safetensors file holds (from its header, nothing loaded)."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())  # noqa: SIM118
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"cannot read weights {weights}: no such file") from None
+    except Exception as error:  # safetensors raises its own error type for a corrupt file
+        raise InvalidArgumentError(
+            f"cannot read weights {weights}: not a safetensors file ({str(error)[:120]})"
+        ) from None
+
+
+def _declared_parameters(spec: object) -> int:
+    """A lower bound of the parameters a spec asks for (weights of linear and conv layers)."""
+    total, stack = 0, [spec]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(value for value in node.values() if isinstance(value, (dict, list)))
+        sizes = [
+            node.get(k) for k in ("in_features", "out_features", "in_channels", "out_channels")
+        ]
+        numbers = [n for n in sizes if isinstance(n, int) and not isinstance(n, bool)]
+        if len(numbers) == 2 and all(n > 0 for n in numbers):
+            kernel = node.get("kernel_size", 1)
+            kernel = kernel if isinstance(kernel, list) else [kernel]
+            groups = node.get("groups", 1)
+            if all(isinstance(k, int) and k > 0 for k in kernel) and isinstance(groups, int):
+                total += numbers[0] * numbers[1] * math.prod(kernel) // max(groups, 1)
+    return total

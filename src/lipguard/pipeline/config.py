@@ -14,6 +14,7 @@ errors); ``--quick`` starts from :meth:`RunConfig.quick` instead, and the file o
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -81,17 +82,69 @@ class RunConfig:
         return _checked(dataclasses.replace(self, **changes))
 
 
+#: settings that must be > 0, and those that must be >= 0 (every number must be finite)
+_POSITIVE = {
+    "transitions",
+    "reward_epochs",
+    "lipschitz",
+    "certify_inputs",
+    "attack_points",
+    "attack_steps",
+    "smoothing_sigma",
+    "smoothing_points",
+    "smoothing_samples",
+    "timesteps",
+    "episodes",
+    "monitor_steps",
+    "monitor_batch",
+    "fault_scale",
+    "reward_hidden",
+}
+_CHOICES = {
+    "algorithm": ("SAC", "PPO"),
+    "certify_method": ("auto", "product", "compositional", "lipsdp", "lipsdp-layer"),
+}
+
+
 def _checked(config: RunConfig) -> RunConfig:
-    if config.algorithm not in ("SAC", "PPO"):
-        raise InvalidArgumentError(f"algorithm must be SAC or PPO, got {config.algorithm!r}")
+    """Every setting has its field's type, is finite, and lies in its range; else one
+    :class:`InvalidArgumentError` naming the setting (before any work starts)."""
+    for field in fields(RunConfig):
+        value = getattr(config, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        kind = {"int": int, "float": float, "bool": bool, "str": str}.get(
+            field.type.removeprefix("tuple[").split(",")[0].removesuffix("]")
+        )
+        if field.type.startswith("tuple") != isinstance(value, tuple) or not all(
+            _is(item, kind) for item in items
+        ):
+            raise InvalidArgumentError(f"{field.name} must be {field.type}, got {value!r}")
+        if kind in (int, float):
+            low = 0 if field.name not in _POSITIVE else None
+            for item in items:
+                if not math.isfinite(item) or (item <= 0 if low is None else item < low):
+                    bound = "> 0" if low is None else ">= 0"
+                    raise InvalidArgumentError(
+                        f"{field.name} must be finite and {bound}, got {value!r}"
+                    )
+        if field.name in _CHOICES and value not in _CHOICES[field.name]:
+            raise InvalidArgumentError(
+                f"{field.name} must be one of {', '.join(_CHOICES[field.name])}, got {value!r}"
+            )
+    if not config.env:
+        raise InvalidArgumentError("env must name a Gymnasium environment")
     if not 0 < config.fault_step < config.monitor_steps:
         raise InvalidArgumentError("fault_step must lie inside the monitored rollout")
-    for name in ("transitions", "reward_epochs", "timesteps", "episodes", "monitor_batch"):
-        if getattr(config, name) < 1:
-            raise InvalidArgumentError(f"{name} must be >= 1")
-    if config.lipschitz <= 0 or any(eps < 0 for eps in config.attack_eps):
-        raise InvalidArgumentError("lipschitz must be > 0 and attack_eps >= 0")
     return config
+
+
+def _is(value: object, kind: type | None) -> bool:
+    """``value`` has the type ``kind`` (an int counts as a float; a bool is not a number)."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return kind is None or isinstance(value, kind)
 
 
 def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -> RunConfig:
@@ -100,8 +153,13 @@ def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -
     config = RunConfig.quick() if quick else RunConfig()
     changes: dict = {}
     if path is not None:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
+        try:
+            with Path(path).open("rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as error:
+            raise InvalidArgumentError(f"cannot read {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise InvalidArgumentError(f"{path} is not valid TOML: {error}") from None
         known = {field.name: field for field in fields(RunConfig)}
         unknown = sorted(set(data) - set(known))
         if unknown:

@@ -44,9 +44,7 @@ def monitor_with_fault(
     reference = data.train[0][:2000]
     with torch.no_grad():
         reference_rewards = deployed(reference)
-    if audit_path.exists():
-        audit_path.unlink()
-    store = AuditStore(audit_path)
+    store = AuditStore(audit_path)  # a new log in the run's fresh folder
     monitor = LipschitzMonitor(
         lipschitz,
         window=1024,
@@ -82,6 +80,7 @@ def monitor_with_fault(
     before = [s for s in alarms if s < config.fault_step]
     after = [s for s in alarms if s >= config.fault_step]
     report = store.verify()
+    count, head = store.head()
     totals = Counter(e.kind for e in events)
     return {
         "fault_step": config.fault_step,
@@ -95,4 +94,5 @@ def monitor_with_fault(
         "audit_path": str(audit_path),
         "audit_records": report.records,
         "audit_verified": report.ok,
+        "audit_head": f"{count}:{head}",  # keep it elsewhere: `lipguard audit verify --expect-head`
     }

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 import lipguard
+from lipguard.errors import InvalidArgumentError
 from lipguard.pipeline import report
 from lipguard.pipeline.config import RunConfig
 from lipguard.pipeline.fault import monitor_with_fault
@@ -64,10 +67,51 @@ def checks(results: dict) -> dict[str, bool]:
     }
 
 
-def run_pipeline(config: RunConfig, out: Path, track: Tracker = _silent) -> dict:
-    """Run every stage, write ``results.json`` and ``report.html`` into ``out``; returns the
-    results dictionary."""
-    out.mkdir(parents=True, exist_ok=True)
+def run_pipeline(
+    config: RunConfig, out: Path, track: Tracker = _silent, *, overwrite: bool = False
+) -> dict:
+    """Run every stage, write ``results.json``, ``report.html``, the certificates and the audit
+    log into ``out``; returns the results dictionary.
+
+    Nothing is lost: a non-empty ``out`` is refused unless ``overwrite``; the run writes into a
+    fresh folder beside ``out`` and only a finished run replaces ``out`` (a run that fails or is
+    killed half-way leaves the previous results as they were)."""
+    with staged_folder(out, overwrite) as staging:
+        results = _run(config, staging, track)
+        results["monitor"]["audit_path"] = str(out / "audit.db")
+        _write_results(results, staging, track)
+    return results
+
+
+@contextmanager
+def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A new folder beside ``out`` that replaces ``out`` when the block succeeds and is removed
+    when it raises."""
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InvalidArgumentError(
+            f"{out} already holds results; pass --overwrite to replace them, or another --out"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists() and not overwrite:  # another run finished there meanwhile: keep both
+        raise InvalidArgumentError(f"{out} appeared during the run; this run's results: {staging}")
+    if out.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(retired / out.name)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _run(config: RunConfig, out: Path, track: Tracker) -> dict:
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     timings = {}
@@ -118,10 +162,13 @@ def run_pipeline(config: RunConfig, out: Path, track: Tracker = _silent) -> dict
         "monitor": monitor,
     }
     results["checks"] = checks(results)
-    with stage("report") as advance:
-        results["meta"]["seconds"] = time.perf_counter() - started
+    results["meta"]["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _write_results(results: dict, out: Path, track: Tracker) -> None:
+    with track("report", 1) as advance:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         page = report.render({**results, "plots": report.plots(results)})
         (out / "report.html").write_text(page)
         advance()
-    return results

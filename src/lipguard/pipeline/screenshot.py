@@ -1,6 +1,6 @@
 """Render a report page in headless Chromium and save a PNG screenshot of it.
 
-    python -m lipguard.pipeline.screenshot runs/default/report.html docs/report.png
+    python -m lipguard.pipeline.screenshot runs/<date-time>/report.html docs/report.png
 
 Needs Debian's ``chromium`` (``apt-get install chromium``); flags as the project's machines need
 them (no sandbox as root, no background networking on a closed network).
