@@ -9,6 +9,11 @@
    (window = stream length) by the monitor's pruned search and by brute force over all pairs
    (``lipguard.monitor.brute_force_violations``, the same arithmetic without pruning), as the
    history grows.
+4. **A faulty stream**: one outlier reward (+10⁶) in a large batch widens every search radius
+   (the case that took 11.8 s and 4.25 GB, or was killed at 23.6 GB, before the search worked
+   in bounded blocks). Each case runs in a fresh process: wall time of that ``observe`` and its
+   peak memory above the process's baseline; brute force over the same pairs where it fits in
+   2 GB.
 
 Medians of ``--repeats``. Writes ``monitor.json`` and ``monitor.md`` to ``--out``.
 
@@ -21,6 +26,7 @@ import argparse
 import datetime
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,6 +138,66 @@ def scaling(batches: int) -> list[dict]:
     return rows
 
 
+SPIKE = """
+import resource, sys, time
+import numpy as np
+from lipguard.monitor import LipschitzMonitor, brute_force_violations
+batch, d, norm, brute = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+rng = np.random.default_rng(0)
+w = rng.normal(size=d) / np.sqrt(d)
+monitor = LipschitzMonitor(1.0, norm, window=1024, tolerance=0.0, pairs="worst", drift=False)
+window = rng.normal(size=(1024, d))
+monitor.observe(window, window @ w)
+states = rng.normal(size=(batch, d))
+rewards = states @ w
+rewards[17] += 1e6
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+events = len(monitor.observe(states, rewards).events)
+seconds = time.perf_counter() - started
+extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+brute_seconds = -1.0
+if brute:
+    p = float(norm)
+    started = time.perf_counter()
+    brute_force_violations(states, rewards, window, window @ w, 1.0, norm=p)
+    brute_force_violations(states, rewards, states, rewards, 1.0, norm=p)
+    brute_seconds = time.perf_counter() - started
+print(seconds, extra, events, brute_seconds)
+"""
+
+
+def faulty(repeats: int) -> list[dict]:
+    rows = []
+    for batch, d, norm in ((4096, 8, "2"), (2048, 64, "2"), (4096, 64, "2"), (4096, 64, "inf")):
+        brute = batch * (batch + 1024) * d * 8 <= 2e9
+        runs = []
+        for _ in range(repeats):
+            output = subprocess.run(
+                [sys.executable, "-c", SPIKE, str(batch), str(d), norm, "1" if brute else "0"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            runs.append([float(value) for value in output])
+        seconds, extra_kib, events, brute_seconds = (
+            statistics.median(c) for c in zip(*runs, strict=True)
+        )
+        rows.append(
+            {
+                "batch": batch,
+                "dimension": d,
+                "norm": norm,
+                "monitor_s": seconds,
+                "peak_extra_mb": extra_kib / 1024,
+                "events": int(events),
+                "brute_force_s": brute_seconds if brute else None,
+            }
+        )
+        print(rows[-1])
+    return rows
+
+
 def markdown(report) -> str:
     meta = report["meta"]
     lines = [
@@ -171,6 +237,21 @@ def markdown(report) -> str:
             f"| {row['history']:,} | {row['monitor_ms']:.1f} | "
             f"{row['brute_force_ms']:.1f} | {row['speedup']:.1f}× |"
         )
+    lines += [
+        "",
+        "## A faulty stream: one outlier reward in a large batch (window 1024, pairs=worst)",
+        "",
+        "| batch × dim | norm | monitor (s) | peak memory above baseline (MB) | events "
+        "| brute force (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in report["faulty"]:
+        brute = "—" if row["brute_force_s"] is None else f"{row['brute_force_s']:.2f}"
+        lines.append(
+            f"| {row['batch']} × {row['dimension']} | ℓ{row['norm']} | {row['monitor_s']:.2f} | "
+            f"{row['peak_extra_mb']:.0f} | {row['events']} | {brute} |"
+        )
+    lines += ["", "(— : brute force would need more than 2 GB.)"]
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +272,7 @@ def main() -> None:
         "overhead": overhead(args.repeats),
         "audit": audit(args.repeats),
         "scaling": scaling(args.batches),
+        "faulty": faulty(max(1, args.repeats // 2)),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "monitor.json").write_text(json.dumps(report, indent=2))

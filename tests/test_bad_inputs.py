@@ -4,7 +4,9 @@ line (no traceback) and changes no file."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from lipguard.attacks import ThreatModel
+from lipguard.bounds import lipschitz_bound
 from lipguard.cli import app
-from lipguard.io import save_checkpoint
+from lipguard.errors import LipguardError
+from lipguard.io import load_checkpoint, save_checkpoint
+from lipguard.monitor import AuditStore, Checkpoint, LipschitzMonitor
 from lipguard.nn import LipschitzMLP
+from lipguard.pipeline import load_config
+from lipguard.smoothing import SmoothedClassifier
 
 runner = CliRunner()
 
@@ -69,14 +77,35 @@ def files(tmp_path_factory) -> Path:
     (root / "nan_mlp.json").write_text(json.dumps(mlp).replace('"NaN"', "NaN"))
     (root / "nan_mlp.safetensors").write_bytes((root / "mlp.safetensors").read_bytes())
     (root / "garbage.onnx").write_bytes(b"\x00\x01 not an onnx graph")
+    _inconsistent_onnx(root / "inconsistent.onnx")
     (root / "cert.json").write_text("{ not a certificate")
     (root / "bad.toml").write_text("timesteps = 'many'\n")
     (root / "nan.toml").write_text("lipschitz = nan\n")
     (root / "method.toml").write_text('certify_method = "guess"\n')
     (root / "broken.toml").write_text("lipschitz = = 3\n")
+    connection = sqlite3.connect(root / "foreign.db")
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.commit()
+    connection.close()
     (root / "previous_run").mkdir()
     (root / "previous_run" / "results.json").write_text('{"kept": true}')
     return root
+
+
+def _inconsistent_onnx(path: Path) -> None:
+    """A Gemm whose weight takes 3 features under a declared input of 5."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 3), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+        "inconsistent",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
 CERTIFY = ["certify", "{net}.json"]
@@ -99,6 +128,7 @@ CASES = {
     "architecture not an object": ["certify", "{root}/not_object.json"],
     "lipschitz NaN in an MLP": ["certify", "{root}/nan_mlp.json"],
     "garbage ONNX": ["certify", "{root}/garbage.onnx"],
+    "ONNX with inconsistent dimensions": ["certify", "{root}/inconsistent.onnx"],
     "norm 3": [*CERTIFY, "--norm", "3"],
     "unknown method": [*CERTIFY, "--method", "guess"],
     "unreadable input shape": [*CERTIFY, "--input-shape", "a,b"],
@@ -177,6 +207,8 @@ CASES = {
     "norm 1 for the monitor": [*MONITOR, "--norm", "1"],
     "empty key": [*MONITOR, "--db", "{root}/new.db", "--key", ""],
     "audit store into a missing folder": [*MONITOR, "--db", "{root}/nowhere/a.db"],
+    "audit store in someone else's database": [*MONITOR, "--db", "{root}/foreign.db"],
+    "audit store in a text file": [*MONITOR, "--db", "{root}/data.csv"],
     "checkpoint without a store": [*MONITOR, "--checkpoint", "{root}/cp.json"],
     "verify a missing log": ["audit", "verify", "{root}/absent.db"],
     "report a missing log": ["audit", "report", "{root}/absent.db"],
@@ -215,3 +247,52 @@ def test_bad_input_is_one_line_with_exit_code_two(files, case):
     assert lines[0].startswith("error:"), (case, result.output)
     assert "Traceback" not in result.output
     assert _snapshot(files) == before, case
+
+
+def _monitor_with_nan_bound():
+    monitor = LipschitzMonitor(lambda states: np.full(len(states), math.nan), drift=False)
+    monitor.observe(np.zeros((2, 3)), np.zeros(2))
+
+
+API_CASES = {
+    "monitor: NaN bound": lambda: LipschitzMonitor(math.nan),
+    "monitor: NaN tolerance": lambda: LipschitzMonitor(1.0, tolerance=math.nan),
+    "monitor: NaN noise floor": lambda: LipschitzMonitor(1.0, noise_floor=math.nan),
+    "monitor: zero window": lambda: LipschitzMonitor(1.0, window=0),
+    "monitor: unknown pairs": lambda: LipschitzMonitor(1.0, pairs="some"),
+    "monitor: NaN envelope": lambda: LipschitzMonitor(
+        1.0, reference=(np.zeros((4, 2)), np.zeros(4)), envelope_radius=math.nan
+    ),
+    "monitor: NaN reference": lambda: LipschitzMonitor(
+        1.0, reference=(np.full((4, 2), math.nan), np.zeros(4))
+    ),
+    "monitor: L(s) returns NaN": _monitor_with_nan_bound,
+    "monitor: NaN observation": lambda: LipschitzMonitor(1.0).observe(
+        np.full((2, 3), math.nan), np.zeros(2)
+    ),
+    "monitor: ragged observation": lambda: LipschitzMonitor(1.0).observe(
+        np.zeros((2, 3)), np.zeros(3)
+    ),
+    "store: empty key": lambda: AuditStore("unused.db", key=""),
+    "store: memory": lambda: AuditStore(":memory:"),
+    "store: reading a missing log": lambda: AuditStore("absent.db", create=False),
+    "checkpoint: not one": lambda: Checkpoint.from_dict({"count": 3}),
+    "checkpoint: unreadable head": lambda: Checkpoint.parse_head("12:xyz"),
+    "threat: NaN budget": lambda: ThreatModel(math.nan),
+    "threat: NaN bounds": lambda: ThreatModel(0.1, bounds=(math.nan, math.nan)),
+    "threat: unknown norm": lambda: ThreatModel(0.1, norm=3),
+    "smoothing: NaN sigma": lambda: SmoothedClassifier(nn.Linear(3, 2), 2, math.nan),
+    "bounds: unknown method": lambda: lipschitz_bound(nn.Linear(3, 2), method="guess"),
+    "bounds: norm 3": lambda: lipschitz_bound(nn.Linear(3, 2), norm=3),
+    "checkpoint file: missing": lambda: load_checkpoint("absent.json"),
+    "run config: NaN Lipschitz target": lambda: load_config(lipschitz=math.nan),
+    "run config: unknown certify method": lambda: load_config(certify_method="guess"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_bad_input_to_the_api_raises_a_lipguard_error(tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LipguardError):
+        API_CASES[case]()
+    assert list(tmp_path.iterdir()) == []  # nothing created

@@ -94,3 +94,39 @@ def test_report_holds_the_story_and_renders_in_chromium(quick_run, tmp_path):
     assert pixels.shape[1] > 1000
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and plots
     assert (pixels[..., :3].mean(-1) < 0.5).mean() > 0.01  # dark pixels: text and axes
+
+
+def test_a_run_replaces_its_folder_only_when_it_finishes(tmp_path):
+    from lipguard.pipeline.run import staged_folder
+
+    out = tmp_path / "run"
+    with staged_folder(out, overwrite=False) as staging:
+        (staging / "results.json").write_text("first")
+    assert (out / "results.json").read_text() == "first"
+    with pytest.raises(InvalidArgumentError, match="--overwrite"), staged_folder(out, False):
+        pass
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        _interrupted_run(out)
+    assert (out / "results.json").read_text() == "first"  # the old run is untouched
+    with staged_folder(out, overwrite=True) as staging:
+        (staging / "results.json").write_text("second")
+    assert (out / "results.json").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no partial folders left
+
+
+def _interrupted_run(out):
+    from lipguard.pipeline.run import staged_folder
+
+    with staged_folder(out, overwrite=True) as staging:
+        (staging / "results.json").write_text("partial")
+        raise RuntimeError("killed half-way")
+
+
+def test_a_run_may_go_into_an_empty_folder(tmp_path):
+    from lipguard.pipeline.run import staged_folder
+
+    out = tmp_path / "made-for-it"
+    out.mkdir()
+    with staged_folder(out, overwrite=False) as staging:
+        (staging / "results.json").write_text("{}")
+    assert (out / "results.json").is_file()

@@ -71,25 +71,12 @@ def number(*, low: float | None = None, strict: bool = False) -> Callable[[Any],
 
 
 def load_model(path: Path):
-    """``(model, per-sample input shape)`` from an ONNX file or a lipguard checkpoint; an ONNX
-    graph that cannot run on its own declared input shape (inconsistent dimensions) is refused
-    here, in one line."""
-    import torch
-
+    """``(model, per-sample input shape)`` from an ONNX file or a lipguard checkpoint."""
     from lipguard.io import load_checkpoint, load_onnx
 
-    if path.suffix != ".onnx":
-        return load_checkpoint(path)
-    module, shape = load_onnx(path)
-    shapes = shape if shape and isinstance(shape[0], tuple) else (shape,)
-    try:
-        with torch.no_grad():
-            module(*(torch.zeros(1, *item) for item in shapes))
-    except (RuntimeError, ValueError, IndexError) as error:
-        raise InvalidArgumentError(
-            f"{path} cannot run on its declared input shape {shape}: {str(error).splitlines()[0]}"
-        ) from None
-    return module, shape
+    if path.suffix == ".onnx":
+        return load_onnx(path)
+    return load_checkpoint(path)
 
 
 def parse_shape(text: str | None) -> tuple | None:

@@ -495,9 +495,16 @@ def _compare_with_reference(proto, module: OnnxModule, inputs, shapes) -> None:
             batch = value.type.tensor_type.shape.dim[0].dim_value or 1
             array = generator.standard_normal((batch, *shape))
             feeds[value.name] = array.astype(np.float64 if double else np.float32)
-        (expected,) = evaluator.run(None, feeds)
-        with torch.no_grad():
-            actual = module(*[torch.from_numpy(feeds[v.name]) for v in inputs]).double().numpy()
+        try:
+            (expected,) = evaluator.run(None, feeds)
+            with torch.no_grad():
+                tensors = [torch.from_numpy(feeds[v.name]) for v in inputs]
+                actual = module(*tensors).double().numpy()
+        except Exception as error:  # both evaluators raise their own types on a broken graph
+            raise InvalidArgumentError(
+                f"the ONNX graph cannot run on its declared input shapes {list(shapes)}: "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from None
         expected = np.asarray(expected, dtype=np.float64)
         scale = 1.0 + float(np.abs(expected).max(initial=0.0))
         if expected.shape != actual.shape or not np.allclose(

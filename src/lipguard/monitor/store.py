@@ -260,13 +260,16 @@ class AuditStore:
         path = self.url.removeprefix("sqlite:///")
         if path in ("", ":memory:"):
             raise InvalidArgumentError("an audit store needs a file or a server, not memory")
+        reader = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
         if not create:
             if not Path(path).is_file():
                 raise AuditError(f"no audit log at {path}")
             if Path(path).stat().st_size == 0:
                 raise AuditError(f"{path} is empty: not an audit log (or it was truncated)")
-            url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+            url = reader
         else:
+            if Path(path).is_file() and Path(path).stat().st_size > 0:
+                _refuse_foreign(path, reader)  # lipguard's table goes into new files only
             if not Path(path).parent.is_dir():
                 raise InvalidArgumentError(f"the folder of {path} does not exist")
             url = self.url
@@ -571,6 +574,24 @@ def _transient(error: DBAPIError) -> bool:
         part in message
         for part in ("locked", "busy", "unique", "duplicate", "deadlock", "serializ", "already")
     )
+
+
+def _refuse_foreign(path: str, reader_url: str) -> None:
+    """Refuse to write into an existing SQLite file that is not an audit log (someone else's
+    database, or a log whose table was dropped), checked read-only so nothing changes."""
+    engine = create_engine(reader_url)
+    event.listen(engine, "connect", _sqlite_reader)
+    try:
+        present = inspect(engine).has_table(TABLE)
+    except SQLAlchemyError as error:
+        raise AuditError(f"{path} is not an audit log: {_reason(error)}") from None
+    finally:
+        engine.dispose()
+    if not present:
+        raise AuditError(
+            f"{path} is not an audit log (no audit table); lipguard writes its log only into "
+            "a new file or an existing log"
+        )
 
 
 def _reason(error: SQLAlchemyError) -> str:

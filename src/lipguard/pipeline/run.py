@@ -100,8 +100,10 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder the user made for the run
     if out.exists() and not overwrite:  # another run finished there meanwhile: keep both
-        raise InvalidArgumentError(f"{out} appeared during the run; this run's results: {staging}")
+        raise InvalidArgumentError(f"{out} filled during the run; this run's results: {staging}")
     if out.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         out.rename(retired / out.name)
