@@ -15,6 +15,7 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
+from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi, sdp
 from lipguard.bounds.compositional import compositional_bound, dp_bound
 from lipguard.bounds.evaluate import enclose
@@ -147,6 +148,7 @@ def _lipsdp_result(proof: lmi.LipSDPProof, method: str) -> LipschitzBound:
     return LipschitzBound(proof.value, 2.0, method, details=details)
 
 
+@on_idle_cores
 def lipschitz_bound(
     model: nn.Module,
     norm: float | str = 2,
@@ -242,6 +244,7 @@ def _joint_points(inputs: torch.Tensor | Sequence[torch.Tensor], shapes: Shapes)
     return torch.cat([t.detach().to(torch.float64).reshape(len(t), -1) for t in tensors], dim=1)
 
 
+@on_idle_cores
 def local_lipschitz_bound(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -274,6 +277,7 @@ def local_lipschitz_bound(
     return results
 
 
+@on_idle_cores
 def block_lipschitz_bounds(
     model: nn.Module,
     blocks: Mapping[str, Sequence[int] | slice] | Sequence[Sequence[int] | slice] | None = None,
@@ -354,6 +358,7 @@ def _block_index(name: str, block: Sequence[int] | slice | torch.Tensor, size: i
     return index
 
 
+@on_idle_cores
 def exact_lipschitz(
     model: nn.Module,
     norm: float | str = 2,

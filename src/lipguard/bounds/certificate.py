@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import lipguard
+from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi
 from lipguard.bounds.api import (
     METHODS,
@@ -390,6 +391,7 @@ def _norm_label(norm: float) -> str:
     return "ℓ∞" if norm == math.inf else f"ℓ{norm:g}"
 
 
+@on_idle_cores
 def certify(
     model: nn.Module,
     norm: float | str = 2,

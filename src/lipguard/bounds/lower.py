@@ -30,6 +30,7 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._norms import parse_norm
+from lipguard._threads import on_idle_cores
 from lipguard.bounds.evaluate import GraphFunction, enclose, relative_temperature
 from lipguard.bounds.frontend import Shapes, to_graph
 from lipguard.bounds.ir import Graph
@@ -237,6 +238,7 @@ def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), ord=norm, dim=1)
 
 
+@on_idle_cores
 def lipschitz_lower_bound(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor],
