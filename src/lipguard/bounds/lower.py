@@ -221,10 +221,18 @@ def _operator_norms(jacobian: torch.Tensor, norm: float) -> torch.Tensor:
     if norm == 1.0:
         return jacobian.abs().sum(-2).amax(-1)
     # the largest singular value from the smaller Gram matrix (out × out when out < in): one
-    # small symmetric eigenproblem instead of an SVD of the whole Jacobian
-    gram = jacobian @ jacobian.mT if jacobian.shape[-2] <= jacobian.shape[-1] else None
-    gram = jacobian.mT @ jacobian if gram is None else gram
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp(min=1e-300).sqrt()
+    # small symmetric eigenproblem instead of an SVD of the whole Jacobian. Each Jacobian is
+    # scaled by its largest entry first (no overflow in the Gram matrix); a non-finite one has
+    # a NaN norm, as its SVD would.
+    size = jacobian.abs().amax(dim=(-2, -1), keepdim=True)
+    usable = torch.isfinite(size) & (size > 0)
+    scale = torch.where(usable, size, torch.ones_like(size)).detach()
+    unit = torch.where(usable, jacobian / scale, torch.zeros_like(jacobian))
+    gram = unit @ unit.mT if unit.shape[-2] <= unit.shape[-1] else unit.mT @ unit
+    top = torch.linalg.eigvalsh(gram)[..., -1].clamp(min=1e-300).sqrt() * scale[..., 0, 0]
+    top = torch.where(usable[..., 0, 0], top, torch.zeros_like(top))  # a zero Jacobian: 0
+    finite = torch.isfinite(size[..., 0, 0])
+    return torch.where(finite, top, torch.full_like(top, math.nan))
 
 
 def _jacobians(function: Callable, points: torch.Tensor, create_graph: bool) -> torch.Tensor:
