@@ -24,6 +24,7 @@ from lipguard.bounds import (
     block_lipschitz_bounds,
     certify,
     lipschitz_bound,
+    lipschitz_lower_bound,
     local_lipschitz_bound,
 )
 from lipguard.cli import app
@@ -651,3 +652,21 @@ def test_function_modes_are_refused_but_a_default_device_is_not():
         lipschitz_bound(model)
     with torch.device("cpu"):
         assert lipschitz_bound(model).value > 0
+
+
+def test_lower_bound_search_survives_non_finite_jacobians():
+    """Found by the thorough property run: softplus overflowing in float64 makes the Jacobian
+    NaN at a candidate; the search must rank it last and still return an honest witness."""
+    model = nn.Sequential(
+        nn.Linear(2, 2, bias=False),
+        nn.Softplus(beta=0.5, threshold=float("inf")),
+        nn.Linear(2, 1, bias=False),
+    )
+    with torch.no_grad():
+        model[0].weight.fill_(1e3)
+        model[2].weight.fill_(1.0)
+    starts = torch.full((3, 2), 1e3, dtype=torch.float64)
+    found = lipschitz_lower_bound(model, starts, 2, restarts=1, steps=8)
+    upper = lipschitz_bound(model, 2, "product", input_shape=(2,))
+    assert found.rigorous
+    assert 0.0 <= found.value <= upper.value

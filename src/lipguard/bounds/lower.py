@@ -318,6 +318,7 @@ def lipschitz_lower_bound(
         optimizer.step()
     candidates = points.detach()
     true_norms = _operator_norms(_jacobians(exact, candidates, create_graph=False), p)
+    true_norms = torch.nan_to_num(true_norms, nan=-1.0)  # non-finite Jacobians rank last
     best = torch.argsort(true_norms, descending=True)[: max(1, min(8, candidates.shape[0]))]
     first_layer = target.first_affine()
     chosen = [candidates[i] for i in best.tolist()]
@@ -392,7 +393,9 @@ def _pair_along_top_direction(
     """``(x, x + h·v)`` with ``v`` the direction ``J(x)`` stretches most, for the best of
     several step sizes ``h`` (small enough to stay in ``x``'s linear region if there is one)."""
     jacobian = _jacobians(target.function, x.unsqueeze(0), create_graph=False)[0]
-    if norm == 2.0:
+    if not bool(torch.isfinite(jacobian).all()):  # e.g. an overflowing exp in float64: no
+        direction = torch.ones(jacobian.shape[1], dtype=torch.float64)  # steepest direction
+    elif norm == 2.0:
         direction = torch.linalg.svd(jacobian)[2][0]
     elif norm == math.inf:  # the ℓ∞ maximiser is a sign vector of the steepest row
         direction = torch.sign(jacobian[jacobian.abs().sum(-1).argmax()])
