@@ -160,7 +160,7 @@ def _descend(
             break
         gradients = torch.autograd.grad(best, logs)
         norm = math.sqrt(sum(float((g * g).sum()) for g in gradients)) or 1.0
-        while step > 1e-6:
+        while step > 1e-6 and time.perf_counter() - started <= seconds:
             trial = [
                 (m - step * g / norm).detach().requires_grad_(True)
                 for m, g in zip(logs, gradients, strict=True)
