@@ -110,8 +110,11 @@ def test_a_spike_in_a_large_batch_stays_small_and_fast():
         def status(field):
             with open("/proc/self/status") as handle:
                 return next(int(line.split()[1]) for line in handle if line.startswith(field))
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # reset the peak resident size (Linux)
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # reset the peak resident size (Linux)
+        except OSError:
+            pass  # then the peak since start counts: a looser check
         base = status("VmRSS:")
         started = time.perf_counter()
         events = monitor.observe(states, rewards).violations
