@@ -214,14 +214,8 @@ def audit_checkpoint(
     overwrite: Annotated[bool, OverwriteOption] = False,
 ) -> None:
     """Export a checkpoint (log id, count, head; signed when keyed) after verifying the log."""
-    from lipguard.monitor import AuditStore
-
     refuse_existing(out, overwrite)
-    store = AuditStore(db, key=key, create=False)
-    report = store.verify()
-    if not report.ok:
-        console.print(f"[red]audit log has been tampered with[/red]: {report.problems[0]}")
-        raise typer.Exit(code=1)
+    store = _verified(db, key)
     point = store.checkpoint()
     point.save(out, overwrite=overwrite)
     console.print(f"checkpoint of {point.count} records, head {point.count}:{point.head} → {out}")
@@ -235,17 +229,8 @@ def audit_report(
     overwrite: Annotated[bool, OverwriteOption] = False,
 ) -> None:
     """Verify the log, then summarise its events over time (and plot the timeline)."""
-    from lipguard.monitor import AuditStore
-
     refuse_existing(plot, overwrite)
-    store = AuditStore(db, key=key, create=False)
-    report = store.verify()
-    if not report.ok:
-        console.print(
-            f"[red]audit log has been tampered with[/red] ({len(report.problems)} problems, first: "
-            f"{report.problems[0]}); run `lipguard audit verify` for all of them"
-        )
-        raise typer.Exit(code=1)
+    store = _verified(db, key)
     records = store.records()
     counts = Counter(record.kind for record in records)
     table = Table(title=f"audit store {db}", box=box.SIMPLE_HEAD)
@@ -273,6 +258,21 @@ def audit_report(
         ax.grid(alpha=0.3)
         figure.savefig(plot, dpi=120, bbox_inches="tight")
         console.print(f"timeline: {plot}")
+
+
+def _verified(db: str, key: str | None):
+    """The audit store opened read-only after its chain verified; exit code 1 if it did not."""
+    from lipguard.monitor import AuditStore
+
+    store = AuditStore(db, key=key, create=False)
+    report = store.verify()
+    if not report.ok:
+        console.print(
+            f"[red]audit log has been tampered with[/red] ({len(report.problems)} problems, first: "
+            f"{report.problems[0]}); run `lipguard audit verify` for all of them"
+        )
+        raise typer.Exit(code=1)
+    return store
 
 
 def _step(record) -> int:
