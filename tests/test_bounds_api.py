@@ -132,6 +132,35 @@ def test_convolutional_models_need_and_use_the_input_shape():
     assert observed <= compositional.value <= product.value
 
 
+def test_large_convolutional_chains_get_a_compositional_bound_without_dense_matrices():
+    # conv 3→8 on 48×48 has a 18432×6912 normal form (too large): the chain programme bounds
+    # it, merging the classifier head with the convolutions, tighter than the product
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 24 * 24, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).eval()
+    shape = (3, 48, 48)
+    product = lipschitz_bound(model, 2, "product", input_shape=shape)
+    compositional = lipschitz_bound(model, 2, "compositional", input_shape=shape)
+    assert compositional.method == "compositional"
+    assert compositional.sound
+    assert compositional.value < 0.9 * product.value
+    assert lipschitz_bound(model, 2, input_shape=shape).value == compositional.value
+    points = torch.randn(32, *shape, dtype=torch.float64)
+    replica = model.double()
+    observed = sampled_steepness(lambda x: replica(x.reshape(-1, *shape)), points.flatten(1), 2.0)
+    assert observed <= compositional.value
+    with pytest.raises(UnsupportedModuleError, match="too large"):
+        lipschitz_bound(model, 2, "lipsdp", input_shape=shape)
+
+
 def test_residual_blocks_are_bounded_by_one_plus_the_body_and_tighter_as_a_graph():
     torch.manual_seed(0)
     body = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))

@@ -19,7 +19,7 @@ from lipguard.bounds import (
 )
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.graph import to_operators
-from lipguard.bounds.norms import operator_norm
+from lipguard.bounds.norms import conv_spectral_norm, operator_norm
 from lipguard.linalg import prove_psd
 from lipguard.nn import MaxMin
 
@@ -125,28 +125,39 @@ def test_local_bounds_hold_inside_their_ball(network, norm, radius):
 
 @given(
     channels=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    groups=st.sampled_from([1, 2]),
     kernel=st.integers(1, 4),
     size=st.integers(3, 7),
     stride=st.integers(1, 2),
-    padding=st.integers(0, 2),
+    padding=st.one_of(st.integers(0, 6), st.sampled_from(["same", "valid"])),
     dilation=st.integers(1, 2),
     one_dimensional=st.booleans(),
     seed=st.integers(0, 1000),
 )
 def test_convolution_norms_are_sound(
-    channels, kernel, size, stride, padding, dilation, one_dimensional, seed
+    channels, groups, kernel, size, stride, padding, dilation, one_dimensional, seed
 ):
+    """Both the frequency-domain bound alone (over-padding, string padding, groups, a single
+    tap included) and the operator norm dominate the dense matrix's exact norm."""
     torch.manual_seed(seed)
-    assume((kernel - 1) * dilation + 1 <= size + 2 * padding)
+    left = (kernel - 1) * dilation // 2 if padding == "same" else 0
+    pad = padding if isinstance(padding, int) else left
+    assume((kernel - 1) * dilation + 1 <= size + 2 * pad)
+    assume(padding != "same" or stride == 1)
+    channels = (channels[0] * groups, channels[1] * groups)
     cls, shape = (
         (nn.Conv1d, (channels[0], size))
         if one_dimensional
-        else (nn.Conv2d, (channels[0], size, size))
+        else (nn.Conv2d, (channels[0], size, size + 1))
     )
-    conv = cls(*channels, kernel, stride=stride, padding=padding, dilation=dilation).double()
+    conv = cls(
+        *channels, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups
+    ).double()
     operator = to_operators(conv, shape)[0]
     dense = operator.dense().matrix.value
-    assert operator_norm(operator, 2.0) >= float(torch.linalg.matrix_norm(dense, 2)) * (1 - 1e-12)
+    exact = float(torch.linalg.matrix_norm(dense, 2))
+    assert conv_spectral_norm(operator) >= exact * (1 - 1e-12)
+    assert operator_norm(operator, 2.0) >= exact * (1 - 1e-12)
     assert operator_norm(operator, math.inf) >= float(dense.abs().sum(1).max()) * (1 - 1e-12)
     reference = operator.apply(torch.eye(dense.shape[1], dtype=torch.float64), with_bias=False).T
     assert torch.allclose(reference, dense)

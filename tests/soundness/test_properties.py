@@ -7,6 +7,7 @@ not. ``HYPOTHESIS_PROFILE=thorough`` runs more than 10,000 cases (see ``strategi
 from __future__ import annotations
 
 import math
+import unittest.mock
 
 import pytest
 import torch
@@ -20,6 +21,10 @@ from lipguard.bounds import (
     lipschitz_lower_bound,
     local_lipschitz_bound,
 )
+from lipguard.bounds import chain as chain_module
+from lipguard.bounds.api import read_model
+from lipguard.bounds.chain import as_chain, chain_bound
+from lipguard.bounds.frontend import input_shapes
 from lipguard.errors import InvalidArgumentError, UnsupportedModuleError
 from lipguard.nn import (
     LipschitzLinearModel,
@@ -105,6 +110,25 @@ def test_global_bounds_hold(network, norm):
             continue
         assert bound.sound
         assert bound.value >= observed * (1 - RELATIVE) - tolerance, (method, bound, observed)
+
+
+@settings(max_examples=EXAMPLES)
+@given(network=networks(), norm=NORMS, limit=st.sampled_from([0, 64, 2**24]))
+def test_chain_bounds_hold(network, norm, limit):
+    """The convolutional chain programme (what ``compositional`` uses when the normal form is
+    too large), with blocks materialised never, sometimes or always."""
+    model, shape = network
+    replica = replica_of(model)
+    graph = refused_or(lambda: read_model(model, input_shapes(model, shape)))
+    chain = None if graph is None else as_chain(graph)
+    if chain is None:  # branches, sorting, max-pooling: not a chain
+        return
+    with unittest.mock.patch.object(chain_module, "MAX_BLOCK_ENTRIES", limit):
+        value = chain_bound(chain, norm)
+    points = sample_points(shape)
+    points = torch.cat([points, ascent(replica, points[:6], norm)])
+    observed = observed_slope(replica, points, norm)
+    assert value >= observed * (1 - RELATIVE) - ABSOLUTE * weight_scale(replica)
 
 
 @settings(max_examples=EXAMPLES)

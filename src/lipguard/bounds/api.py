@@ -17,6 +17,7 @@ from lipguard import _checks
 from lipguard._norms import parse_norm
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi, sdp
+from lipguard.bounds.chain import as_chain, chain_bound
 from lipguard.bounds.compositional import compositional_bound, dp_bound
 from lipguard.bounds.evaluate import enclose
 from lipguard.bounds.exact import ExactLipschitz
@@ -190,8 +191,11 @@ def lipschitz_bound(
         try:
             network = Network.from_graph(graph)
         except LipguardError:
-            if method != "auto":
+            chain = as_chain(graph) if method in ("auto", "compositional") else None
+            if chain is None and method != "auto":
                 raise
+            if chain is not None:  # too large to materialise: the chain programme needs no matrix
+                results.append(LipschitzBound(chain_bound(chain, p), p, "compositional"))
             network = None
         if network is not None:
             results += _network_bounds(network, p, method, solver, seconds)

@@ -41,7 +41,7 @@ class CompositionalResult:
     proof: lmi.LipSDPProof | None = None
 
 
-def _split(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_slopes(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(C, √Γ)`` with ``[α, β] ⊆ [C - Γ, C + Γ]`` despite rounding."""
     centre = (alpha + beta) / 2
     radius = (beta - alpha) / 2 * (1 + 2 * U64) + U64 * (alpha.abs() + beta.abs())
@@ -53,7 +53,9 @@ def dp_bound(network: Network, slopes: lmi.Slopes, norm: float) -> float:
     """The cut/merge dynamic programme over the network's hidden layers (sound, ℓ2 or ℓ∞)."""
     weights = network.weights
     depth = len(network.hidden)
-    centres, roots = zip(*(_split(a, b) for a, b in slopes), strict=True) if depth else ((), ())
+    centres, roots = (
+        zip(*(split_slopes(a, b) for a, b in slopes), strict=True) if depth else ((), ())
+    )
     best = [1.0]  # best[i] = bound for the part before block i (F(i - 1))
     blocks: list[Enclosure | None] = [None] * (depth + 1)  # blocks[i] = B(i, j) for current j
     for j in range(depth + 1):
