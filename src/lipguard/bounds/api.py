@@ -7,8 +7,9 @@ inputs flattened and concatenated — and, with :func:`block_lipschitz_bounds`, 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +38,6 @@ from lipguard.errors import (
 )
 from lipguard.results import LipschitzBound
 
-METHODS = ("auto", "product", "compositional", "lipsdp", "lipsdp-layer")
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
 AUTO_LIPSDP_SIZE = 1000
 #: random inputs on which a model's own forward pass is compared with its graph
@@ -125,14 +125,16 @@ def network_product(network: Network, norm: float) -> float:
     return value
 
 
-def _lipsdp(network: Network, variant: str, solver: str) -> LipschitzBound:
-    if lmi.has_linear_neurons(network):
+def _lipsdp(
+    network: Network, variant: str, solver: str, slopes: lmi.Slopes | None = None
+) -> LipschitzBound:
+    slopes = lmi.global_slopes(network) if slopes is None else slopes
+    if lmi.has_linear_neurons(slopes):
         raise UnsupportedModuleError(
             "LipSDP handles elementwise slope-restricted activations; networks with identity "
             "neurons (GroupSort/MaxMin, max-pooling, residual branches) are bounded by "
             "method='compositional' or 'product'"
         )
-    slopes = lmi.global_slopes(network)
     multipliers, rho = sdp.solve_lipsdp(network, slopes, variant=variant, solver=solver)
     adjusted = lmi.feasible(network, slopes, multipliers)
     proof = lmi.verify(network, slopes, *adjusted) if adjusted is not None else None
@@ -147,6 +149,98 @@ def _lipsdp(network: Network, variant: str, solver: str) -> LipschitzBound:
 def _lipsdp_result(proof: lmi.LipSDPProof, method: str) -> LipschitzBound:
     details = {"rho": proof.rho, "multipliers": [m.tolist() for m in proof.multipliers]}
     return LipschitzBound(proof.value, 2.0, method, details=details)
+
+
+class _Job:
+    """One :func:`lipschitz_bound` call: the graph and options, with the normal form and its
+    global slopes built at most once, whichever methods run."""
+
+    def __init__(self, graph: Graph, norm: float, solver: str, seconds: float) -> None:
+        self.graph, self.norm, self.solver, self.seconds = graph, norm, solver, seconds
+        self._network: Network | LipguardError | None = None
+        self._slopes: lmi.Slopes | None = None
+
+    @property
+    def network(self) -> Network:
+        """The normal form (raises the reason when it cannot be built)."""
+        if self._network is None:
+            try:
+                self._network = Network.from_graph(self.graph)
+            except LipguardError as error:
+                self._network = error
+        if isinstance(self._network, LipguardError):
+            raise self._network
+        return self._network
+
+    @property
+    def slopes(self) -> lmi.Slopes:
+        if self._slopes is None:
+            self._slopes = lmi.global_slopes(self.network)
+        return self._slopes
+
+    def lipsdp_applies(self) -> bool:
+        """Whether ``auto`` runs LipSDP: ℓ2, hidden layers, no identity neurons and at most
+        :data:`AUTO_LIPSDP_SIZE` rows in the matrix inequality."""
+        network = self.network
+        size = network.input_size + sum(layer.size for layer in network.hidden)
+        return (
+            self.norm == 2.0
+            and bool(network.hidden)
+            and size <= AUTO_LIPSDP_SIZE
+            and not lmi.has_linear_neurons(self.slopes)
+        )
+
+
+def _product(job: _Job) -> LipschitzBound:
+    return LipschitzBound(product_bound(job.graph, job.norm), job.norm, "product")
+
+
+def _compositional(job: _Job) -> LipschitzBound:
+    """The cut/merge programme (and fast LipSDP certificate) on the normal form; a chain too
+    large for the normal form gets the chain programme, which needs no dense matrix."""
+    try:
+        network = job.network
+    except LipguardError:
+        chain = as_chain(job.graph)
+        if chain is None:
+            raise
+        return LipschitzBound(chain_bound(chain, job.norm), job.norm, "compositional")
+    found = compositional_bound(network, job.norm, job.slopes, seconds=job.seconds)
+    if found.proof is not None:
+        return _lipsdp_result(found.proof, "compositional")
+    return LipschitzBound(found.value, job.norm, "compositional")
+
+
+def _lipsdp_variant(variant: str) -> Callable[[_Job], LipschitzBound]:
+    def run(job: _Job) -> LipschitzBound:
+        if job.norm != 2.0:
+            raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
+        return _lipsdp(job.network, variant, job.solver, job.slopes)
+
+    return run
+
+
+#: what each method name runs; "auto" runs the product, compositional and (where it applies)
+#: LipSDP bounds and keeps the smallest
+BOUNDS: dict[str, Callable[[_Job], LipschitzBound]] = {
+    "product": _product,
+    "compositional": _compositional,
+    "lipsdp": _lipsdp_variant("neuron"),
+    "lipsdp-layer": _lipsdp_variant("layer"),
+}
+METHODS = ("auto", *BOUNDS)
+
+
+def _auto(job: _Job) -> LipschitzBound:
+    """The smallest of the bounds that apply; a method that refuses the model or cannot verify
+    its solution is skipped (the product bound always applies)."""
+    results = [_product(job)]
+    with contextlib.suppress(LipguardError):
+        results.append(_compositional(job))
+    with contextlib.suppress(LipguardError):
+        if job.lipsdp_applies():
+            results.append(BOUNDS["lipsdp"](job))
+    return min(results, key=lambda bound: bound.value)
 
 
 @on_idle_cores
@@ -168,9 +262,11 @@ def lipschitz_bound(
             cannot prove raises :class:`~lipguard.errors.UnsupportedModuleError` naming it.
         norm: 2 or ``inf`` — the same norm on inputs and outputs (all inputs jointly).
         method: ``"product"`` (per-operator norms over the graph), ``"compositional"`` (cut/merge
-            dynamic programme and, in ℓ2, a fast verified LipSDP-style certificate),
-            ``"lipsdp"`` (LipSDP-Neuron, ℓ2), ``"lipsdp-layer"``, or ``"auto"``: the smallest of
-            those that apply (LipSDP only up to :data:`AUTO_LIPSDP_SIZE` rows).
+            dynamic programme and, in ℓ2, a fast verified LipSDP-style certificate; for a
+            convolutional chain too large for dense matrices, the programme of
+            :mod:`lipguard.bounds.chain`), ``"lipsdp"`` (LipSDP-Neuron, ℓ2), ``"lipsdp-layer"``,
+            or ``"auto"``: the smallest of those that apply (LipSDP only up to
+            :data:`AUTO_LIPSDP_SIZE` rows).
         input_shape: per-sample input shape (a list of them for several inputs); inferred from
             a first linear layer.
         solver: for LipSDP, ``"barrier"`` (fast, default), ``"clarabel"`` or ``"scs"``.
@@ -183,53 +279,8 @@ def lipschitz_bound(
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}")
     p, shapes = _prepare(model, norm, input_shape)
-    graph = read_model(model, shapes)
-    results: list[LipschitzBound] = []
-    if method in ("auto", "product"):
-        results.append(LipschitzBound(product_bound(graph, p), p, "product"))
-    if method != "product":
-        try:
-            network = Network.from_graph(graph)
-        except LipguardError:
-            chain = as_chain(graph) if method in ("auto", "compositional") else None
-            if chain is None and method != "auto":
-                raise
-            if chain is not None:  # too large to materialise: the chain programme needs no matrix
-                results.append(LipschitzBound(chain_bound(chain, p), p, "compositional"))
-            network = None
-        if network is not None:
-            results += _network_bounds(network, p, method, solver, seconds)
-    return min(results, key=lambda bound: bound.value)
-
-
-def _network_bounds(
-    network: Network, p: float, method: str, solver: str, seconds: float
-) -> list[LipschitzBound]:
-    results = []
-    if method in ("auto", "compositional"):
-        found = compositional_bound(network, p, seconds=seconds)
-        if found.proof is not None:
-            results.append(_lipsdp_result(found.proof, "compositional"))
-        else:
-            results.append(LipschitzBound(found.value, p, "compositional"))
-    if method in ("lipsdp", "lipsdp-layer") and p != 2.0:
-        raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
-    size = network.input_size + sum(layer.size for layer in network.hidden)
-    wants_sdp = method in ("lipsdp", "lipsdp-layer") or (
-        method == "auto"
-        and p == 2.0
-        and network.hidden
-        and size <= AUTO_LIPSDP_SIZE
-        and not lmi.has_linear_neurons(network)
-    )
-    if wants_sdp:
-        variant = "layer" if method == "lipsdp-layer" else "neuron"
-        try:
-            results.append(_lipsdp(network, variant, solver))
-        except (CertificationError, sdp.SolverError):
-            if method != "auto":
-                raise
-    return results
+    job = _Job(read_model(model, shapes), p, solver, seconds)
+    return _auto(job) if method == "auto" else BOUNDS[method](job)
 
 
 def _joint_points(inputs: torch.Tensor | Sequence[torch.Tensor], shapes: Shapes) -> torch.Tensor:

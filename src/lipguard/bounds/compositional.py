@@ -93,7 +93,7 @@ def compositional_bound(
     most ``seconds``, then proven."""
     slopes = lmi.global_slopes(network) if slopes is None else slopes
     result = CompositionalResult(dp_bound(network, slopes, norm), "dp")
-    if norm != 2.0 or not network.hidden or lmi.has_linear_neurons(network):
+    if norm != 2.0 or not network.hidden or lmi.has_linear_neurons(slopes):
         return result
     if network.input_size + sum(layer.size for layer in network.hidden) > FAST_LMI_ROWS:
         return result  # one evaluation of ρ would take longer than the whole budget

@@ -50,11 +50,11 @@ class LipSDPProof:
     multipliers: tuple[torch.Tensor, ...]
 
 
-def has_linear_neurons(network: Network) -> bool:
+def has_linear_neurons(slopes: Slopes) -> bool:
     """True when some hidden neuron has a single slope (identity neurons from the GroupSort
     expansion): LipSDP's constraint for them is exact only as its multiplier tends to infinity,
     so the matrix inequality has no attained optimum; such networks use the other methods."""
-    return any(bool((alpha == beta).any()) for alpha, beta in global_slopes(network))
+    return any(bool((alpha == beta).any()) for alpha, beta in slopes)
 
 
 def global_slopes(network: Network) -> Slopes:

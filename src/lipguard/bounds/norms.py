@@ -3,13 +3,18 @@
 Dense matrices use :func:`lipguard.linalg.spectral_norm_certificate` (ℓ2) and rounded-up row ℓ1
 sums (ℓ∞), plus their enclosure's rounding bound. A convolution's ℓ2 norm comes from its
 frequency response, never from the reshaped kernel (whose spectral norm can be smaller than the
-operator's): a zero-padded convolution on an input of spatial size ``n`` is a restriction of
-the circular convolution on a grid of size ``N >= n + (k - 1)·dilation`` (no wrap-around), whose
-singular values are those of the matrices ``K̂(ω) = Σ_t K_t e^{-i⟨ω, t⟩}`` at the ``N``-point DFT
-frequencies (Sedghi, Gupta & Long, 2019). So ``||conv||₂ <= max_ω σ_max(K̂(ω))``; a stride only
-subsamples the output (norm <= 1). Each ``K̂(ω)`` is computed tap by tap in float64 with its
-rounding bound and certified through its real form ``[[Re, -Im], [Im, Re]]``, which has the same
-singular values. ℓ∞: the largest absolute row sum of the kernel.
+operator's). A strided convolution is first written as a stride-1 convolution on the *phases* of
+its input (position ``stride·q + r`` is entry ``q`` of phase ``r``), which is exact — where
+ignoring the stride would overestimate by up to ``√(stride^d)``. A zero-padded stride-1
+convolution is a restriction of the circular convolution on any grid ``N`` on which no index a
+kept output reads wraps onto the input (``N >= ⌈n/stride⌉ - min offset`` and ``N > max offset
+read``), whose singular values are those of the matrices ``K̂(ω) = Σ_t K_t e^{-i⟨ω, t⟩}`` at the
+``N``-point DFT frequencies (Sedghi, Gupta & Long, 2019). So ``||conv||₂ <= max_ω
+σ_max(K̂(ω))``, over half the frequencies (a real kernel's ``K̂(-ω)`` is the conjugate of
+``K̂(ω)``) and one frequency along an axis with a single tap. Each ``K̂(ω)`` is computed in float64
+with its rounding bound, and the largest is certified through the real form ``[[Re, -Im], [Im,
+Re]]`` (same singular values) by :func:`lipguard.linalg.max_gram_eigenvalue_bound`. ℓ∞: the
+largest absolute row sum of the kernel.
 """
 
 from __future__ import annotations
