@@ -152,7 +152,9 @@ def test_large_convolutional_chains_get_a_compositional_bound_without_dense_matr
     assert compositional.method == "compositional"
     assert compositional.sound
     assert compositional.value < 0.9 * product.value
-    assert lipschitz_bound(model, 2, input_shape=shape).value == compositional.value
+    automatic = lipschitz_bound(model, 2, input_shape=shape)  # thread counts may differ: ulps
+    assert automatic.method == "compositional"
+    assert automatic.value == pytest.approx(compositional.value, rel=1e-12)
     points = torch.randn(32, *shape, dtype=torch.float64)
     replica = model.double()
     observed = sampled_steepness(lambda x: replica(x.reshape(-1, *shape)), points.flatten(1), 2.0)

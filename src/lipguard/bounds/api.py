@@ -40,6 +40,8 @@ from lipguard.results import LipschitzBound
 
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
 AUTO_LIPSDP_SIZE = 1000
+#: time budget of the LipSDP solver (descent and barrier, see :func:`sdp.solve_lipsdp`)
+LIPSDP_SECONDS = 8.0
 #: random inputs on which a model's own forward pass is compared with its graph
 FORWARD_PROBES = 4
 
@@ -135,7 +137,9 @@ def _lipsdp(
             "neurons (GroupSort/MaxMin, max-pooling, residual branches) are bounded by "
             "method='compositional' or 'product'"
         )
-    multipliers, rho = sdp.solve_lipsdp(network, slopes, variant=variant, solver=solver)
+    multipliers, rho = sdp.solve_lipsdp(
+        network, slopes, variant=variant, solver=solver, seconds=LIPSDP_SECONDS
+    )
     adjusted = lmi.feasible(network, slopes, multipliers)
     proof = lmi.verify(network, slopes, *adjusted) if adjusted is not None else None
     if proof is None:

@@ -78,9 +78,11 @@ def rho_for_multipliers(
     slopes: Slopes,
     multipliers: list[torch.Tensor],
     root: torch.Tensor | None = None,
+    temperature: float | None = None,
 ) -> torch.Tensor:
     """The least ``ρ`` making ``-M(ρ, T) ⪰ 0`` (float64 estimate, differentiable in ``T``);
-    ``inf`` when no ``ρ`` works for these multipliers."""
+    ``inf`` when no ``ρ`` works for these multipliers. With a ``temperature`` τ, the smooth
+    upper approximation ``τ·log Σ_i exp(λ_i/τ)`` of that largest eigenvalue instead."""
     weights = [w.value for w in network.weights]
     depth = len(network.hidden)
     infinite = torch.tensor(math.inf, dtype=torch.float64)
@@ -103,7 +105,10 @@ def rho_for_multipliers(
     kernel = kernel - torch.diag(2 * alpha * beta * multipliers[0])
     root = _input_root(network) if root is None else root
     inner = root.T @ kernel @ root
-    return torch.linalg.eigvalsh((inner + inner.T) / 2)[-1].clamp_min(0.0)
+    values = torch.linalg.eigvalsh((inner + inner.T) / 2)
+    if temperature is not None:
+        return temperature * torch.logsumexp(values / temperature, 0)
+    return values[-1].clamp_min(0.0)
 
 
 def initial_multipliers(network: Network, slopes: Slopes) -> list[torch.Tensor]:
@@ -135,11 +140,24 @@ def refine_multipliers(
     *,
     iterations: int = 300,
     seconds: float = 1.0,
+    tied: bool = False,
 ) -> list[torch.Tensor]:
-    """Decrease ``ρ(T)`` by gradient descent on ``log T`` with backtracking (every accepted step
-    stays feasible). Stops after ``iterations``, ``seconds`` or when progress stalls."""
+    """Decrease ``ρ(T)`` by first-order descent on ``log T`` (LipDiff's eigenvalue optimisation):
+    Adam on the smooth ``τ·log Σ exp(λ_i/τ)`` of the eigenvalues whose largest is ``ρ``, ``τ``
+    shrinking as it goes, an infeasible step undone with a smaller rate. Returns the multipliers
+    of the smallest ``ρ`` seen; stops after ``iterations``, ``seconds`` or when that stalls.
+    ``tied``: one multiplier per layer (LipSDP-Layer; each layer's first value is its start)."""
     with torch.enable_grad():  # callers may be inside torch.no_grad()
-        return _descend(network, slopes, multipliers, iterations, seconds)
+        return _descend(network, slopes, multipliers, iterations, seconds, tied)
+
+
+#: Adam's rate on log T, the first temperature relative to ρ and its floor, how often τ shrinks
+#: (by _COOLING), and how many steps without a new best stop the descent
+_RATE = 0.05
+_FIRST_TEMPERATURE = 1e-2
+_LAST_TEMPERATURE = 1e-5
+_COOLING_EVERY, _COOLING = 50, 0.7
+_PATIENCE = 200
 
 
 def _descend(
@@ -148,32 +166,43 @@ def _descend(
     multipliers: list[torch.Tensor],
     iterations: int,
     seconds: float,
+    tied: bool,
 ) -> list[torch.Tensor]:
+    started = time.perf_counter()
     root = _input_root(network)
-    logs = [torch.log(m.clamp_min(1e-300)).clone().requires_grad_(True) for m in multipliers]
-    best = rho_for_multipliers(network, slopes, [m.exp() for m in logs], root)
-    if not torch.isfinite(best):
+    best_value = float(rho_for_multipliers(network, slopes, multipliers, root))
+    if not math.isfinite(best_value):
         return multipliers
-    step, started = 0.5, time.perf_counter()
-    for _ in range(iterations):
-        if time.perf_counter() - started > seconds:
+    best = [m.clone() for m in multipliers]
+    sizes = [m.numel() for m in multipliers]
+    starts = [m[:1] for m in multipliers] if tied else multipliers
+    logs = [torch.log(m.clamp_min(1e-300)).clone().requires_grad_(True) for m in starts]
+    optimizer = torch.optim.Adam(logs, lr=_RATE)
+    temperature = max(best_value, 1e-300) * _FIRST_TEMPERATURE
+    saved, since_best = [m.detach().clone() for m in logs], 0
+    for step in range(iterations):
+        if time.perf_counter() - started > seconds or since_best > _PATIENCE:
             break
-        gradients = torch.autograd.grad(best, logs)
-        norm = math.sqrt(sum(float((g * g).sum()) for g in gradients)) or 1.0
-        while step > 1e-6 and time.perf_counter() - started <= seconds:
-            trial = [
-                (m - step * g / norm).detach().requires_grad_(True)
-                for m, g in zip(logs, gradients, strict=True)
-            ]
-            value = rho_for_multipliers(network, slopes, [m.exp() for m in trial], root)
-            if torch.isfinite(value) and float(value.detach()) < float(best.detach()) * (1 - 1e-12):
-                logs, best = trial, value
-                step *= 1.5
-                break
-            step *= 0.5
-        else:
-            break
-    return [m.detach().exp() for m in logs]
+        current = [m.exp().expand(size) for m, size in zip(logs, sizes, strict=True)]
+        smooth = rho_for_multipliers(network, slopes, current, root, temperature)
+        if not bool(torch.isfinite(smooth)):  # left the feasible set: undo, smaller steps
+            with torch.no_grad():
+                for m, s in zip(logs, saved, strict=True):
+                    m.copy_(s)
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+            continue
+        value = float(rho_for_multipliers(network, slopes, [c.detach() for c in current], root))
+        since_best += 1
+        if value < best_value * (1 - 1e-12):
+            best_value, best, since_best = value, [c.detach().clone() for c in current], 0
+        saved = [m.detach().clone() for m in logs]
+        optimizer.zero_grad()
+        smooth.backward()
+        optimizer.step()
+        if step % _COOLING_EVERY == _COOLING_EVERY - 1:
+            temperature = max(temperature * _COOLING, best_value * _LAST_TEMPERATURE)
+    return best
 
 
 def lipsdp_matrix(

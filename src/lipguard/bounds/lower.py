@@ -346,6 +346,8 @@ def lipschitz_lower_bound(
 KEPT_STARTS = 8
 #: first-layer neurons tried per pattern-search sweep (the ones nearest their kink)
 PATTERN_FLIPS = 128
+#: at most this many pattern-search sweeps (each one batch of Jacobians)
+PATTERN_SWEEPS = 16
 #: the pattern search runs on first layers of at most this many weights
 PATTERN_ENTRIES = 2**20
 
@@ -353,10 +355,11 @@ PATTERN_ENTRIES = 2**20
 def _pattern_search(
     model: nn.Module, first: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, norm: float
 ) -> torch.Tensor:
-    """Greedy local search over first-layer activation patterns: flip one neuron at a time by
-    the least input change ``x' = x + W_0⁺(z' - z)`` (which, when ``W_0`` has full row rank,
-    leaves every other first-layer neuron as it was) and keep flips that raise ``||J||``. Each
-    sweep tries the :data:`PATTERN_FLIPS` neurons closest to their kink; first layers beyond
+    """Greedy local search over first-layer activation patterns: flip a neuron by the least
+    input change ``x' = x + W_0⁺(z' - z)`` (which, when ``W_0`` has full row rank, leaves every
+    other first-layer neuron as it was). Each sweep evaluates, in one batch, the flips of the
+    :data:`PATTERN_FLIPS` neurons closest to their kink and all the improving ones at once, and
+    moves to the steepest; it stops when nothing improves. First layers beyond
     :data:`PATTERN_ENTRIES` entries are skipped (the pseudo-inverse alone would dominate)."""
     weight, bias = first
     if weight.numel() > PATTERN_ENTRIES:
@@ -364,26 +367,30 @@ def _pattern_search(
     inverse = torch.linalg.pinv(weight)
     shape = x.shape
 
-    def steepness(point: torch.Tensor) -> float:
-        jacobian = _jacobians(model, point.reshape(1, *shape), create_graph=False)
-        return float(_operator_norms(jacobian, norm)[0])
+    def steepness(points: torch.Tensor) -> torch.Tensor:
+        jacobians = _jacobians(model, points.reshape(-1, *shape), create_graph=False)
+        return torch.nan_to_num(_operator_norms(jacobians, norm), nan=-1.0)
 
-    best, current = steepness(x), x.flatten()
-    for _ in range(4):
-        improved = False
+    current = x.flatten()
+    best = float(steepness(current[None])[0])
+    for _ in range(PATTERN_SWEEPS):
         pre = weight @ current + bias
         margin = 1e-6 * (float(pre.abs().max()) + 1e-12)
-        for j in torch.argsort(pre.abs())[:PATTERN_FLIPS].tolist():
-            target = pre.clone()
-            target[j] = (
-                -torch.sign(pre[j]) * max(abs(float(pre[j])), margin) if pre[j] != 0 else margin
-            )
-            trial = current + inverse @ (target - pre)
-            value = steepness(trial)
-            if value > best:
-                best, current, pre, improved = value, trial, weight @ trial + bias, True
-        if not improved:
+        flips = torch.argsort(pre.abs())[:PATTERN_FLIPS]
+        flipped = -torch.sign(pre[flips]) * pre[flips].abs().clamp(min=margin)
+        flipped = torch.where(pre[flips] == 0, torch.full_like(flipped, margin), flipped)
+        moves = (flipped - pre[flips])[:, None] * inverse.T[flips]  # one row per single flip
+        values = steepness(current + moves)
+        improving = values > best
+        if not bool(improving.any()):
             break
+        together = current + moves[improving].sum(dim=0)
+        joint = float(steepness(together[None])[0])
+        single = int(values.argmax())
+        if joint > float(values[single]):
+            best, current = joint, together
+        else:
+            best, current = float(values[single]), current + moves[single]
     return current.reshape(shape)
 
 

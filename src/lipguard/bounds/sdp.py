@@ -22,17 +22,25 @@ Solvers (all results are then *proven* by :func:`lipguard.bounds.lmi.verify`; no
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import sparse
 
-from lipguard.bounds.lmi import Slopes, initial_multipliers, rho_for_multipliers
+from lipguard.bounds.lmi import (
+    Slopes,
+    initial_multipliers,
+    refine_multipliers,
+    rho_for_multipliers,
+)
 from lipguard.bounds.network import Network
 from lipguard.errors import InvalidArgumentError, LipguardError
 
 SOLVERS = ("barrier", "clarabel", "scs")
+#: first-order descent stops at its time budget, when it stalls or after this many steps
+_DESCENT_STEPS = 100_000
 
 
 class SolverError(LipguardError, RuntimeError):
@@ -96,22 +104,53 @@ def _problem(network: Network, slopes: Slopes, variant: str) -> _Problem:
 
 
 def solve_lipsdp(
-    network: Network, slopes: Slopes, *, variant: str = "neuron", solver: str = "barrier"
+    network: Network,
+    slopes: Slopes,
+    *,
+    variant: str = "neuron",
+    solver: str = "barrier",
+    seconds: float = 10.0,
 ) -> tuple[list[torch.Tensor], float]:
     """Solve LipSDP-Neuron (``variant="neuron"``) or -Layer; returns ``(multipliers, ρ)``, the
-    multipliers as one per-neuron vector per hidden layer."""
+    multipliers as one per-neuron vector per hidden layer.
+
+    With the ``"barrier"`` solver, ``seconds`` is a time budget: first-order descent on ``ρ(T)``
+    from the closed-form multipliers (LipDiff's eigenvalue optimisation, tied per layer for
+    LipSDP-Layer: fast on wide networks, where the barrier's Newton systems are ill-conditioned)
+    takes up to three quarters, the barrier method the rest, then descent polishes its point; the
+    smallest ``ρ`` wins."""
     if variant not in ("neuron", "layer"):
         raise InvalidArgumentError(f"variant must be 'neuron' or 'layer', got {variant!r}")
     if solver not in SOLVERS:
         raise InvalidArgumentError(f"solver must be one of {SOLVERS}, got {solver!r}")
     problem = _problem(network, slopes, variant)
-    if solver == "barrier":
-        rho, values = _barrier(problem, network, slopes)
-    else:
-        rho, values = _conic(problem, solver)
-    per_neuron = values[problem.groups]
     sizes = [layer.size for layer in network.hidden]
-    return list(per_neuron.split(sizes)), rho
+    if solver != "barrier":
+        rho, values = _conic(problem, solver)
+        return list(values[problem.groups].split(sizes)), rho
+    started = time.perf_counter()
+    tied = variant == "layer"
+    start = initial_multipliers(network, slopes)  # one value per layer: valid for both variants
+    candidates = [
+        refine_multipliers(
+            network, slopes, start, iterations=_DESCENT_STEPS, seconds=0.75 * seconds, tied=tied
+        )
+    ]
+    remaining = max(seconds - (time.perf_counter() - started), 0.0)
+    _, values = _barrier(problem, network, slopes, deadline=time.perf_counter() + remaining)
+    barrier = list(values[problem.groups].split(sizes))
+    polish = max(seconds - (time.perf_counter() - started), 0.1 * seconds)
+    candidates += [
+        barrier,
+        refine_multipliers(
+            network, slopes, barrier, iterations=_DESCENT_STEPS, seconds=polish, tied=tied
+        ),
+    ]
+    rhos = [float(rho_for_multipliers(network, slopes, c)) for c in candidates]
+    best = min(
+        range(len(candidates)), key=lambda i: rhos[i] if math.isfinite(rhos[i]) else math.inf
+    )
+    return candidates[best], rhos[best]
 
 
 def _matrix(problem: _Problem, rho: float, t: torch.Tensor) -> torch.Tensor:
@@ -128,9 +167,12 @@ def _matrix(problem: _Problem, rho: float, t: torch.Tensor) -> torch.Tensor:
     return f
 
 
-def _barrier(problem: _Problem, network: Network, slopes: Slopes) -> tuple[float, torch.Tensor]:
+def _barrier(
+    problem: _Problem, network: Network, slopes: Slopes, deadline: float = math.inf
+) -> tuple[float, torch.Tensor]:
     """Minimise ρ subject to F(ρ, t) ⪰ 0, t >= 0 by a primal log-barrier path-following method:
-    Newton steps on ``ρ/μ - log det F - Σ log t`` for decreasing ``μ``."""
+    Newton steps on ``ρ/μ - log det F - Σ log t`` for decreasing ``μ``, until ``deadline``
+    (``time.perf_counter()``); every iterate is strictly feasible."""
     start = initial_multipliers(network, slopes)  # one value per layer: valid for both variants
     t = torch.empty(problem.variables, dtype=torch.float64)
     t[problem.groups] = torch.cat(start)
@@ -143,6 +185,8 @@ def _barrier(problem: _Problem, network: Network, slopes: Slopes) -> tuple[float
     aggregate[torch.arange(problem.groups.numel()), problem.groups] = 1.0
     for _ in range(60):  # outer iterations: μ shrinks 5x each
         for _ in range(50):  # damped Newton steps at fixed μ
+            if time.perf_counter() > deadline:
+                return rho, t
             gradient, hessian = _newton_system(problem, rho, t, mu, aggregate)
             step = _newton_step(hessian, gradient)
             if step is None:
