@@ -5,8 +5,10 @@ Networks (random PyTorch initialisation, ReLU, seeded):
 - MLPs 64-w×3-1 for widths w in ``--widths`` (the width sweep) and 64-256×k-1 for depths k in
   ``--depths`` (the depth sweep);
 - CNNs shaped like the standard "4C3F" CIFAR net (conv c-c-2c-2c with two stride-2 layers,
-  FC 512-512-10) for channels c in ``--channels``, and a ResNet-18-shaped CIFAR net (product
-  bound only: the compositional bound does not yet take convolutions without densifying them).
+  FC 512-512-10) for channels c in ``--channels`` (their compositional bound is the chain
+  programme of ``lipguard.bounds.chain``: no convolution is densified), and a ResNet-18-shaped
+  CIFAR net (product bound only: its residual branches are not a chain, and its normal form is
+  far too large to materialise).
 
 For each: lipguard's product, compositional and (where the matrix inequality has at most
 ``--lipsdp-rows`` rows) LipSDP bounds; lipguard's witnessed lower bound, the ratio's

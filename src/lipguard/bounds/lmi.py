@@ -152,12 +152,13 @@ def refine_multipliers(
 
 
 #: Adam's rate on log T, the first temperature relative to ρ and its floor, how often τ shrinks
-#: (by _COOLING), and how many steps without a new best stop the descent
+#: (by _COOLING), and how many steps without a relative gain of _PROGRESS stop the descent
 _RATE = 0.05
 _FIRST_TEMPERATURE = 1e-2
 _LAST_TEMPERATURE = 1e-5
 _COOLING_EVERY, _COOLING = 50, 0.7
 _PATIENCE = 200
+_PROGRESS = 1e-7
 
 
 def _descend(
@@ -194,8 +195,10 @@ def _descend(
             continue
         value = float(rho_for_multipliers(network, slopes, [c.detach() for c in current], root))
         since_best += 1
-        if value < best_value * (1 - 1e-12):
-            best_value, best, since_best = value, [c.detach().clone() for c in current], 0
+        if value < best_value:
+            if value < best_value * (1 - _PROGRESS):
+                since_best = 0
+            best_value, best = value, [c.detach().clone() for c in current]
         saved = [m.detach().clone() for m in logs]
         optimizer.zero_grad()
         smooth.backward()
