@@ -41,6 +41,9 @@ from lipguard.errors import InvalidArgumentError, LipguardError
 SOLVERS = ("barrier", "clarabel", "scs")
 #: first-order descent stops at its time budget, when it stalls or after this many steps
 _DESCENT_STEPS = 100_000
+#: shares of the time budget: the barrier's, and a polish's after a finished barrier
+_BARRIER_SHARE = 0.25
+_POLISH_SHARE = 0.05
 
 
 class SolverError(LipguardError, RuntimeError):
@@ -114,11 +117,11 @@ def solve_lipsdp(
     """Solve LipSDP-Neuron (``variant="neuron"``) or -Layer; returns ``(multipliers, ρ)``, the
     multipliers as one per-neuron vector per hidden layer.
 
-    With the ``"barrier"`` solver, ``seconds`` is a time budget: first-order descent on ``ρ(T)``
-    from the closed-form multipliers (LipDiff's eigenvalue optimisation, tied per layer for
-    LipSDP-Layer: fast on wide networks, where the barrier's Newton systems are ill-conditioned)
-    takes up to three quarters, the barrier method the rest, then descent polishes its point; the
-    smallest ``ρ`` wins."""
+    With the ``"barrier"`` solver, ``seconds`` is a time budget. The barrier method gets a quarter
+    of it; if it finishes (small networks), a short first-order descent polishes its point.
+    Otherwise (wide networks, where its Newton systems are ill-conditioned) first-order descent on
+    ``ρ(T)`` — LipDiff's eigenvalue optimisation, tied per layer for LipSDP-Layer — runs from the
+    closed-form multipliers and then from the barrier's point. The smallest ``ρ`` wins."""
     if variant not in ("neuron", "layer"):
         raise InvalidArgumentError(f"variant must be 'neuron' or 'layer', got {variant!r}")
     if solver not in SOLVERS:
@@ -130,26 +133,29 @@ def solve_lipsdp(
         return list(values[problem.groups].split(sizes)), rho
     started = time.perf_counter()
     tied = variant == "layer"
-    start = initial_multipliers(network, slopes)  # one value per layer: valid for both variants
-    candidates = [
-        refine_multipliers(
-            network, slopes, start, iterations=_DESCENT_STEPS, seconds=0.75 * seconds, tied=tied
+
+    def left() -> float:
+        return max(seconds - (time.perf_counter() - started), 0.0)
+
+    def descend(multipliers: list[torch.Tensor], budget: float) -> list[torch.Tensor]:
+        return refine_multipliers(
+            network, slopes, multipliers, iterations=_DESCENT_STEPS, seconds=budget, tied=tied
         )
-    ]
-    remaining = max(seconds - (time.perf_counter() - started), 0.0)
-    _, values = _barrier(problem, network, slopes, deadline=time.perf_counter() + remaining)
-    barrier = list(values[problem.groups].split(sizes))
-    polish = max(seconds - (time.perf_counter() - started), 0.1 * seconds)
-    candidates += [
-        barrier,
-        refine_multipliers(
-            network, slopes, barrier, iterations=_DESCENT_STEPS, seconds=polish, tied=tied
-        ),
-    ]
-    rhos = [float(rho_for_multipliers(network, slopes, c)) for c in candidates]
-    best = min(
-        range(len(candidates)), key=lambda i: rhos[i] if math.isfinite(rhos[i]) else math.inf
+
+    _, values, finished = _barrier(
+        problem, network, slopes, deadline=started + _BARRIER_SHARE * seconds
     )
+    barrier = list(values[problem.groups].split(sizes))
+    candidates = [barrier]
+    if finished:  # converged (or stalled) within its share: a short polish is enough
+        candidates.append(descend(barrier, min(left(), _POLISH_SHARE * seconds)))
+    else:  # a wide network: descent from the closed-form start, then polish the barrier's point
+        start = initial_multipliers(network, slopes)  # one value per layer: both variants
+        candidates.append(descend(start, 0.8 * left()))
+        candidates.append(descend(barrier, max(left(), _POLISH_SHARE * seconds)))
+    rhos = [float(rho_for_multipliers(network, slopes, c)) for c in candidates]
+    rhos = [value if math.isfinite(value) else math.inf for value in rhos]
+    best = min(range(len(candidates)), key=rhos.__getitem__)
     return candidates[best], rhos[best]
 
 
@@ -169,10 +175,11 @@ def _matrix(problem: _Problem, rho: float, t: torch.Tensor) -> torch.Tensor:
 
 def _barrier(
     problem: _Problem, network: Network, slopes: Slopes, deadline: float = math.inf
-) -> tuple[float, torch.Tensor]:
+) -> tuple[float, torch.Tensor, bool]:
     """Minimise ρ subject to F(ρ, t) ⪰ 0, t >= 0 by a primal log-barrier path-following method:
     Newton steps on ``ρ/μ - log det F - Σ log t`` for decreasing ``μ``, until ``deadline``
-    (``time.perf_counter()``); every iterate is strictly feasible."""
+    (``time.perf_counter()``); every iterate is strictly feasible. Returns ``(ρ, t, finished)``,
+    ``finished`` False when the deadline cut it short."""
     start = initial_multipliers(network, slopes)  # one value per layer: valid for both variants
     t = torch.empty(problem.variables, dtype=torch.float64)
     t[problem.groups] = torch.cat(start)
@@ -186,11 +193,11 @@ def _barrier(
     for _ in range(60):  # outer iterations: μ shrinks 5x each
         for _ in range(50):  # damped Newton steps at fixed μ
             if time.perf_counter() > deadline:
-                return rho, t
+                return rho, t, False
             gradient, hessian = _newton_system(problem, rho, t, mu, aggregate)
             step = _newton_step(hessian, gradient)
             if step is None:
-                return rho, t
+                return rho, t, True
             decrement = float(-(gradient @ step))  # λ², λ the Newton decrement
             # damped Newton (Nesterov): for a self-concordant barrier a step of 1/(1 + λ)
             # decreases it and stays feasible; full steps once λ < 1/4 (quadratic convergence)
@@ -201,14 +208,14 @@ def _barrier(
                 if _barrier_value(problem, new_rho, new_t, mu) < math.inf:
                     break
             else:
-                return rho, t  # no feasible progress left in float64
+                return rho, t, True  # no feasible progress left in float64
             rho, t = new_rho, new_t
             if decrement < 1e-9:
                 break
         if mu * barrier_weight < 1e-10 * max(rho, 1e-300):
             break
         mu /= 5.0
-    return rho, t
+    return rho, t, True
 
 
 def _newton_step(hessian: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor | None:
