@@ -98,7 +98,7 @@ def compositional_bound(
     if network.input_size + sum(layer.size for layer in network.hidden) > FAST_LMI_ROWS:
         return result  # one evaluation of ρ would take longer than the whole budget
     start = lmi.initial_multipliers(network, slopes)
-    multipliers = lmi.refine_multipliers(network, slopes, start, seconds=seconds)
+    multipliers = lmi.refine_multipliers(network, slopes, start, seconds=seconds, smooth=False)
     rho = float(lmi.rho_for_multipliers(network, slopes, multipliers))
     proof = lmi.verify(network, slopes, multipliers, rho) if math.isfinite(rho) else None
     if proof is not None and proof.value < result.value:
