@@ -129,30 +129,26 @@ def _block_norms(chain: Chain, centres: list[float], norm: float) -> list[list[f
     """``blocks[i][j] >= ||P(i, j)||`` for every ``i <= j``."""
     count = len(chain.segments)
     blocks = [[math.inf] * count for _ in range(count)]
+    cache: dict[int, tuple[float, float]] = {}  # ℓ2 norms of each operator, computed once
     for j, segment in enumerate(chain.segments):
-        blocks[j][j] = _segment_norm(segment, norm)
+        blocks[j][j] = _segment_norm(segment, norm, cache)
     for length in range(1, count):
         for i in range(count - length):
             j = i + length
             blocks[i][j] = min(
                 up(up(blocks[m + 1][j] * abs(centres[m])) * blocks[i][m]) for m in range(i, j)
             )
-    cache: dict[int, tuple[float, float]] = {}
     for j in range(count):
         for i, value in _pulled_back_norms(chain, centres, j, norm, cache):
             blocks[i][j] = min(blocks[i][j], value)
     return blocks
 
 
-def _segment_norm(segment: Segment, norm: float) -> float:
+def _segment_norm(segment: Segment, norm: float, cache: dict[int, tuple[float, float]]) -> float:
     value = 1.0
     for op in segment.ops:
-        if isinstance(op, Gather):
-            multiplicity = op.multiplicity
-            factor = 1.0 if norm == math.inf else up(math.sqrt(multiplicity))
-            value = up(value * (factor if multiplicity else 0.0))
-        else:
-            value = up(value * operator_lipschitz(op, norm))
+        factor = _norms(op, cache)[0] if norm == 2.0 else operator_lipschitz(op, norm)
+        value = up(value * factor)
     return value
 
 
@@ -258,14 +254,16 @@ def _pull_back(op: Operator, rows: _Rows, cache: dict[int, tuple[float, float]])
     return rows.after(value, multiplicity, root, root)
 
 
-def _norms(op: Dense | Conv, cache: dict[int, tuple[float, float]]) -> tuple[float, float]:
+def _norms(op: _Linear, cache: dict[int, tuple[float, float]]) -> tuple[float, float]:
     """``(||W||₂, |||Ŵ|||₂)`` of the exact operator and of the stored one's absolute values,
     computed once per operator."""
     if id(op) not in cache:
         if isinstance(op, Dense):
             absolute = matrix_norm(Enclosure(op.matrix.value.abs()), 2.0)
-        else:
+        elif isinstance(op, Conv):
             absolute = _abs_conv_norm(op)
+        else:  # scalings and re-indexings: |W| has the same norm bound
+            absolute = operator_lipschitz(op, 2.0)
         cache[id(op)] = (operator_lipschitz(op, 2.0), absolute)
     return cache[id(op)]
 

@@ -35,6 +35,8 @@ def operator_lipschitz(operator: Operator, norm: float) -> float:
         return 1.0  # sorting is 1-Lipschitz in every ℓp
     if isinstance(operator, MaxPool):
         return 1.0 if norm == math.inf else up(math.sqrt(operator.multiplicity))
+    if isinstance(operator, Gather) and len(operator.in_sizes) == 1:
+        return _gather(operator, [1.0], norm)  # a re-indexing of one input
     raise TypeError(f"{type(operator).__name__} is not a single-input operator")
 
 
