@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from lipguard import _checks
-from lipguard._norms import parse_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.norm import parse_norm
 
 SUPPORTED_NORMS = (2.0, math.inf)
 

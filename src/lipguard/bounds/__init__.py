@@ -7,7 +7,6 @@ them. See ``docs/bounds.md``.
 
 from lipguard.bounds.api import (
     METHODS,
-    CertificationError,
     block_lipschitz_bounds,
     exact_lipschitz,
     lipschitz_bound,
@@ -15,7 +14,6 @@ from lipguard.bounds.api import (
 )
 from lipguard.bounds.certificate import (
     Certificate,
-    CertificateError,
     Verification,
     architecture_sha256,
     certify,
@@ -23,6 +21,7 @@ from lipguard.bounds.certificate import (
 )
 from lipguard.bounds.graph import register_module
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
+from lipguard.errors import CertificateError, CertificationError, SolverError
 from lipguard.results import LipschitzBound
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "CertificationError",
     "LipschitzBound",
     "LipschitzLowerBound",
+    "SolverError",
     "Verification",
     "architecture_sha256",
     "block_lipschitz_bounds",

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import parse_norm
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi, sdp
 from lipguard.bounds.chain import as_chain, chain_bound
@@ -31,11 +30,13 @@ from lipguard.bounds.norms import matrix_norm, up
 from lipguard.bounds.product import product_bound
 from lipguard.bounds.rounding import forward_error
 from lipguard.errors import (
+    CertificationError,
     InvalidArgumentError,
     LipguardError,
     ShapeError,
     UnsupportedModuleError,
 )
+from lipguard.norm import parse_norm
 from lipguard.results import LipschitzBound
 
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
@@ -44,10 +45,6 @@ AUTO_LIPSDP_SIZE = 1000
 LIPSDP_SECONDS = 8.0
 #: random inputs on which a model's own forward pass is compared with its graph
 FORWARD_PROBES = 4
-
-
-class CertificationError(LipguardError, RuntimeError):
-    """A requested method could not prove a bound (e.g. the SDP solution failed verification)."""
 
 
 def _prepare(

@@ -42,7 +42,7 @@ from lipguard.bounds.graph import module_settings
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Sort, Sum
-from lipguard.errors import LipguardError
+from lipguard.errors import CertificateError, LipguardError
 from lipguard.results import LipschitzBound
 
 FORMAT = "lipguard-certificate/2"
@@ -50,10 +50,6 @@ FORMAT = "lipguard-certificate/2"
 _MULTIPLIER_METHODS = ("lipsdp-neuron", "lipsdp-layer", "compositional")
 #: what :func:`certify` may have written as the upper bound's method
 _CERTIFIED_METHODS = ("product", *_MULTIPLIER_METHODS)
-
-
-class CertificateError(LipguardError, ValueError):
-    """A certificate file is malformed or was edited after it was made."""
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -51,7 +51,12 @@ from lipguard.bounds.ops import (
     Skip,
     Sort,
 )
-from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
+from lipguard.errors import (
+    InvalidArgumentError,
+    ShapeError,
+    UnregisteredModuleError,
+    UnsupportedModuleError,
+)
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.linear_model import LipschitzLinearModel
@@ -210,10 +215,6 @@ def _dispatch_type(module: nn.Module, path: str) -> type[nn.Module]:
             )
         return type(module).__bases__[0]
     return type(module)
-
-
-class UnregisteredModuleError(UnsupportedModuleError):
-    """The registry has no handler for a module type (the tracing front end may read it)."""
 
 
 def check_untampered(model: nn.Module) -> None:

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import parse_norm
 from lipguard._threads import on_idle_cores
 from lipguard.bounds.evaluate import GraphFunction, enclose, relative_temperature
 from lipguard.bounds.frontend import Shapes, to_graph
@@ -38,6 +37,7 @@ from lipguard.bounds.network import Network
 from lipguard.errors import LipguardError, ShapeError
 from lipguard.linalg import U64
 from lipguard.nn.activations import GroupSort
+from lipguard.norm import parse_norm
 
 
 @dataclass(frozen=True)

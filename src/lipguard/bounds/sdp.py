@@ -36,7 +36,7 @@ from lipguard.bounds.lmi import (
     rho_for_multipliers,
 )
 from lipguard.bounds.network import Network
-from lipguard.errors import InvalidArgumentError, LipguardError
+from lipguard.errors import InvalidArgumentError, SolverError
 
 SOLVERS = ("barrier", "clarabel", "scs")
 #: first-order descent stops at its time budget, when it stalls or after this many steps
@@ -44,10 +44,6 @@ _DESCENT_STEPS = 100_000
 #: shares of the time budget: the barrier's, and a polish's after a finished barrier
 _BARRIER_SHARE = 0.25
 _POLISH_SHARE = 0.05
-
-
-class SolverError(LipguardError, RuntimeError):
-    """The SDP solver failed to return a usable solution."""
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import dual_norm, parse_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.pairs import PoolIndex, find_violations
 from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
+from lipguard.norm import dual_norm, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
 

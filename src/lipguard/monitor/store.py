@@ -61,7 +61,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from lipguard.errors import InvalidArgumentError, LipguardError
+from lipguard.errors import AuditError, InvalidArgumentError
 
 FORMAT = "lipguard-audit/2"
 GENESIS = "0" * 64
@@ -70,11 +70,6 @@ HEADER_KIND = "log_created"
 TABLE = "audit_records"
 ATTEMPTS = 8  # appends retried this many times on lock contention before failing
 BUSY_TIMEOUT_S = 30.0
-
-
-class AuditError(LipguardError, RuntimeError):
-    """The audit store cannot be opened or written (bad URL, unreachable server, unwritable
-    file, not an audit log, wrong or missing key, lock contention that did not clear)."""
 
 
 def _table(metadata: MetaData) -> Table:

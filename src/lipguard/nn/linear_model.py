@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import dual_norm, parse_norm
 from lipguard.errors import InvalidArgumentError
 from lipguard.linalg import U64, gamma, underflow_unit, unit_roundoff
+from lipguard.norm import dual_norm, parse_norm
 from lipguard.results import LipschitzBound
 
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lipguard import _checks
-from lipguard._norms import dual_norm
 from lipguard.errors import ShapeError
+from lipguard.norm import dual_norm
 
 
 def gradient_penalty(

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import parse_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.norm import parse_norm
 
 
 class PessimisticReward:

@@ -22,9 +22,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import dual_norm
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError
+from lipguard.norm import dual_norm
 from lipguard.rl.wrappers import LearnedRewardVecEnv
 
 ALGORITHMS = {"PPO": PPO, "SAC": SAC}

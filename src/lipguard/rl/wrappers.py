@@ -29,9 +29,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
 from lipguard import _checks
-from lipguard._norms import parse_norm
 from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
+from lipguard.norm import parse_norm
 from lipguard.rl.frozen import FrozenReward
 
 REWARD_INPUTS = ("state", "state_action", "next_state")

@@ -26,11 +26,7 @@ import torch
 from scipy import fft
 
 from lipguard import _checks
-from lipguard.errors import InvalidArgumentError, LipguardError, ShapeError
-
-
-class PerInputNoiseError(LipguardError, ValueError):
-    """A noise covariance chosen per input: unsound without memory-based certification."""
+from lipguard.errors import InvalidArgumentError, PerInputNoiseError, ShapeError
 
 
 class GaussianNoise(ABC):

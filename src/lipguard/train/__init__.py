@@ -1,6 +1,7 @@
 """Robust training: regularizers (incl. AAJR), tasks, one trainer (SPEC D1–D4). See
 ``docs/training.md``."""
 
+from lipguard.errors import DivergenceError
 from lipguard.train.active import Ensemble, RandomFeatureRidge, active_learning, random_sampling
 from lipguard.train.dro import dual_norm_regularizer, robust_linear_loss
 from lipguard.train.regularizers import (
@@ -16,7 +17,7 @@ from lipguard.train.regularizers import (
     Regularizer,
     make_regularizer,
 )
-from lipguard.train.stability import DivergenceError, Oscillation, oscillation
+from lipguard.train.stability import Oscillation, oscillation
 from lipguard.train.sweep import (
     SweepPoint,
     at_matched,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from lipguard._norms import dual_norm
 from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.norm import dual_norm
 
 LOSSES = ("logistic", "hinge")
 

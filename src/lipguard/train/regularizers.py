@@ -131,7 +131,7 @@ class GradientPenalty(Regularizer):
         self.norm = norm
 
     def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
-        from lipguard._norms import dual_norm
+        from lipguard.norm import dual_norm
 
         points = x.detach().requires_grad_(True)
         outputs = task.forward(model, points)

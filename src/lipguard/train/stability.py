@@ -13,12 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipguard.errors import LipguardError
-
-
-class DivergenceError(LipguardError, RuntimeError):
-    """Training diverged (NaN or exploding loss); the model holds the last good weights."""
-
 
 @dataclass(frozen=True)
 class Oscillation:

@@ -14,9 +14,9 @@ from lipguard import _checks
 from lipguard._progress import progress_bar
 from lipguard.attacks.gradient import PGD
 from lipguard.attacks.threat import ThreatModel
-from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.errors import DivergenceError, InvalidArgumentError, ShapeError
 from lipguard.train.regularizers import Regularizer, make_regularizer
-from lipguard.train.stability import DivergenceError, Oscillation, diverged, oscillation
+from lipguard.train.stability import Oscillation, diverged, oscillation
 from lipguard.train.tasks import Task, TaskModel, make_task
 
 
