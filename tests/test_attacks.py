@@ -27,7 +27,7 @@ from lipguard.attacks import (
     ThreatModel,
     Transfer,
     feature_ranking,
-    masking_audit,
+    masking_check,
     plot_robustness_curve,
     robustness_curve,
     single_feature_flip,
@@ -228,13 +228,13 @@ class Quantise(nn.Module):
         return torch.round(x * 4) / 4
 
 
-def test_masking_audit_flags_a_masked_model_and_passes_a_clean_one(digits):
+def test_masking_check_flags_a_masked_model_and_passes_a_clean_one(digits):
     model, x, y = digits
     x, y = x[:100], y[:100]
-    clean = masking_audit(model, x, y, eps=0.1, bounds=(0.0, 1.0))
+    clean = masking_check(model, x, y, eps=0.1, bounds=(0.0, 1.0))
     assert not clean.suspicious, str(clean)
     masked = nn.Sequential(Quantise(), model)
-    report = masking_audit(masked, x, y, eps=0.1, bounds=(0.0, 1.0), surrogate=model)
+    report = masking_check(masked, x, y, eps=0.1, bounds=(0.0, 1.0), surrogate=model)
     assert report.suspicious
     assert report.verdict("zero or NaN gradients") == "warn"
     assert report.verdict("random search vs gradients") == "warn"

@@ -185,7 +185,7 @@ CASES = {
     "alpha 2": [*SMOOTH, "--alpha", "2"],
     "reversed output range": [*SMOOTH, "--output-range", "1,-1"],
     "NaN output range": [*SMOOTH, "--output-range", "nan,1"],
-    "NaN epsilon (smoothing)": [*SMOOTH, "--output-range", "-1,1", "--epsilon", "nan"],
+    "NaN epsilon (smoothing)": [*SMOOTH, "--output-range", "-1,1", "--eps", "nan"],
     "smoothing data missing": [
         "smooth",
         "certify",

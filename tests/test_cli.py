@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 import lipguard
@@ -20,3 +21,22 @@ def test_help_lists_run():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "run" in result.output
+
+
+@pytest.mark.parametrize("verb", [["attack"], ["smooth", "certify"]])
+def test_every_budget_verb_spells_it_eps(verb):
+    result = runner.invoke(app, [*verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--eps " in result.output
+    assert "--epsilon" not in result.output  # the old spelling still works, hidden
+
+
+@pytest.mark.parametrize("verb", [["attack"], ["smooth", "certify"]])
+def test_a_bad_budget_is_one_line_under_either_spelling(verb, tmp_path):
+    for spelling in ("--eps", "--epsilon"):
+        result = runner.invoke(app, [*verb, str(tmp_path / "m.json"), spelling, "nan"])
+        assert result.exit_code == 2, result.output
+        lines = result.output.splitlines()
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith("error:"), result.output
+        assert "'--eps'" in lines[0], result.output

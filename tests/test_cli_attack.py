@@ -87,3 +87,12 @@ def test_attack_needs_labels_for_classification(tmp_path):
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     assert "needs labels" in result.output
+
+
+def test_attack_takes_the_old_epsilon_spelling_with_a_note(tmp_path):
+    model, data = _files(tmp_path, 1)
+    arguments = ["attack", str(model), "--data", str(data), "--objective", "reward-abs"]
+    result = runner.invoke(app, [*arguments, "--epsilon", "0.1", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "ε = 0.1" in result.output
+    assert "--epsilon is deprecated" in result.stderr

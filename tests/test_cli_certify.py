@@ -73,7 +73,7 @@ def test_errors_exit_with_code_2(tmp_path):
 
 
 def test_input_shapes_of_several_inputs_parse():
-    from lipguard._cli_support import parse_shape
+    from lipguard.cli._io import parse_shape
 
     assert parse_shape("3,32,32") == (3, 32, 32)
     assert parse_shape("3x32x32;16") == ((3, 32, 32), (16,))

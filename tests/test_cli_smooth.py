@@ -69,7 +69,7 @@ def test_smooth_certify_regressor_bounds(tmp_path):
         "2000",
         "--output-range",
         "-3,3",
-        "--epsilon",
+        "--eps",
         "0.2",
         "--out",
         str(out),
@@ -98,3 +98,23 @@ def test_smooth_certify_rejects_unknown_data(tmp_path):
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     assert "must be .npz, .npy or .csv" in result.output
+
+
+def test_smooth_certify_still_takes_the_old_epsilon_spelling(tmp_path):
+    model, data = _files(tmp_path, 1)
+    common = ["smooth", "certify", str(model), "--data", str(data), "--sigma", "0.5"]
+    common += ["--n", "500", "--output-range", "-3,3"]
+    outputs = {}
+    for spelling in ("--eps", "--epsilon"):
+        out = tmp_path / f"{spelling}.json"
+        result = runner.invoke(app, [*common, spelling, "0.2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[spelling] = json.loads(out.read_text())
+        notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+        assert notes == (
+            []
+            if spelling == "--eps"
+            else ["note: --epsilon is deprecated and will be removed; use --eps"]
+        )
+    assert outputs["--eps"] == outputs["--epsilon"]
+    assert outputs["--eps"]["eps"] == 0.2

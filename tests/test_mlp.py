@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lipguard.errors import InvalidArgumentError
+from lipguard.linalg import mul_up
 from lipguard.nn import LipschitzMLP, split_lipschitz
-from lipguard.nn._guard import mul_up
 
 COMBINATIONS = [
     (layer, activation)

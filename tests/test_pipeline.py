@@ -10,8 +10,19 @@ from typer.testing import CliRunner
 
 from lipguard.cli import app
 from lipguard.errors import InvalidArgumentError
-from lipguard.pipeline import RunConfig, load_config
+from lipguard.pipeline import Reward, RunConfig, RunResults, checks, load_config
+from lipguard.pipeline.report import SECTIONS, Plots, render
+from lipguard.pipeline.results import (
+    DataSummary,
+    MonitorResult,
+    PolicyResult,
+    RewardCertification,
+    RunMeta,
+    StressResult,
+    TimelineRow,
+)
 from lipguard.pipeline.screenshot import find_browser, screenshot
+from lipguard.results import Report
 
 runner = CliRunner()
 
@@ -71,7 +82,10 @@ def test_quick_run_keeps_every_promise(quick_run):
     assert monitor["false_alarms_before_fault"] == 0
     assert monitor["first_alarm_after_fault"] >= monitor["fault_step"]
     assert monitor["audit_verified"]
-    assert all(results["checks"].values())
+    report = Report.from_dict(results["checks"])
+    assert [check.verdict for check in report.checks] == ["pass"] * 6, str(report)
+    assert results["checks"]["ok"]
+    assert RunResults.from_dict(results).to_dict() == results  # results.json reads back whole
     for name in ("unconstrained", "lipschitz"):
         assert (out / "certificates" / f"{name}.json").is_file()
     assert set(results["policies"]) == {"true", "unconstrained", "lipschitz"}
@@ -130,3 +144,100 @@ def test_a_run_may_go_into_an_empty_folder(tmp_path):
     with staged_folder(out, overwrite=False) as staging:
         (staging / "results.json").write_text("{}")
     assert (out / "results.json").is_file()
+
+
+def _results(env: str = "Pendulum-v1", fault_detected: bool = True) -> RunResults:
+    """Small made-up results in the shape of a run's (no training)."""
+    config = RunConfig(env=env, aajr=False, attack_eps=(0.0, 0.1), fault_step=400)
+    learned = {
+        name: RewardCertification(
+            test_mse=0.01 * (i + 1),
+            certified_lipschitz=40.0 if name is Reward.UNCONSTRAINED else 7.5,
+            certificate_method="compositional",
+            lower_bound=None if name is Reward.UNCONSTRAINED else 3.25,
+            max_gradient_on_data=3.0,
+            certificate=f"certificates/{name}.json",
+            weights_sha256="ab" * 32,
+        )
+        for i, name in enumerate(config.reward_models)
+    }
+    stress = {
+        name: StressResult((0.0, 0.1), (0.0, 0.5), (0.0, 0.25), 0.05, 0.4, 0.02)
+        for name in config.reward_models
+    }
+    policies = {
+        name: PolicyResult(
+            -150.0, None if name is Reward.TRUE else -140.0, None, 4.0, 0.1, -160.0, -200.0, -180.0
+        )
+        for name in (Reward.TRUE, *config.reward_models)
+    }
+    after = 420 if fault_detected else None
+    monitor = MonitorResult(
+        fault_step=400,
+        false_alarms_before_fault=0,
+        alarms_after_fault=3 if fault_detected else 0,
+        first_alarm_after_fault=after,
+        detection_delay=None if after is None else after - 400,
+        fault_detected=fault_detected,
+        events={"violation": 2, "gradient": 1},
+        timeline=(TimelineRow(100, {"violation": 0}), TimelineRow(500, {"violation": 2})),
+        audit_path="audit.db",
+        audit_records=3,
+        audit_verified=True,
+        audit_head="3:" + "cd" * 32,
+    )
+    meta = RunMeta("2025-01-01T00:00:00+00:00", "0.1", "2.3", 12.5, {"certify": 1.5})
+    data = DataSummary(2000, 1600, 400, 4, (-16.0, 0.0))
+    results = RunResults(meta, config, data, learned, stress, policies, monitor)
+    return RunResults(meta, config, data, learned, stress, policies, monitor, checks(results))
+
+
+FIGURES = Plots("Uk9CVVNU", "TElQU0NISVRa", "UFJJQ0U=", "VElNRUxJTkU=")
+
+
+def test_checks_pass_on_a_good_run_and_name_what_failed():
+    assert _results().checks.ok
+    missed = _results(fault_detected=False).checks
+    assert [check.name for check in missed.failures] == ["the monitor found the planted fault"]
+    assert "no alarm after step 400" in missed.failures[0].detail
+
+
+def test_run_results_read_back_from_results_json_render_the_same_report():
+    results = _results()
+    loaded = RunResults.from_dict(json.loads(json.dumps(results.to_dict())))
+    assert loaded == results
+    assert loaded.to_dict() == json.loads(json.dumps(results.to_dict()))
+    assert set(loaded.policies) == {Reward.TRUE, Reward.UNCONSTRAINED, Reward.LIPSCHITZ}
+    assert render(loaded, FIGURES) == render(results, FIGURES)
+    with pytest.raises(InvalidArgumentError, match="monitor"):
+        RunResults.from_dict(
+            {key: value for key, value in results.to_dict().items() if key != "monitor"}
+        )
+
+
+def test_report_renders_every_section_escaped():
+    headings = {
+        "verdict.html.j2": "<h2>Verdict</h2>",
+        "rewards.html.j2": "<h2>1–3. Reward models",
+        "policies.html.j2": "<h2>4. Policies",
+        "monitor.html.j2": "<h2>5. Runtime monitor",
+        "reading.html.j2": "<h2>How to read this page</h2>",
+    }
+    assert set(headings) == set(SECTIONS)
+    results = _results(env="Pendulum<b>-v1", fault_detected=False)
+    page = render(results, FIGURES)
+    positions = [page.index(headings[section]) for section in SECTIONS]
+    assert positions == sorted(positions)
+    for png in (FIGURES.robustness, FIGURES.lipschitz, FIGURES.price, FIGURES.timeline):
+        assert f'src="data:image/png;base64,{png}"' in page
+    assert "Pendulum&lt;b&gt;-v1" in page
+    assert "<b>-v1" not in page
+    for check in results.checks.checks:
+        assert f'<li class="{check.verdict}">{check.name}' in page.replace("&#39;", "'")
+    assert page.count('<li class="fail">') == 1
+    for name in ("true", "unconstrained", "lipschitz"):
+        assert f"<tr><td>{name}</td>" in page
+    assert "<td>7.500</td>" in page  # the constrained model's certified L
+    assert "<td>—</td>" in page  # a missing lower bound
+    assert "<td>10%</td>" in page  # a discontinuity rate
+    assert "violation 2, gradient 1" in page

@@ -6,15 +6,18 @@ import datetime
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lipguard._cli_support import console, fail
+from lipguard.cli._io import console, fail
 from lipguard.errors import LipguardError
+
+if TYPE_CHECKING:
+    from lipguard.pipeline.results import RunResults
 
 
 def run_command(
@@ -67,18 +70,29 @@ def run_command(
 
         results = run_pipeline(settings, out, track, overwrite=overwrite)
     console.print(_summary(results))
-    for text, ok in results["checks"].items():
-        console.print(f"[{'green' if ok else 'red'}]{'✔' if ok else '✘'}[/] {text}")
+    for check in results.checks.checks:
+        colour, mark = _MARKS[check.verdict]
+        detail = f" [dim]({check.detail})[/]" if check.detail else ""
+        console.print(f"[{colour}]{mark}[/] {check.name}{detail}")
     console.print(f"report: {out / 'report.html'}  results: {out / 'results.json'}")
     console.print(
-        f"audit log: {out / 'audit.db'}, head {results['monitor']['audit_head']} (keep it "
+        f"audit log: {out / 'audit.db'}, head {results.monitor.audit_head} (keep it "
         "elsewhere; `lipguard audit verify --expect-head` checks the log still holds it)"
     )
-    if not all(results["checks"].values()):
+    if not results.checks.ok:
         raise typer.Exit(1)
 
 
-def _summary(results: dict) -> Table:
+#: how each verdict of the run's checks is printed
+_MARKS = {
+    "pass": ("green", "✔"),
+    "fail": ("red", "✘"),
+    "warn": ("yellow", "!"),
+    "skipped": ("dim", "–"),
+}
+
+
+def _summary(results: RunResults) -> Table:
     table = Table(
         title="Reward models and the policies trained on them",
         caption="L seen: witnessed lower bound · return: true return of the policy · "
@@ -88,16 +102,16 @@ def _summary(results: dict) -> Table:
     table.add_column("reward", no_wrap=True)
     for column in ("MSE", "L proven", "L seen", "return", "gap", "discont.", "MAD"):
         table.add_column(column, justify="right")
-    for name, policy in results["policies"].items():
-        reward = results["rewards"].get(name)
+    for name, policy in results.policies.items():
+        reward = results.rewards.get(name)
         table.add_row(
             name,
-            f"{reward['test_mse']:.4f}" if reward else "",
-            f"{reward['certified_lipschitz']:.3f}" if reward else "",
-            f"{reward['lower_bound']:.3f}" if reward and reward["lower_bound"] else "",
-            f"{policy['true_return']:.1f}",
-            "" if policy["reward_gap"] is None else f"{policy['reward_gap']:.1f}",
-            f"{policy['discontinuity_rate']:.0%}",
-            f"{policy['return_mad']:.1f}",
+            f"{reward.test_mse:.4f}" if reward else "",
+            f"{reward.certified_lipschitz:.3f}" if reward else "",
+            f"{reward.lower_bound:.3f}" if reward and reward.lower_bound else "",
+            f"{policy.true_return:.1f}",
+            "" if policy.reward_gap is None else f"{policy.reward_gap:.1f}",
+            f"{policy.discontinuity_rate:.0%}",
+            f"{policy.return_mad:.1f}",
         )
     return table

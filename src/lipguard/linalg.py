@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -63,6 +64,39 @@ _POWER_STEPS = 12
 _RANK_TOP = 2
 #: relative step above the batch's top estimate at which every matrix is first proven
 _LEVEL_STEP = 2.0**-22
+
+
+@overload
+def up(value: float) -> float: ...
+@overload
+def up(value: torch.Tensor) -> torch.Tensor: ...
+def up(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The next representable number above ``value`` (IEEE 754 ``nextUp``).
+
+    A Python float steps in float64, a tensor in its own dtype, entry by entry. One
+    round-to-nearest operation errs by at most half an ulp, so ``up(fl(a ∘ b)) >= a ∘ b``:
+    applied to the result of each operation, it turns a computed bound into a proven one.
+    """
+    if isinstance(value, torch.Tensor):
+        return torch.nextafter(value, torch.full_like(value, math.inf))
+    return math.nextafter(value, math.inf)
+
+
+@overload
+def down(value: float) -> float: ...
+@overload
+def down(value: torch.Tensor) -> torch.Tensor: ...
+def down(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The next representable number below ``value`` (IEEE 754 ``nextDown``): the mirror of
+    :func:`up`, for lower bounds (``down(fl(a ∘ b)) <= a ∘ b``)."""
+    if isinstance(value, torch.Tensor):
+        return torch.nextafter(value, torch.full_like(value, -math.inf))
+    return math.nextafter(value, -math.inf)
+
+
+def mul_up(a: float, b: float) -> float:
+    """``a·b`` rounded towards +inf: ``>=`` the exact product of the two floats."""
+    return up(a * b)
 
 
 def gamma(k: int, u: float = U64) -> float:

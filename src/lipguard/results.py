@@ -62,7 +62,8 @@ class LipschitzBound:
         return f"L <= {self.value:.9g} ({label}, {self.method}, {self.scope}, {kind})"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``details`` left out: they are the method's, not the claim's)."""
+        """The JSON form; ``details`` as they are (JSON-ready for every method
+        :func:`~lipguard.bounds.certify` uses)."""
         return {
             "value": self.value,
             "norm": Norm(self.norm).name,
@@ -70,6 +71,7 @@ class LipschitzBound:
             "scope": self.scope,
             "sound": self.sound,
             "margin": self.margin,
+            "details": self.details,
         }
 
     @classmethod
@@ -81,13 +83,17 @@ class LipschitzBound:
         margin = _field(data, "margin", (int, float), what)
         if not (math.isfinite(value) and math.isfinite(margin) and margin >= 0):
             raise InvalidArgumentError(f"{what}: value and margin must be finite, margin >= 0")
+        details = data.get("details")
+        if details is not None and not isinstance(details, dict):
+            raise InvalidArgumentError(f"{what}: field 'details' must be an object or null")
         return cls(
             value=float(value),
-            norm=Norm.parse(_field(data, "norm", str, what)).p,
+            norm=Norm.parse(data.get("norm", "")).p,
             method=_field(data, "method", str, what),
             scope=_field(data, "scope", str, what),
             sound=_field(data, "sound", bool, what),
             margin=float(margin),
+            details=details,
         )
 
 

@@ -6,11 +6,12 @@ eval mode, and projects the result into the :class:`ThreatModel` (norm ball, box
 attack can return an out-of-budget point. See ``docs/attacks.md``.
 """
 
-from lipguard.attacks.audit import Check, MaskingReport, masking_audit
+from lipguard._deprecation import module_getattr
 from lipguard.attacks.base import Attack, AttackResult
 from lipguard.attacks.blackbox import RandomNoise, Square, Transfer
 from lipguard.attacks.curves import RobustnessCurve, plot_robustness_curve, robustness_curve
 from lipguard.attacks.gradient import APGD, FGSM, PGD
+from lipguard.attacks.masking import MaskingReport, masking_check
 from lipguard.attacks.minimal import MinimalNorm
 from lipguard.attacks.objectives import (
     DLR,
@@ -31,6 +32,7 @@ from lipguard.attacks.sensitivity import (
     substitution_scan,
 )
 from lipguard.attacks.threat import ThreatModel
+from lipguard.results import Check
 
 __all__ = [
     "APGD",
@@ -58,9 +60,13 @@ __all__ = [
     "ThreatModel",
     "Transfer",
     "feature_ranking",
-    "masking_audit",
+    "masking_check",
     "plot_robustness_curve",
     "robustness_curve",
     "single_feature_flip",
     "substitution_scan",
 ]
+
+__getattr__ = module_getattr(
+    __name__, {"masking_audit": ("lipguard.attacks.masking_check", masking_check)}
+)

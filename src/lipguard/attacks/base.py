@@ -65,7 +65,9 @@ def _rows(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.view(-1, *([1] * (like.dim() - 1)))
 
 
-def loss_and_gradient(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
+def loss_and_gradient(
+    model: nn.Module, bound: BoundObjective, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, loss, success, ∇_x loss)`` at ``x`` (one forward and backward)."""
     with torch.enable_grad():
         point = x.detach().requires_grad_(True)
@@ -76,7 +78,9 @@ def loss_and_gradient(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
     return outputs, loss.detach(), bound.success(outputs), gradient
 
 
-def evaluate(model: nn.Module, bound: BoundObjective, x: torch.Tensor):
+def evaluate(
+    model: nn.Module, bound: BoundObjective, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, loss, success)`` at ``x`` without gradients."""
     with torch.no_grad():
         outputs = model(x)
@@ -104,7 +108,7 @@ class Attack(ABC):
         x = x.detach()
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         with _checks.evaluating(model):
-            clean = None
+            clean: torch.Tensor | None = None
             if objective.uses_clean_outputs:
                 with torch.no_grad():
                     clean = model(x)
@@ -112,9 +116,12 @@ class Attack(ABC):
             found = self._run(model, x, bound, generator)
             candidate = found.x if isinstance(found, Best) else found.detach()
             x_adv = self.threat.project(x, candidate)
-            reuse = isinstance(found, Best) and found.outputs is not None
-            reuse = reuse and bool(torch.isfinite(found.loss).all())
-            if reuse and torch.equal(x_adv, candidate):
+            if (
+                isinstance(found, Best)
+                and found.outputs is not None
+                and bool(torch.isfinite(found.loss).all())
+                and torch.equal(x_adv, candidate)
+            ):
                 outputs, loss, success = found.outputs, found.loss, found.success
             else:
                 outputs, loss, success = evaluate(model, bound, x_adv)

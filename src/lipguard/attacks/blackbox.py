@@ -27,7 +27,9 @@ class RandomNoise(Attack):
         super().__init__(threat, seed=seed)
         self.samples = _checks.positive_int("samples", samples)
 
-    def _run(self, model, x, bound, generator) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> Best:
         best = Best(x)
         for _ in range(self.samples):
             direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -67,7 +69,7 @@ class Square(Attack):
         self.queries = _checks.positive_int("queries", queries)
         self.p_init = _checks.probability("p_init", p_init)
 
-    def _window(self, x: torch.Tensor, fraction: float, generator) -> torch.Tensor:
+    def _window(self, x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
         """A boolean mask (one per sample) of the window to re-draw."""
         size = x.shape[0]
         mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
@@ -86,7 +88,9 @@ class Square(Attack):
                 mask[i, starts[i] : starts[i] + length] = True
         return mask
 
-    def _run(self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator):
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> torch.Tensor:
         eps = self.threat.eps
         shape = (x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])  # stripes along the last axis
         stripes = torch.randint(0, 2, shape, generator=generator).to(x) * 2 - 1
@@ -118,6 +122,8 @@ class Transfer(Attack):
         self.attack = attack
         self.surrogate = surrogate
 
-    def _run(self, model, x, bound, generator) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> torch.Tensor:
         crafted: AttackResult = self.attack(self.surrogate, x, bound.source)
         return crafted.x_adv

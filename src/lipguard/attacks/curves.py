@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -15,7 +16,12 @@ from lipguard.attacks.base import Attack
 from lipguard.attacks.objectives import Objective
 from lipguard.attacks.threat import ThreatModel
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 AttackFactory = Callable[[ThreatModel], Attack]
+#: a statistic of :class:`RobustnessCurve` to plot
+CurveMetric = Literal["success_rate", "mean_loss", "max_loss"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class RobustnessCurve:
     mean_loss: dict[str, np.ndarray] = field(default_factory=dict)
     max_loss: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "epsilons": self.epsilons.tolist(),
             "success_rate": {k: v.tolist() for k, v in self.success_rate.items()},
@@ -69,8 +75,11 @@ def robustness_curve(
 
 
 def plot_robustness_curve(
-    curve: RobustnessCurve, metric: str = "success_rate", path: str | Path | None = None, ax=None
-):
+    curve: RobustnessCurve,
+    metric: CurveMetric = "success_rate",
+    path: str | Path | None = None,
+    ax: Axes | None = None,
+) -> Axes:
     """Plot ``metric`` (``success_rate``, ``mean_loss`` or ``max_loss``) against ε for every
     attack; save to ``path`` if given. Returns the matplotlib axes."""
     import matplotlib
@@ -87,5 +96,6 @@ def plot_robustness_curve(
     ax.grid(alpha=0.3)
     ax.legend()
     if path is not None:
-        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+        # the root figure (a SubFigure, which ``ax.figure`` may be, cannot be saved on its own)
+        ax.figure.figure.savefig(path, dpi=120, bbox_inches="tight")
     return ax

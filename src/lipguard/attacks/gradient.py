@@ -17,7 +17,9 @@ class FGSM(Attack):
     """One step of size ``eps`` along the steepest-ascent direction (sign of the gradient for
     ℓ∞, the normalised gradient for ℓ2; Goodfellow et al., 2015)."""
 
-    def _run(self, model, x, bound, generator) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> torch.Tensor:
         _, _, _, gradient = loss_and_gradient(model, bound, x)
         return x + self.threat.eps * self.threat.ascent_direction(gradient)
 
@@ -53,7 +55,9 @@ class PGD(Attack):
         )
         self.random_start = random_start
 
-    def _run(self, model, x, bound, generator) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> Best:
         best = Best(x)
         for restart in range(self.restarts):
             start_random = self.random_start or restart > 0
@@ -102,13 +106,22 @@ class APGD(Attack):
         self.rho = _checks.probability("rho", rho)
         self.momentum = _checks.probability("momentum", momentum)
 
-    def _run(self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator):
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> Best:
         best = Best(x)
         for _ in range(self.restarts):
             self._single(model, x, bound, generator, best)
         return best
 
-    def _single(self, model, x, bound, generator, best: Best) -> None:
+    def _single(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        bound: BoundObjective,
+        generator: torch.Generator,
+        best: Best,
+    ) -> None:
         threat = self.threat
         shape = (-1, *([1] * (x.dim() - 1)))
         checkpoints = apgd_checkpoints(self.steps)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from lipguard import _checks
 from lipguard.attacks.base import Attack, evaluate
+from lipguard.attacks.objectives import BoundObjective
 from lipguard.attacks.threat import ThreatModel
 from lipguard.errors import InvalidArgumentError
 
@@ -52,7 +54,9 @@ class MinimalNorm(Attack):
         self.initial_c = _checks.positive_float("initial_c", initial_c)
         self.refine_steps = _checks.positive_int("refine_steps", refine_steps)
 
-    def _run(self, model, x, bound, generator) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> torch.Tensor:
         if bound.margin is None:
             raise InvalidArgumentError("the minimal-norm attack needs an objective with a margin")
         size = x.shape[0]
@@ -83,7 +87,14 @@ class MinimalNorm(Attack):
             c = torch.where(torch.isinf(high), c * 10, (low + high) / 2)
         return x + self._refine(model, bound, x, best_delta, torch.isfinite(best_norm))
 
-    def _shortest_along(self, model, bound, x, delta, scale: float) -> torch.Tensor:
+    def _shortest_along(
+        self,
+        model: nn.Module,
+        bound: BoundObjective,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
         """Per sample the smallest ``t ∈ (0, scale]`` with ``x + t·δ`` successful (bisection),
         or ``inf`` where even ``t = scale`` fails."""
         shape = (-1, *([1] * (x.dim() - 1)))
@@ -98,11 +109,21 @@ class MinimalNorm(Attack):
             low = torch.where(success, low, middle)
         return torch.where(reachable, high, torch.inf)
 
-    def _refine(self, model, bound, x, delta, found) -> torch.Tensor:
+    def _refine(
+        self,
+        model: nn.Module,
+        bound: BoundObjective,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        found: torch.Tensor,
+    ) -> torch.Tensor:
         """Shorten each successful ``δ``: bisection to the boundary along ``δ``, then (DeepFool
         style) along the boundary's normal ``u = -∇margin/||∇margin||`` at that point, keeping
         ``(δ·u)·u`` when it succeeds with a smaller norm — exact for a linear boundary. Every
         returned perturbation has been checked to succeed."""
+        margin = bound.margin
+        if margin is None:
+            raise InvalidArgumentError("the minimal-norm attack needs an objective with a margin")
         shape = (-1, *([1] * (x.dim() - 1)))
         t = self._shortest_along(model, bound, x, delta, 1.0)
         delta = torch.where(
@@ -111,7 +132,7 @@ class MinimalNorm(Attack):
         for _ in range(3):
             with torch.enable_grad():
                 point = (x + delta).detach().requires_grad_(True)
-                (gradient,) = torch.autograd.grad(bound.margin(model(point)).sum(), point)
+                (gradient,) = torch.autograd.grad(margin(model(point)).sum(), point)
             normal = -gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
             length = (delta * normal).flatten(1).sum(1).clamp_min(0)
             candidate = length.view(shape) * normal

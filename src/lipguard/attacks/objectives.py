@@ -23,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -50,11 +51,18 @@ class Objective(ABC):
     """Base class: subclasses implement :meth:`bind`. ``uses_clean_outputs = False`` tells the
     attack template it may skip the clean forward pass (``clean`` is then ``None``)."""
 
-    uses_clean_outputs = True
+    uses_clean_outputs: ClassVar[bool] = True
 
     @abstractmethod
     def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         """Fix the references for clean inputs ``x`` with clean outputs ``clean``."""
+
+
+def _required(clean: torch.Tensor | None) -> torch.Tensor:
+    """The clean outputs, which the template passes to every objective that uses them."""
+    if clean is None:
+        raise InvalidArgumentError("this objective needs the clean outputs, got None")
+    return clean
 
 
 def _logits(outputs: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,7 @@ def _other_best(logits: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
 
 
 class _Classification(Objective):
-    uses_clean_outputs = False  # labels are all they need
+    uses_clean_outputs: ClassVar[bool] = False  # labels are all they need
 
     def __init__(self, labels: torch.Tensor, target: torch.Tensor | None = None) -> None:
         self.labels = torch.as_tensor(labels).long()
@@ -85,7 +93,9 @@ class _Classification(Objective):
         target = None if self.target is None else self.target.to(x.device)
         return self.labels.to(x.device), target
 
-    def _margin(self, labels, target) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _margin(
+        self, labels: torch.Tensor, target: torch.Tensor | None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         if target is None:  # untargeted: correct logit above all others
             return lambda out: (
                 _logits(out).gather(1, labels[:, None])[:, 0] - _other_best(out, labels)
@@ -96,7 +106,7 @@ class _Classification(Objective):
 class CrossEntropy(_Classification):
     """Cross-entropy of the true class (maximised), or minus that of ``target`` (targeted)."""
 
-    def bind(self, model, x, clean) -> BoundObjective:
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         labels, target = self._labels(x)
         if target is None:
             loss = lambda out: functional.cross_entropy(_logits(out), labels, reduction="none")  # noqa: E731
@@ -109,7 +119,7 @@ class Margin(_Classification):
     """Carlini–Wagner margin: best other logit minus the true one (targeted: the target's logit
     minus the best other one)."""
 
-    def bind(self, model, x, clean) -> BoundObjective:
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         margin = self._margin(*self._labels(x))
         return BoundObjective(self, lambda out: -margin(out), margin)
 
@@ -118,7 +128,7 @@ class DLR(_Classification):
     """Croce & Hein's difference of logits ratio: ``-(z_y - max_{j≠y} z_j)/(z_π1 - z_π3)``, scale
     invariant (needs >= 3 classes)."""
 
-    def bind(self, model, x, clean) -> BoundObjective:
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         labels, target = self._labels(x)
         margin = self._margin(labels, target)
 
@@ -142,6 +152,12 @@ def _scalar(outputs: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
+#: how :class:`RewardShift` moves the output: up, down, or either way (``|Δr|``)
+Direction = Literal["up", "down", "abs"]
+#: what :class:`ActionChange` measures: an action distance, or a categorical or Gaussian KL
+ActionKind = Literal["continuous", "categorical", "gaussian"]
+
+
 class RewardShift(Objective):
     """Move a scalar output (a reward or value) away from its clean value.
 
@@ -149,9 +165,9 @@ class RewardShift(Objective):
     ``"abs"`` maximises ``|r(x') - r(x)|``. Success: the shift reaches ``threshold``.
     """
 
-    DIRECTIONS = ("up", "down", "abs")
+    DIRECTIONS: ClassVar[tuple[Direction, ...]] = get_args(Direction)
 
-    def __init__(self, direction: str = "abs", threshold: float = 0.0) -> None:
+    def __init__(self, direction: Direction = "abs", threshold: float = 0.0) -> None:
         if direction not in self.DIRECTIONS:
             raise InvalidArgumentError(
                 f"direction must be one of {self.DIRECTIONS}, got {direction!r}"
@@ -159,8 +175,8 @@ class RewardShift(Objective):
         self.direction = direction
         self.threshold = float(threshold)
 
-    def bind(self, model, x, clean) -> BoundObjective:
-        reference = _scalar(clean).detach()
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
+        reference = _scalar(_required(clean)).detach()
 
         def shift(out: torch.Tensor) -> torch.Tensor:
             change = _scalar(out) - reference
@@ -179,12 +195,12 @@ class PreferenceFlip(Objective):
     def __init__(self, other: torch.Tensor) -> None:
         self.other = other
 
-    def bind(self, model, x, clean) -> BoundObjective:
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         if self.other.shape != x.shape:
             raise ShapeError(f"other has shape {tuple(self.other.shape)}, inputs {tuple(x.shape)}")
         with torch.no_grad():
             other = _scalar(model(self.other.to(x.device))).detach()
-        sign = torch.where(_scalar(clean).detach() >= other, 1.0, -1.0)
+        sign = torch.where(_scalar(_required(clean)).detach() >= other, 1.0, -1.0)
         margin = lambda out: sign * (_scalar(out) - other)  # noqa: E731
         return BoundObjective(self, lambda out: -margin(out), margin)
 
@@ -211,16 +227,16 @@ class ActionChange(Objective):
     axis 1. Success: the change reaches ``threshold`` (categorical: also whenever the greedy
     action changes)."""
 
-    KINDS = ("continuous", "categorical", "gaussian")
+    KINDS: ClassVar[tuple[ActionKind, ...]] = get_args(ActionKind)
 
-    def __init__(self, kind: str = "continuous", threshold: float = 0.0) -> None:
+    def __init__(self, kind: ActionKind = "continuous", threshold: float = 0.0) -> None:
         if kind not in self.KINDS:
             raise InvalidArgumentError(f"kind must be one of {self.KINDS}, got {kind!r}")
         self.kind = kind
         self.threshold = float(threshold)
 
-    def bind(self, model, x, clean) -> BoundObjective:
-        reference = clean.detach()
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
+        reference = _required(clean).detach()
         if self.kind != "categorical":
             if self.kind == "continuous":
                 change = lambda out: (out - reference).flatten(1).norm(dim=1)  # noqa: E731
@@ -253,8 +269,8 @@ class CustomObjective(Objective):
         self.loss = loss
         self.success = success
 
-    def bind(self, model, x, clean) -> BoundObjective:
-        reference = clean.detach()
+    def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
+        reference = _required(clean).detach()
         success = self.success
         margin = None
         if success is not None:

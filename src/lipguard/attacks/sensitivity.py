@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ def feature_ranking(
     model: nn.Module,
     x: torch.Tensor,
     objective: Objective,
-    method: str = "gradient",
+    method: Literal["gradient", "attack"] = "gradient",
     eps: float = 0.1,
     steps: int = 10,
 ) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.norm import parse_norm
+from lipguard.norm import NormLike, parse_norm
 
 SUPPORTED_NORMS = (2.0, math.inf)
 
@@ -32,32 +32,45 @@ def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-@dataclass(frozen=True)
+#: a box ``(low, high)`` for every feature: floats or tensors broadcastable to a sample
+Bounds = tuple[float | torch.Tensor, float | torch.Tensor]
+
+
+@dataclass(frozen=True, init=False)
 class ThreatModel:
     """``{x' : ||x' - x||_p <= eps, low <= x' <= high, x'_i = x_i outside mask}``.
 
     Args:
         eps: the budget (>= 0).
-        norm: 2 or ``inf``.
+        norm: 2 or ``inf`` (any spelling :class:`lipguard.norm.Norm` parses); stored as the
+            order ``p``, a float.
         bounds: optional ``(low, high)`` box for every feature (floats or tensors broadcastable to
             a sample).
         mask: optional boolean tensor of a sample's shape; ``True`` = attackable.
     """
 
     eps: float
-    norm: float | str = math.inf
-    bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None
-    mask: torch.Tensor | None = None
+    norm: float
+    bounds: Bounds | None
+    mask: torch.Tensor | None
 
-    def __post_init__(self) -> None:
-        eps = float(self.eps)
-        if not math.isfinite(eps) or eps < 0:
-            raise InvalidArgumentError(f"eps must be finite and >= 0, got {self.eps!r}")
-        object.__setattr__(self, "eps", eps)
-        p = parse_norm(self.norm)
+    def __init__(
+        self,
+        eps: float,
+        norm: NormLike = math.inf,
+        bounds: Bounds | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        value = float(eps)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgumentError(f"eps must be finite and >= 0, got {eps!r}")
+        object.__setattr__(self, "eps", value)
+        p = parse_norm(norm)
         if p not in SUPPORTED_NORMS:
-            raise InvalidArgumentError(f"attacks support the ℓ2 and ℓ∞ norms, got {self.norm!r}")
+            raise InvalidArgumentError(f"attacks support the ℓ2 and ℓ∞ norms, got {norm!r}")
         object.__setattr__(self, "norm", p)
+        object.__setattr__(self, "bounds", bounds)
+        object.__setattr__(self, "mask", mask)
         if self.bounds is not None:
             low, high = self.bounds
             if not bool((torch.as_tensor(low) < torch.as_tensor(high)).all()):
@@ -81,7 +94,9 @@ class ThreatModel:
                 raise InvalidArgumentError("clean inputs lie outside the threat model's bounds")
 
     def _box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self.bounds  # type: ignore[misc]
+        if self.bounds is None:  # callers check first
+            raise InvalidArgumentError("this threat model has no bounds")
+        low, high = self.bounds
         return (
             torch.as_tensor(low, dtype=like.dtype, device=like.device),
             torch.as_tensor(high, dtype=like.dtype, device=like.device),

@@ -5,8 +5,11 @@ of inputs, floating-point rounding included. Lower bounds carry the witness inpu
 them. See ``docs/bounds.md``.
 """
 
+from lipguard._deprecation import module_getattr
 from lipguard.bounds.api import (
     METHODS,
+    BlockMethod,
+    Method,
     block_lipschitz_bounds,
     exact_lipschitz,
     lipschitz_bound,
@@ -14,7 +17,6 @@ from lipguard.bounds.api import (
 )
 from lipguard.bounds.certificate import (
     Certificate,
-    Verification,
     architecture_sha256,
     certify,
     weights_sha256,
@@ -22,17 +24,18 @@ from lipguard.bounds.certificate import (
 from lipguard.bounds.graph import register_module
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.errors import CertificateError, CertificationError, SolverError
-from lipguard.results import LipschitzBound
+from lipguard.results import LipschitzBound, Report
 
 __all__ = [
     "METHODS",
+    "BlockMethod",
     "Certificate",
     "CertificateError",
     "CertificationError",
     "LipschitzBound",
     "LipschitzLowerBound",
+    "Method",
     "SolverError",
-    "Verification",
     "architecture_sha256",
     "block_lipschitz_bounds",
     "certify",
@@ -43,3 +46,5 @@ __all__ = [
     "register_module",
     "weights_sha256",
 ]
+
+__getattr__ = module_getattr(__name__, {"Verification": ("lipguard.results.Report", Report)})

@@ -21,8 +21,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from lipguard.linalg import up
+
 #: absolute + relative widening of slopes and values evaluated in float64 (a few ulps of exp/erf)
 _EVAL_MARGIN = 1e-12
+
+#: ``surrogate(x, temperature)``, the temperature a number or a scalar tensor (one per sample
+#: under ``vmap``)
+Surrogate = Callable[[torch.Tensor, torch.Tensor | float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class ActivationSpec:
     kink_limits: tuple[tuple[float, float, float], ...] = ()
     value_extrema: tuple[float, ...] = ()
     piecewise_linear: bool = False
-    surrogate: Callable[[torch.Tensor, float], torch.Tensor] | None = field(default=None)
+    surrogate: Surrogate | None = field(default=None)
 
     @property
     def lipschitz(self) -> float:
@@ -109,12 +115,12 @@ class ActivationSpec:
         )
 
 
-def _relu_surrogate(x: torch.Tensor, temperature: float) -> torch.Tensor:
+def _relu_surrogate(x: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
     return temperature * F.softplus(x / temperature)
 
 
-def _leaky_surrogate(slope: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    def surrogate(x: torch.Tensor, temperature: float) -> torch.Tensor:
+def _leaky_surrogate(slope: float) -> Surrogate:
+    def surrogate(x: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
         return slope * x + (1 - slope) * _relu_surrogate(x, temperature)
 
     return surrogate
@@ -287,7 +293,7 @@ HARDSWISH = ActivationSpec(
     kink_limits=((-3.0, 0.0, -0.5), (3.0, 1.5, 1.0)),
     value_extrema=(-1.5,),
 )
-_SIXTH = math.nextafter(1.0 / 6.0, math.inf)  # >= 1/6 (1/6 itself rounds down)
+_SIXTH = up(1.0 / 6.0)  # >= 1/6 (1/6 itself rounds down)
 # relu6(x + 3)/6: its evaluated slopes are rounded, so it gets the evaluation margins
 HARDSIGMOID = ActivationSpec(
     "hardsigmoid",

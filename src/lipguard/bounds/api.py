@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from lipguard import _checks
+from lipguard._deprecation import renamed_keyword
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi, sdp
 from lipguard.bounds.chain import as_chain, chain_bound
@@ -26,7 +28,7 @@ from lipguard.bounds.frontend import Shapes, input_shapes, to_graph
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.local import interval_slopes
 from lipguard.bounds.network import Network
-from lipguard.bounds.norms import matrix_norm, up
+from lipguard.bounds.norms import matrix_norm
 from lipguard.bounds.product import product_bound
 from lipguard.bounds.rounding import forward_error
 from lipguard.errors import (
@@ -36,7 +38,8 @@ from lipguard.errors import (
     ShapeError,
     UnsupportedModuleError,
 )
-from lipguard.norm import parse_norm
+from lipguard.linalg import up
+from lipguard.norm import Norm, NormLike, parse_norm
 from lipguard.results import LipschitzBound
 
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
@@ -46,9 +49,19 @@ LIPSDP_SECONDS = 8.0
 #: random inputs on which a model's own forward pass is compared with its graph
 FORWARD_PROBES = 4
 
+#: ``input_shape``: one per-sample shape, or a list of them (one per model input)
+InputShape = Sequence[int] | Sequence[Sequence[int]]
+#: a block of input coordinates (:func:`block_lipschitz_bounds`): a slice, integer indices or a
+#: boolean mask (a list or a tensor)
+Block = Sequence[int] | slice | torch.Tensor
+#: a LipSDP solver: the names in :data:`lipguard.bounds.sdp.SOLVERS`
+Solver = Literal["barrier", "clarabel", "scs"]
+#: a LipSDP variant: LipSDP-Neuron (a multiplier per neuron) or LipSDP-Layer (one per layer)
+Variant = Literal["neuron", "layer"]
+
 
 def _prepare(
-    model: nn.Module, norm: float | str, input_shape: Sequence | None
+    model: nn.Module, norm: NormLike, input_shape: InputShape | None
 ) -> tuple[float, Shapes]:
     p = parse_norm(norm)
     if p not in (2.0, math.inf):
@@ -91,14 +104,14 @@ def read_model(model: nn.Module, shapes: Shapes) -> Graph:
             )
         actual = output.reshape(FORWARD_PROBES, -1).to(torch.float64)
         low, high = enclose(graph, joint.to(torch.float64))
-        error = forward_error(graph, joint.to(torch.float64), dtype)
+        rounding = forward_error(graph, joint.to(torch.float64), dtype)
     if actual.shape != low.shape:
         raise UnsupportedModuleError(
             f"the model returns {actual.shape[1]} values per sample where its graph has "
             f"{low.shape[1]}: its forward is not what its modules describe"
         )
-    slack = 2 * error + 1e-300
-    checkable = torch.isfinite(error)  # where the dtype may overflow, nothing can be compared
+    slack = 2 * rounding + 1e-300
+    checkable = torch.isfinite(rounding)  # where the dtype may overflow, nothing can be compared
     outside = ((actual < low - slack) | (actual > high + slack) | actual.isnan()) & checkable
     if bool(outside.any()):
         deviation = float(torch.maximum(low - actual, actual - high).max())
@@ -125,7 +138,7 @@ def network_product(network: Network, norm: float) -> float:
 
 
 def _lipsdp(
-    network: Network, variant: str, solver: str, slopes: lmi.Slopes | None = None
+    network: Network, variant: Variant, solver: Solver, slopes: lmi.Slopes | None = None
 ) -> LipschitzBound:
     slopes = lmi.global_slopes(network) if slopes is None else slopes
     if lmi.has_linear_neurons(slopes):
@@ -156,7 +169,7 @@ class _Job:
     """One :func:`lipschitz_bound` call: the graph and options, with the normal form and its
     global slopes built at most once, whichever methods run."""
 
-    def __init__(self, graph: Graph, norm: float, solver: str, seconds: float) -> None:
+    def __init__(self, graph: Graph, norm: float, solver: Solver, seconds: float) -> None:
         self.graph, self.norm, self.solver, self.seconds = graph, norm, solver, seconds
         self._network: Network | LipguardError | None = None
         self._slopes: lmi.Slopes | None = None
@@ -212,7 +225,7 @@ def _compositional(job: _Job) -> LipschitzBound:
     return LipschitzBound(found.value, job.norm, "compositional")
 
 
-def _lipsdp_variant(variant: str) -> Callable[[_Job], LipschitzBound]:
+def _lipsdp_variant(variant: Variant) -> Callable[[_Job], LipschitzBound]:
     def run(job: _Job) -> LipschitzBound:
         if job.norm != 2.0:
             raise InvalidArgumentError("LipSDP bounds the ℓ2 constant; use norm=2")
@@ -221,15 +234,24 @@ def _lipsdp_variant(variant: str) -> Callable[[_Job], LipschitzBound]:
     return run
 
 
+#: a bound method of :data:`BOUNDS`
+BoundMethod = Literal["product", "compositional", "lipsdp", "lipsdp-layer"]
+#: a ``method`` of :func:`lipschitz_bound` and :func:`~lipguard.bounds.certify`: a bound method
+#: or ``"auto"``
+Method = Literal["auto", BoundMethod]
+#: a ``method`` of :func:`block_lipschitz_bounds`
+BlockMethod = Literal["product", "compositional", "lipsdp"]
+
 #: what each method name runs; "auto" runs the product, compositional and (where it applies)
 #: LipSDP bounds and keeps the smallest
-BOUNDS: dict[str, Callable[[_Job], LipschitzBound]] = {
+BOUNDS: dict[BoundMethod, Callable[[_Job], LipschitzBound]] = {
     "product": _product,
     "compositional": _compositional,
     "lipsdp": _lipsdp_variant("neuron"),
     "lipsdp-layer": _lipsdp_variant("layer"),
 }
-METHODS = ("auto", *BOUNDS)
+METHODS: tuple[Method, ...] = ("auto", *BOUNDS)
+BLOCK_METHODS: tuple[BlockMethod, ...] = get_args(BlockMethod)
 
 
 def _auto(job: _Job) -> LipschitzBound:
@@ -247,11 +269,11 @@ def _auto(job: _Job) -> LipschitzBound:
 @on_idle_cores
 def lipschitz_bound(
     model: nn.Module,
-    norm: float | str = 2,
-    method: str = "auto",
+    norm: NormLike = 2,
+    method: Method = "auto",
     *,
-    input_shape: Sequence | None = None,
-    solver: str = "barrier",
+    input_shape: InputShape | None = None,
+    solver: Solver = "barrier",
     seconds: float = 0.05,
 ) -> LipschitzBound:
     """A sound global upper bound on the Lipschitz constant of ``model`` in ℓ2 or ℓ∞.
@@ -300,20 +322,21 @@ def _joint_points(inputs: torch.Tensor | Sequence[torch.Tensor], shapes: Shapes)
     return torch.cat([t.detach().to(torch.float64).reshape(len(t), -1) for t in tensors], dim=1)
 
 
+@renamed_keyword("radius", "eps")
 @on_idle_cores
 def local_lipschitz_bound(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor],
-    radius: float,
-    norm: float | str = 2,
+    eps: float,
+    norm: NormLike = 2,
     *,
-    input_shape: Sequence | None = None,
+    input_shape: InputShape | None = None,
 ) -> list[LipschitzBound]:
     """Sound bounds on the Lipschitz constant of ``model`` restricted to each ball
-    ``B(inputs[i], radius)`` (ℓ2 or ℓ∞, over all inputs jointly: pass one tensor per input for
+    ``B(inputs[i], eps)`` (ℓ2 or ℓ∞, over all inputs jointly: pass one tensor per input for
     a model with several): interval propagation fixes stable neurons, then the compositional
     bound runs with the local slope ranges (never above the global one)."""
-    r = _checks.positive_float("radius", radius) if radius != 0 else 0.0
+    r = _checks.positive_float("eps", eps) if eps != 0 else 0.0
     tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     for tensor in tensors:
         _checks.finite_tensor("inputs", tensor)
@@ -328,7 +351,7 @@ def local_lipschitz_bound(
     for index, point in enumerate(points):
         slopes = interval_slopes(network, point, r, p)
         value = min(dp_bound(network, slopes, p), global_value)
-        scope = f"ball(inputs[{index}], radius={r:g}, ℓ{'inf' if p == math.inf else 2})"
+        scope = f"ball(inputs[{index}], eps={r:g}, {Norm(p).label})"
         results.append(LipschitzBound(value, p, "local-compositional", scope=scope))
     return results
 
@@ -336,11 +359,11 @@ def local_lipschitz_bound(
 @on_idle_cores
 def block_lipschitz_bounds(
     model: nn.Module,
-    blocks: Mapping[str, Sequence[int] | slice] | Sequence[Sequence[int] | slice] | None = None,
-    norm: float | str = 2,
-    method: str = "compositional",
+    blocks: Mapping[str, Block] | Sequence[Block] | None = None,
+    norm: NormLike = 2,
+    method: BlockMethod = "compositional",
     *,
-    input_shape: Sequence | None = None,
+    input_shape: InputShape | None = None,
 ) -> dict[str, LipschitzBound]:
     """Bounds with respect to each block of input coordinates (the others held fixed): e.g. one
     modality of a multimodal model. ``blocks`` maps names to slices, lists or integer tensors of
@@ -350,6 +373,7 @@ def block_lipschitz_bounds(
     ``"lipsdp"``."""
     p, shapes = _prepare(model, norm, input_shape)
     graph = read_model(model, shapes)
+    named: dict[str, Block]
     if blocks is None:
         named = {f"input{i}": part for i, part in enumerate(graph.input_slices())}
     else:
@@ -358,7 +382,7 @@ def block_lipschitz_bounds(
             if isinstance(blocks, Mapping)
             else {f"block{i}": block for i, block in enumerate(blocks)}
         )
-    if method not in ("product", "compositional", "lipsdp"):
+    if method not in BLOCK_METHODS:
         raise InvalidArgumentError(
             f"method must be product, compositional or lipsdp; got {method!r}"
         )
@@ -378,7 +402,7 @@ def block_lipschitz_bounds(
     return results
 
 
-def _block_index(name: str, block: Sequence[int] | slice | torch.Tensor, size: int) -> torch.Tensor:
+def _block_index(name: str, block: Block, size: int) -> torch.Tensor:
     """The distinct coordinates a block names: a slice, integer indices or a boolean mask."""
     if isinstance(block, slice):
         index = torch.arange(size)[block]
@@ -417,9 +441,9 @@ def _block_index(name: str, block: Sequence[int] | slice | torch.Tensor, size: i
 @on_idle_cores
 def exact_lipschitz(
     model: nn.Module,
-    norm: float | str = 2,
+    norm: NormLike = 2,
     *,
-    input_shape: Sequence | None = None,
+    input_shape: InputShape | None = None,
     max_regions: int = 100_000,
 ) -> ExactLipschitz:
     """The exact constant of a small piecewise-linear network by region enumeration (a test

@@ -5,10 +5,10 @@ arithmetic (see :mod:`lipguard.bounds.trace`); activations, sorting and max-pool
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
 from lipguard.bounds import activations as act
 from lipguard.bounds import aten_pointwise as pointwise
@@ -16,11 +16,17 @@ from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ops import Conv, Dense, Scale, Sum
 from lipguard.bounds.trace import (
     TRACE_BATCH,
+    Args,
     Converter,
+    Handler,
+    Kwargs,
+    Result,
     Traced,
+    Value,
     aten,
     depends_on_input,
     per_sample,
+    target_function,
     tupled,
     with_batch,
 )
@@ -28,35 +34,42 @@ from lipguard.errors import UnsupportedModuleError
 from lipguard.linalg import U64
 
 
-def _reindex(converter: Converter, node, args, kwargs, where):
+def _reindex(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     tensor_positions = [i for i, a in enumerate(args) if isinstance(a, Traced)]
     if tensor_positions == [0]:
         rest = with_batch(args[1:])
         kw = with_batch(kwargs)
-        return converter.reindex(lambda t: node.target(t, *rest, **kw), [args[0]], where)
+        function = target_function(node)
+        return converter.reindex(lambda t: function(t, *rest, **kw), [args[0]], where)
     raise UnsupportedModuleError(f"{where}: {node.target} with several tensor arguments")
 
 
-def _tuple_reindex(converter: Converter, node, args, kwargs, where):
+def _tuple_reindex(
+    converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str
+) -> Result:
     """Operations returning several tensors (split, chunk, unbind): one Gather per part."""
     rest, kw = with_batch(args[1:]), with_batch(kwargs)
     count = len(node.meta["val"])
+    function = target_function(node)
     return tuple(
-        converter.reindex(lambda t, k=k: node.target(t, *rest, **kw)[k], [args[0]], where)
+        converter.reindex(lambda t, k=k: function(t, *rest, **kw)[k], [args[0]], where)
         for k in range(count)
     )
 
 
-def _concatenate(converter: Converter, node, args, kwargs, where):
+def _concatenate(
+    converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str
+) -> Result:
     parts = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     sources = [p for p in parts if isinstance(p, Traced)]
     if len(sources) != len(parts):
         raise UnsupportedModuleError(f"{where}: concatenating constants with inputs")
-    return converter.reindex(lambda *ts: node.target(list(ts), dim), sources, where)
+    function = target_function(node)
+    return converter.reindex(lambda *ts: function(list(ts), dim), sources, where)
 
 
-def _pad(converter: Converter, node, args, kwargs, where):
+def _pad(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     pads = with_batch(args[1])
     mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
     value = args[3] if len(args) > 3 else kwargs.get("value", 0.0)
@@ -66,29 +79,31 @@ def _pad(converter: Converter, node, args, kwargs, where):
     return converter.reindex(lambda t: F.pad(t, pads, value=-1.0), [args[0]], where, value)
 
 
-def _constant_pad(converter, node, args, kwargs, where):
+def _constant_pad(
+    converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str
+) -> Result:
     value = args[2] if len(args) > 2 else kwargs.get("value", 0.0)
     return _pad(converter, node, (args[0], args[1], "constant", value), {}, where)
 
 
-def _identity(converter, node, args, kwargs, where):
+def _identity(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     return args[0]
 
 
-def _dropout(converter, node, args, kwargs, where):
+def _dropout(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     train = args[2] if len(args) > 2 else kwargs.get("train", False)
     if train:
         raise UnsupportedModuleError(f"{where}: dropout in training mode is random; use eval()")
     return args[0]
 
 
-def _linear(converter, node, args, kwargs, where):
+def _linear(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     return _dense(converter, x, weight, bias, where)
 
 
-def _dense(converter, x, weight, bias, where):
+def _dense(converter: Converter, x: Value, weight: Value, bias: Value, where: str) -> Traced:
     if not isinstance(x, Traced) or depends_on_input([weight, bias]):
         raise UnsupportedModuleError(f"{where}: a product of two input-dependent tensors")
     weight = torch.as_tensor(weight).detach().to(torch.float64).cpu()
@@ -114,14 +129,14 @@ def _finite(where: str, *tensors: torch.Tensor) -> None:
             raise UnsupportedModuleError(f"{where}: a weight holds NaN or infinity")
 
 
-def _addmm(converter, node, args, kwargs, where):
+def _addmm(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     bias, x, matrix = args[0], args[1], args[2]
     if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
         raise UnsupportedModuleError(f"{where}: addmm with alpha/beta")
     return _dense(converter, x, torch.as_tensor(matrix).T, bias, where)
 
 
-def _matmul(converter, node, args, kwargs, where):
+def _matmul(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x, matrix = args[0], args[1]
     if isinstance(x, Traced) and isinstance(matrix, Traced):
         raise UnsupportedModuleError(f"{where}: a product of two input-dependent tensors")
@@ -133,7 +148,9 @@ def _matmul(converter, node, args, kwargs, where):
     return _dense(converter, x, torch.as_tensor(matrix).T, None, where)
 
 
-def _convolution(converter, node, args, kwargs, where):
+def _convolution(
+    converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str
+) -> Result:
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if node.target == aten.convolution.default:
@@ -181,7 +198,7 @@ def _convolution(converter, node, args, kwargs, where):
     return converter.add(op, [x], where)
 
 
-def _batch_norm(converter, node, args, kwargs, where):
+def _batch_norm(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     if node.target == aten.batch_norm.default:
         x, weight, bias, mean, var, training, _, eps = args[:8]
         if training:
@@ -198,7 +215,16 @@ def _batch_norm(converter, node, args, kwargs, where):
     return (result, None, None)
 
 
-def _normalise(converter, x, weight, bias, mean, var, eps, where) -> Traced:
+def _normalise(
+    converter: Converter,
+    x: Traced,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    where: str,
+) -> Traced:
     """``(x - μ)/√(σ² + ε)·γ + β`` per channel (per-sample dimension 0) as a scaling whose
     constants carry their float64 rounding."""
     mean, var = (torch.as_tensor(t).detach().to(torch.float64).cpu() for t in (mean, var))
@@ -225,7 +251,7 @@ def _normalise(converter, x, weight, bias, mean, var, eps, where) -> Traced:
         raise UnsupportedModuleError(f"{where}: {channels} channels expected, got {shape}")
     positions = math.prod(shape[1:])
 
-    def spread(values):
+    def spread(values: torch.Tensor) -> torch.Tensor:
         return values.repeat_interleave(positions)
 
     op = Scale(
@@ -236,10 +262,10 @@ def _normalise(converter, x, weight, bias, mean, var, eps, where) -> Traced:
     return converter.add(op, [x], where)
 
 
-def _binary(sign: float):
-    def handler(converter, node, args, kwargs, where):
+def _binary(sign: float) -> Handler:
+    def handler(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
         a, b = args[0], args[1]
-        alpha = float(kwargs.get("alpha", args[2] if len(args) > 2 else 1.0))
+        alpha = float(kwargs["alpha"] if "alpha" in kwargs else args[2] if len(args) > 2 else 1.0)
         if isinstance(a, Traced) and isinstance(b, Traced):
             shape = tuple(int(s) for s in node.meta["val"].shape[1:])
             a, b = converter.broadcast(a, shape, where), converter.broadcast(b, shape, where)
@@ -251,7 +277,7 @@ def _binary(sign: float):
     return handler
 
 
-def _multiply(converter, node, args, kwargs, where):
+def _multiply(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     a, b = args[0], args[1]
     if isinstance(a, Traced) and isinstance(b, Traced):
         raise UnsupportedModuleError(
@@ -261,7 +287,7 @@ def _multiply(converter, node, args, kwargs, where):
     return converter.scale(x, torch.as_tensor(factor), 0.0, where)
 
 
-def _divide(converter, node, args, kwargs, where):
+def _divide(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     a, b = args[0], args[1]
     if isinstance(b, Traced) or kwargs.get("rounding_mode") is not None:
         raise UnsupportedModuleError(f"{where}: division by an input-dependent tensor")
@@ -278,16 +304,16 @@ def _divide(converter, node, args, kwargs, where):
     return converter.add(op, [a], where)
 
 
-def _negate(converter, node, args, kwargs, where):
+def _negate(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     return converter.scale(args[0], -1.0, 0.0, where)
 
 
-def _rsub(converter, node, args, kwargs, where):
+def _rsub(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     alpha = float(kwargs.get("alpha", 1.0))
     return converter.scale(args[0], -alpha, torch.as_tensor(args[1]), where)
 
 
-def _avg_pool(converter, node, args, kwargs, where):
+def _avg_pool(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x = args[0]
     kernel = args[1]
     stride = args[2] if len(args) > 2 and args[2] else kernel
@@ -303,7 +329,13 @@ def _avg_pool(converter, node, args, kwargs, where):
 
 
 def _average_conv(
-    converter, x, kernel, stride, padding, where, count_include_pad: bool = True
+    converter: Converter,
+    x: Traced,
+    kernel: int | list[int] | tuple[int, ...],
+    stride: int | list[int] | tuple[int, ...],
+    padding: int | list[int] | tuple[int, ...],
+    where: str,
+    count_include_pad: bool = True,
 ) -> Traced:
     """The window sums (a depthwise convolution of ones, exact) divided by the window size —
     or, without counting the padding, by each window's number of real entries — as a scaling
@@ -333,7 +365,7 @@ def _average_conv(
     return _divided(converter, summed, counts.reshape(-1), where)
 
 
-def _divided(converter, value: Traced, count, where: str) -> Traced:
+def _divided(converter: Converter, value: Traced, count: int | torch.Tensor, where: str) -> Traced:
     """``value / count`` (a number, or one per entry) as a scaling by ``1/count`` with its
     rounding bound."""
     shape = converter.shape(value)
@@ -347,7 +379,9 @@ def _divided(converter, value: Traced, count, where: str) -> Traced:
     return converter.add(op, [value], where)
 
 
-def _adaptive_avg_pool(converter, node, args, kwargs, where):
+def _adaptive_avg_pool(
+    converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str
+) -> Result:
     x, size = args[0], args[1]
     shape = converter.shape(x)
     spatial = shape[1:]
@@ -360,8 +394,8 @@ def _adaptive_avg_pool(converter, node, args, kwargs, where):
     return _average_conv(converter, x, kernel, kernel, 0, where)
 
 
-def _reduce(mean: bool):
-    def handler(converter, node, args, kwargs, where):
+def _reduce(mean: bool) -> Handler:
+    def handler(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
         x = args[0]
         dims = args[1] if len(args) > 1 else kwargs.get("dim")
         shape = converter.shape(x)
@@ -409,7 +443,7 @@ _REINDEX = (
     "movedim",
     "index_select",
 )
-HANDLERS: dict[str, Callable] = {name: _reindex for name in _REINDEX}
+HANDLERS: dict[str, Handler] = {name: _reindex for name in _REINDEX}
 #: activations without arguments, each one fixed spec
 _FIXED = {
     "relu": act.RELU,

@@ -7,16 +7,27 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.fx import Node
 
 from lipguard.bounds import activations as act
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ops import Activation, MaxPool, Scale, Shape, Sort, Sum
-from lipguard.bounds.trace import aten, depends_on_input, tupled
+from lipguard.bounds.trace import (
+    Args,
+    Converter,
+    Handler,
+    Kwargs,
+    Result,
+    Value,
+    aten,
+    depends_on_input,
+    tupled,
+)
 from lipguard.errors import UnsupportedModuleError
 
 
-def activation(spec_of: Callable):
-    def handler(converter, node, args, kwargs, where):
+def activation(spec_of: Callable[..., act.ActivationSpec]) -> Handler:
+    def handler(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
         spec = spec_of(*args[1:], **kwargs)
         x = args[0]
         return converter.add(Activation(spec, converter.shape(x)), [x], where)
@@ -24,11 +35,11 @@ def activation(spec_of: Callable):
     return handler
 
 
-def leaky(x_slope=0.01, *_):
+def leaky(x_slope: float = 0.01, *_: Value) -> act.ActivationSpec:
     return act.leaky_relu(float(x_slope))
 
 
-def elu(converter, node, args, kwargs, where):
+def elu(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x = args[0]
     alpha = float(args[1]) if len(args) > 1 else 1.0
     scale = float(args[2]) if len(args) > 2 else 1.0
@@ -41,12 +52,12 @@ def elu(converter, node, args, kwargs, where):
     return y if scale == 1.0 else converter.scale(y, scale, 0.0, where)
 
 
-def selu(converter, node, args, kwargs, where):
+def selu(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
     return elu(converter, node, (args[0], alpha, scale), {}, where)
 
 
-def celu(converter, node, args, kwargs, where):
+def celu(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     alpha = float(args[1]) if len(args) > 1 else kwargs.get("alpha", 1.0)
     if alpha <= 0:
         raise UnsupportedModuleError(f"{where}: CELU with alpha <= 0")
@@ -55,14 +66,14 @@ def celu(converter, node, args, kwargs, where):
     return y if alpha == 1.0 else converter.scale(y, alpha, 0.0, where)
 
 
-def gelu(converter, node, args, kwargs, where):
+def gelu(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
     if approximate != "none":
         raise UnsupportedModuleError(f"{where}: GELU(approximate={approximate!r})")
     return converter.add(Activation(act.GELU, converter.shape(args[0])), [args[0]], where)
 
 
-def softplus(converter, node, args, kwargs, where):
+def softplus(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     beta = float(args[1]) if len(args) > 1 else 1.0
     threshold = float(args[2]) if len(args) > 2 else 20.0
     if math.isfinite(threshold):
@@ -75,7 +86,7 @@ def softplus(converter, node, args, kwargs, where):
     return converter.add(Activation(act.softplus(beta), converter.shape(args[0])), [args[0]], where)
 
 
-def clamp(converter, node, args, kwargs, where):
+def clamp(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     hardtanh = node.target == aten.hardtanh.default  # defaults -1, 1; clamp's are None
     low = args[1] if len(args) > 1 else kwargs.get("min", -1.0 if hardtanh else None)
     high = args[2] if len(args) > 2 else kwargs.get("max", 1.0 if hardtanh else None)
@@ -89,12 +100,12 @@ def clamp(converter, node, args, kwargs, where):
     return converter.add(Activation(spec, converter.shape(args[0])), [args[0]], where)
 
 
-def relu6(converter, node, args, kwargs, where):
+def relu6(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     spec = act.clamp(0.0, 6.0)
     return converter.add(Activation(spec, converter.shape(args[0])), [args[0]], where)
 
 
-def prelu(converter, node, args, kwargs, where):
+def prelu(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     """``relu(x) - a ⊙ relu(-x)`` (exact), ``a`` per channel; one slope is a LeakyReLU."""
     x, weight = args[0], torch.as_tensor(args[1]).detach().to(torch.float64).cpu()
     shape = converter.shape(x)
@@ -113,7 +124,7 @@ def prelu(converter, node, args, kwargs, where):
     return converter.add(Sum((1.0, 1.0), shape), [positive, scaled], where)
 
 
-def sort(converter, node, args, kwargs, where):
+def sort(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
     descending = args[2] if len(args) > 2 else kwargs.get("descending", False)
@@ -131,7 +142,7 @@ def sort(converter, node, args, kwargs, where):
     return (back, None)
 
 
-def max_pool(converter, node, args, kwargs, where):
+def max_pool(converter: Converter, node: Node, args: Args, kwargs: Kwargs, where: str) -> Result:
     x = args[0]
     shape = converter.shape(x)
     spatial = len(shape) - 1

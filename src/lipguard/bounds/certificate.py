@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from lipguard.bounds import lmi
 from lipguard.bounds.api import (
     METHODS,
     CertificationError,
+    InputShape,
+    Method,
     _network,
     _prepare,
     lipschitz_bound,
@@ -41,15 +43,19 @@ from lipguard.bounds.frontend import input_shapes, to_graph
 from lipguard.bounds.graph import module_settings
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
-from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Sort, Sum
+from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Operator, Sort, Sum
 from lipguard.errors import CertificateError, LipguardError
-from lipguard.results import LipschitzBound
+from lipguard.norm import Norm, NormLike
+from lipguard.results import Check, LipschitzBound, Report
 
 FORMAT = "lipguard-certificate/2"
 #: methods whose certificates carry LipSDP multipliers (an ℓ2 proof re-checked by lmi.verify)
 _MULTIPLIER_METHODS = ("lipsdp-neuron", "lipsdp-layer", "compositional")
 #: what :func:`certify` may have written as the upper bound's method
 _CERTIFIED_METHODS = ("product", *_MULTIPLIER_METHODS)
+
+#: a certificate's ``input_shape``: one per-sample shape, or a tuple of them (several inputs)
+CertifiedShape = tuple[int, ...] | tuple[tuple[int, ...], ...]
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -72,10 +78,10 @@ def weights_dtype(model: nn.Module) -> str:
     return ",".join(sorted(names)) or "none"
 
 
-def _describe_graph(graph: Graph) -> list:
+def _describe_graph(graph: Graph) -> list[object]:
     """A canonical, exact description of a graph: every node's operator kind, settings,
     inputs and shape (constant index maps by the sha256 of their bytes)."""
-    parts: list = []
+    parts: list[object] = []
     for node in graph.nodes:
         parts.append(
             [type(node.op).__name__, list(node.inputs), list(node.shape), _settings_of(node.op)]
@@ -83,7 +89,7 @@ def _describe_graph(graph: Graph) -> list:
     return [parts, list(graph.inputs), graph.output]
 
 
-def _settings_of(op) -> list:
+def _settings_of(op: Operator | None) -> list[object]:
     if op is None:
         return []
     if isinstance(op, Dense):
@@ -116,7 +122,7 @@ def _bytes_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def architecture_sha256(model: nn.Module, input_shape: Sequence) -> str:
+def architecture_sha256(model: nn.Module, input_shape: InputShape) -> str:
     """SHA-256 of an exact canonical description of the architecture: every module's path, type
     and settings (including ``inplace`` flags and activation parameters to the last bit) and the
     graph the bound engine reads for ``input_shape`` (one shape, or a list of them)."""
@@ -141,24 +147,12 @@ def claims_sha256(data: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class Verification:
-    """The outcome of :meth:`Certificate.verify`: ``ok`` and what was checked (the last entry
-    says what failed when ``ok`` is False)."""
-
-    ok: bool
-    checks: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-@dataclass(frozen=True)
 class Certificate:
     """A proven upper bound, a witnessed lower bound, and the model they are about."""
 
     upper: LipschitzBound
     lower: LipschitzLowerBound | None
-    input_shape: tuple  # per-sample shape; a tuple of shapes for a model with several inputs
+    input_shape: CertifiedShape  # per-sample shape; a tuple of shapes for several inputs
     dtype: str
     weights_sha256: str
     architecture_sha256: str
@@ -187,15 +181,7 @@ class Certificate:
             }
         data = {
             "format": FORMAT,
-            "upper": {
-                "value": self.upper.value,
-                "norm": _norm_name(self.upper.norm),
-                "method": self.upper.method,
-                "scope": self.upper.scope,
-                "sound": self.upper.sound,
-                "margin": self.upper.margin,
-                "details": self.upper.details,
-            },
+            "upper": self.upper.to_dict(),
             "lower": lower,
             "gap": self.gap,
             "input_shape": _listed(self.input_shape),
@@ -236,51 +222,68 @@ class Certificate:
                 raise
             raise CertificateError(f"{path}: malformed certificate ({error})") from error
 
-    def verify(self, model: nn.Module) -> Verification:
-        """Re-check every claim against ``model``; never trusts the stored numbers."""
-        checks: list[str] = []
+    def verify(self, model: nn.Module) -> Report:
+        """Re-check every claim against ``model``; never trusts the stored numbers. The report
+        stops at the first failed check (the last one)."""
+        checks: list[Check] = []
 
-        def fail(reason: str) -> Verification:
-            return Verification(False, [*checks, reason])
+        def fail(name: str, reason: str) -> Report:
+            return Report.of([*checks, Check(name, "fail", reason)])
 
         problem = self._claims_problem()
         if problem is not None:
-            return fail(problem)
-        checks.append("claims consistent (global, sound, known method, lower <= upper)")
+            return fail("claims", problem)
+        checks.append(
+            Check("claims", "pass", "consistent (global, sound, known method, lower <= upper)")
+        )
         dtype = weights_dtype(model)
         if dtype != self.dtype:
-            return fail(f"dtype changed: the model is {dtype}, the certificate says {self.dtype}")
+            return fail(
+                "weights", f"dtype changed: the model is {dtype}, the certificate says {self.dtype}"
+            )
         digest = weights_sha256(model)
         if digest != self.weights_sha256:
             return fail(
+                "weights",
                 f"weights changed: sha256 {digest[:16]}… ≠ "
-                f"{self.weights_sha256[:16]}… in the certificate"
+                f"{self.weights_sha256[:16]}… in the certificate",
             )
-        checks.append(f"weights sha256 and dtype ({dtype}) match")
+        checks.append(Check("weights", "pass", f"sha256 and dtype ({dtype}) match"))
         try:
             architecture = architecture_sha256(model, self.input_shape)
         except LipguardError as error:
-            return fail(f"architecture cannot be read: {error}")
+            return fail("architecture", f"architecture cannot be read: {error}")
         if architecture != self.architecture_sha256:
-            return fail("architecture changed since the certificate")
-        checks.append("architecture matches")
+            return fail("architecture", "architecture changed since the certificate")
+        checks.append(Check("architecture", "pass", "sha256 matches"))
         try:
             proven = self._reprove_upper(model)
         except LipguardError as error:
-            return fail(f"upper bound could not be proven again: {error}")
-        norm = _norm_label(self.upper.norm)
+            return fail("upper bound", f"upper bound could not be proven again: {error}")
+        norm = Norm(self.upper.norm).label
         if proven is None or not proven <= self.upper.value * (1 + 1e-9):
             return fail(
+                "upper bound",
                 f"upper bound {self.upper.value:.9g} ({norm}, {self.upper.method}) could not be "
-                f"proven again (got {proven})"
+                f"proven again (got {proven})",
             )
-        checks.append(f"upper bound re-proven in {norm}: {proven:.9g} <= {self.upper.value:.9g}")
+        checks.append(
+            Check(
+                "upper bound",
+                "pass",
+                f"re-proven in {norm}: {proven:.9g} <= {self.upper.value:.9g}",
+            )
+        )
         if self.lower is not None:
             ratio = self.lower.check(model)
             if not ratio >= self.lower.value * (1 - 1e-9):
-                return fail(f"lower-bound witness gives {ratio:.9g} < {self.lower.value:.9g}")
-            checks.append(f"lower-bound witness re-evaluated in {norm}: {ratio:.9g}")
-        return Verification(True, checks)
+                return fail(
+                    "lower bound", f"lower-bound witness gives {ratio:.9g} < {self.lower.value:.9g}"
+                )
+            checks.append(
+                Check("lower bound", "pass", f"witness re-evaluated in {norm}: {ratio:.9g}")
+            )
+        return Report.of(checks)
 
     def _claims_problem(self) -> str | None:
         """What is inconsistent among the stated fields themselves, if anything."""
@@ -319,11 +322,15 @@ class Certificate:
 
 def _from_dict(data: dict[str, Any]) -> Certificate:
     upper = data["upper"]
-    norm = _parse_norm(upper["norm"])
+    bound = LipschitzBound.from_dict(upper, "upper bound")
+    norm = bound.norm
     given = data["input_shape"]
+    shape: CertifiedShape
+    witness_shape: tuple[int, ...]
+    several: tuple[tuple[int, ...], ...] | None = None  # the input shapes of several inputs
     if all(isinstance(size, list) for size in given):
-        shape: tuple = tuple(tuple(int(size) for size in item) for item in given)
-        witness_shape: tuple = (sum(math.prod(item) for item in shape),)
+        several = tuple(tuple(int(size) for size in item) for item in given)
+        shape, witness_shape = several, (sum(math.prod(item) for item in several),)
     else:
         shape = witness_shape = tuple(int(size) for size in given)
     lower = None
@@ -337,17 +344,8 @@ def _from_dict(data: dict[str, Any]) -> Certificate:
             torch.tensor(raw["y"], dtype=torch.float64).reshape(witness_shape),
             _number(raw["gradient_norm"]),
             bool(raw["rigorous"]),
-            shape if witness_shape != shape else None,
+            several,
         )
-    bound = LipschitzBound(
-        _number(upper["value"]),
-        norm,
-        str(upper["method"]),
-        str(upper["scope"]),
-        upper["sound"] is True,
-        _number(upper["margin"]),
-        upper["details"],
-    )
     return Certificate(
         bound,
         lower,
@@ -361,7 +359,7 @@ def _from_dict(data: dict[str, Any]) -> Certificate:
     )
 
 
-def _listed(shape: tuple) -> list:
+def _listed(shape: CertifiedShape) -> list[int | list[int]]:
     return [list(item) if isinstance(item, tuple) else item for item in shape]
 
 
@@ -371,30 +369,14 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _parse_norm(value: Any) -> float:
-    if value == "inf":
-        return math.inf
-    if value in (1, 2) and not isinstance(value, bool):
-        return float(value)
-    raise ValueError(f"norm must be 2 or 'inf', got {value!r}")
-
-
-def _norm_name(norm: float) -> str | float:
-    return "inf" if norm == math.inf else norm
-
-
-def _norm_label(norm: float) -> str:
-    return "ℓ∞" if norm == math.inf else f"ℓ{norm:g}"
-
-
 @on_idle_cores
 def certify(
     model: nn.Module,
-    norm: float | str = 2,
-    method: str = "auto",
+    norm: NormLike = 2,
+    method: Method = "auto",
     *,
-    inputs: torch.Tensor | None = None,
-    input_shape: Sequence | None = None,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    input_shape: InputShape | None = None,
     lower_bound: bool = True,
     seed: int = 0,
 ) -> Certificate:

@@ -30,14 +30,15 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.grad  # conv1d_input / conv2d_input (not re-exported by torch.nn)
 
 from lipguard.bounds.compositional import split_slopes
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ir import Graph
-from lipguard.bounds.norms import matrix_norm, scale_norm, up
+from lipguard.bounds.norms import matrix_norm, scale_norm
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, Operator, Scale, out_shape
 from lipguard.bounds.product import operator_lipschitz
-from lipguard.linalg import U64, gamma, spectral_norm_certificate
+from lipguard.linalg import U64, gamma, spectral_norm_certificate, up
 
 #: a block is materialised (pulled back through the adjoints) only up to this many entries
 MAX_BLOCK_ENTRIES = 2**24
@@ -162,7 +163,7 @@ def _pulled_back_norms(
     if rows * rows > MAX_BLOCK_ENTRIES:
         return []
     pulled = _Rows(torch.eye(rows, dtype=torch.float64), 0.0)
-    found = []
+    found: list[tuple[int, float]] = []
     for i in range(j, -1, -1):
         if i < j:
             pulled = pulled.times(centres[i])
@@ -289,6 +290,7 @@ def _conv_adjoint(op: Conv, rows: torch.Tensor) -> torch.Tensor:
         total = [(k - 1) * d for k, d in zip(taps, op.dilation, strict=True)]
         padding = tuple(t // 2 for t in total) if all(t % 2 == 0 for t in total) else None
     else:
+        assert not isinstance(op.padding, str)  # torch accepts only "valid" and "same"
         padding = tuple(op.padding)
     count = rows.shape[0]
     if padding is not None:

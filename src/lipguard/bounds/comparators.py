@@ -82,7 +82,9 @@ def _max_pool(builder: Builder, x: int, pool: MaxPool, where: str) -> int:
         offset += len(row)
     width, round_index = len(gathered), 0
     while any(len(group) > 1 for group in groups):
-        pairs, outputs, next_groups = [], [], []
+        pairs: list[tuple[int, int]] = []
+        outputs: list[Output] = []
+        next_groups: list[list[int]] = []
         for group in groups:
             survivors = []
             for first in range(0, len(group) - 1, 2):

@@ -24,8 +24,8 @@ import torch
 from lipguard.bounds import lmi
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.network import Network
-from lipguard.bounds.norms import matrix_norm, up
-from lipguard.linalg import U64
+from lipguard.bounds.norms import matrix_norm
+from lipguard.linalg import U64, up
 
 #: the fast LipSDP-style certificate is tried up to this many rows of its matrix inequality
 #: (each evaluation of ρ factorises a dense matrix of that size: ~1 s at 4,000 rows here)

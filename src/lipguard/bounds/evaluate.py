@@ -46,6 +46,7 @@ class GraphFunction(nn.Module):
         return self.graph.evaluate(x, self._smooth)
 
     def _smooth(self, op: ops.Operator, inputs: list[torch.Tensor]) -> torch.Tensor:
+        assert self.temperature is not None  # forward smooths only with a temperature
         t = relative_temperature(self.temperature[0], inputs[0])
         if isinstance(op, Activation) and op.spec.surrogate is not None:
             return op.spec.surrogate(inputs[0], t)
@@ -78,16 +79,18 @@ def propagate(
     graph: Graph, low: torch.Tensor, high: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Intervals of every node's exact value for joint inputs in the boxes ``[low, high]``."""
-    intervals: list = [None] * len(graph.nodes)
+    intervals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for index, part in zip(graph.inputs, graph.input_slices(), strict=True):
         intervals[index] = (low[:, part], high[:, part])
     for index, node in enumerate(graph.nodes):
         if node.op is not None:
             intervals[index] = interval(node.op, [intervals[i] for i in node.inputs])
-    return intervals
+    return [intervals[index] for index in range(len(graph.nodes))]
 
 
-def interval(op: ops.Operator, sources: list) -> tuple[torch.Tensor, torch.Tensor]:
+def interval(
+    op: ops.Operator, sources: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The range of ``op`` over boxes of its inputs, rounded outwards."""
     low, high = sources[0]
     if isinstance(op, Dense | Conv):
@@ -130,7 +133,10 @@ def _centre(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.
     return (low + high) / 2, (high - low) / 2 + U64 * (low.abs() + high.abs())
 
 
-def _unknown_inputs(low, high):
+def _unknown_inputs(
+    low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where an end is infinite, and the boxes with those entries made ``[0, 0]``."""
     unbounded = ~(torch.isfinite(low) & torch.isfinite(high))
     return unbounded, torch.where(unbounded, 0.0, low), torch.where(unbounded, 0.0, high)
 
@@ -141,7 +147,9 @@ def dense_interval(
     """The range of an affine operator over the boxes ``[low, high]`` (rows), rounded outwards;
     unknown inputs (infinite ends) make every output they feed unknown."""
     unbounded, low, high = _unknown_inputs(low, high)
-    result = (_conv if isinstance(operator, Conv) else _dense)(operator, low, high)
+    result = (
+        _conv(operator, low, high) if isinstance(operator, Conv) else _dense(operator, low, high)
+    )
     if not bool(unbounded.any()):
         return result
     fed = apply_abs(operator, unbounded.to(torch.float64)) > 0
@@ -160,7 +168,9 @@ def apply_abs(operator: Dense | Conv, h: torch.Tensor, *, with_error: bool = Tru
     return operator.absolute().apply(h, with_bias=False)
 
 
-def _dense(operator: Dense, low: torch.Tensor, high: torch.Tensor):
+def _dense(
+    operator: Dense, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     centre, radius = _centre(low, high)
     matrix, bias = operator.matrix, operator.bias
     g = gamma(matrix.value.shape[1] + 2)
@@ -177,7 +187,9 @@ def _dense(operator: Dense, low: torch.Tensor, high: torch.Tensor):
     return _outward(mid, spread * (1 + 2 * g))
 
 
-def _conv(operator: Conv, low: torch.Tensor, high: torch.Tensor):
+def _conv(
+    operator: Conv, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     centre, radius = _centre(low, high)
     magnitude = operator.absolute()
     g = gamma(math.prod(operator.weight.shape[1:]) + 2)
@@ -186,7 +198,7 @@ def _conv(operator: Conv, low: torch.Tensor, high: torch.Tensor):
     return _outward(mid, spread * (1 + 2 * g))
 
 
-def _scale(op: Scale, low: torch.Tensor, high: torch.Tensor):
+def _scale(op: Scale, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``s ⊙ x + t`` over the box, with the bounds of ``s`` and ``t`` and two roundings."""
     unbounded, low, high = _unknown_inputs(low, high)
     centre, radius = _centre(low, high)
@@ -199,10 +211,11 @@ def _scale(op: Scale, low: torch.Tensor, high: torch.Tensor):
     return torch.where(fed, -math.inf, low), torch.where(fed, math.inf, high)
 
 
-def _sum(op: Sum, sources: list) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum(
+    op: Sum, sources: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Σ c_k x_k`` over the boxes: centre and radius, ``γ_n`` for the rounded sum."""
-    mid = radius = magnitude = None
-    unknown = None
+    parts = []  # per input: c·centre, |c|·radius, |c|·(|centre| + radius), unknown entries
     for coefficient, (low, high) in zip(op.coefficients, sources, strict=True):
         unbounded, low, high = _unknown_inputs(low, high)
         centre, half = _centre(low, high)
@@ -210,10 +223,11 @@ def _sum(op: Sum, sources: list) -> tuple[torch.Tensor, torch.Tensor]:
         size = abs(coefficient) * (centre.abs() + half)
         if coefficient == 0.0:
             unbounded = torch.zeros_like(unbounded)
-        mid = term if mid is None else mid + term
-        radius = width if radius is None else radius + width
-        magnitude = size if magnitude is None else magnitude + size
-        unknown = unbounded if unknown is None else unknown | unbounded
+        parts.append((term, width, size, unbounded))
+    mid, radius, magnitude, unknown = parts[0]  # a Sum has at least one input
+    for term, width, size, unbounded in parts[1:]:
+        mid, radius = mid + term, radius + width
+        magnitude, unknown = magnitude + size, unknown | unbounded
     g = gamma(2 * len(op.coefficients) + 2)
     low, high = _outward(mid, (radius + g * magnitude) * (1 + 2 * g))
     return torch.where(unknown, -math.inf, low), torch.where(unknown, math.inf, high)

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
+from scipy.optimize import OptimizeResult, linprog
 
-from lipguard.bounds.network import Network
+from lipguard.bounds.network import HiddenLayer, Network
 from lipguard.errors import InvalidArgumentError, UnsupportedModuleError
 
 _INTERIOR = 1e-9
+#: ``(g, h)``: the half-space ``g·x + h > 0`` of one neuron's sign
+_Constraint = tuple[np.ndarray, float]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class ExactLipschitz:
     regions: int
 
 
+@dataclass
+class _Search:
+    """The enumeration so far: regions visited, the steepest norm and a point of its region."""
+
+    regions: int
+    best: float
+    witness: np.ndarray
+
+
 def exact_lipschitz(network: Network, norm: float, *, max_regions: int = 100_000) -> ExactLipschitz:
     """Enumerate the linear regions of a piecewise-linear :class:`Network`."""
     if not all(layer.piecewise_linear for layer in network.hidden):
@@ -45,18 +56,25 @@ def exact_lipschitz(network: Network, norm: float, *, max_regions: int = 100_000
     biases = [b.value.cpu().numpy() for b in network.biases]
     slopes = [_piece_slopes(layer) for layer in network.hidden]
     size = weights[0].shape[1]
-    state = {"regions": 0, "best": -1.0, "witness": np.zeros(size)}
+    state = _Search(0, -1.0, np.zeros(size))
 
-    def descend(layer: int, neuron: int, a: np.ndarray, c: np.ndarray, rows: list, d: np.ndarray):
+    def descend(
+        layer: int,
+        neuron: int,
+        a: np.ndarray,
+        c: np.ndarray,
+        rows: list[_Constraint],
+        d: np.ndarray,
+    ) -> None:
         # a, c: pre-activations of hidden layer `layer` as a·x + c; d: slopes chosen so far
         if layer == len(network.hidden):
             jacobian = a  # output = a·x + c here
             value = _operator_norm(jacobian, norm)
-            state["regions"] += 1
-            if state["regions"] > max_regions:
+            state.regions += 1
+            if state.regions > max_regions:
                 raise InvalidArgumentError(f"more than {max_regions} linear regions; too large")
-            if value > state["best"]:
-                state["best"], state["witness"] = value, _interior_point(rows, size)
+            if value > state.best:
+                state.best, state.witness = value, _interior_point(rows, size)
             return
         width = a.shape[0]
         if neuron == width:
@@ -87,11 +105,11 @@ def exact_lipschitz(network: Network, norm: float, *, max_regions: int = 100_000
         value = _operator_norm(weights[0], norm)
         return ExactLipschitz(value, norm, torch.zeros(size, dtype=torch.float64), 1)
     descend(0, 0, weights[0], biases[0], [], np.empty(weights[0].shape[0]))
-    witness = torch.tensor(state["witness"], dtype=torch.float64)
-    return ExactLipschitz(float(state["best"]), norm, witness, int(state["regions"]))
+    witness = torch.tensor(state.witness, dtype=torch.float64)
+    return ExactLipschitz(float(state.best), norm, witness, int(state.regions))
 
 
-def _piece_slopes(layer) -> list[tuple[float, float]]:
+def _piece_slopes(layer: HiddenLayer) -> list[tuple[float, float]]:
     """Per neuron, the slopes of its pieces below and above the kink at 0 (every supported
     piecewise-linear activation is ``slope·z`` on each side: ReLU, LeakyReLU, identity)."""
     result: list[tuple[float, float]] = [(1.0, 1.0)] * layer.size
@@ -109,7 +127,7 @@ def _operator_norm(matrix: np.ndarray, norm: float) -> float:
     return float(np.linalg.norm(matrix, 2))
 
 
-def _lp(rows: list, size: int):
+def _lp(rows: list[_Constraint], size: int) -> OptimizeResult:
     """max t s.t. g·x + h >= t for each (g, h) in rows, t <= 1; variables (x, t)."""
     g = np.array([row[0] for row in rows])
     h = np.array([row[1] for row in rows])
@@ -121,12 +139,12 @@ def _lp(rows: list, size: int):
     return linprog(objective, A_ub=a_ub, b_ub=h / scale, bounds=bounds, method="highs")
 
 
-def _has_interior(rows: list, size: int) -> bool:
+def _has_interior(rows: list[_Constraint], size: int) -> bool:
     result = _lp(rows, size)
     return bool(result.status == 0 and -result.fun > _INTERIOR)
 
 
-def _interior_point(rows: list, size: int) -> np.ndarray:
+def _interior_point(rows: list[_Constraint], size: int) -> np.ndarray:
     if not rows:
         return np.zeros(size)
     return np.asarray(_lp(rows, size).x[:size])

@@ -34,22 +34,29 @@ from lipguard.errors import InvalidArgumentError, ShapeError
 Shapes = tuple[tuple[int, ...], ...]
 
 
-def input_shapes(model: nn.Module, input_shape: Sequence | None) -> Shapes:
+def input_shapes(
+    model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]] | None
+) -> Shapes:
     """One per-sample shape per model input: ``input_shape`` as given (a shape, or a list of
     shapes), or inferred from a first linear layer."""
     if input_shape is None:
         return (infer_input_shape(model),)
-    given = list(input_shape)
+    given: list[object] = list(input_shape)
     nested = bool(given) and all(isinstance(item, Sequence) for item in given)
-    shapes = [tuple(item) for item in given] if nested else [tuple(given)]
-    for shape in shapes:
-        if not shape or not all(
-            isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape
-        ):
+    shapes = []
+    for item in given if nested else [given]:
+        sizes = tuple(item) if isinstance(item, Sequence) else ()
+        shape = tuple(
+            size
+            for size in sizes
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 1
+        )
+        if not shape or len(shape) != len(sizes):
             raise ShapeError(
                 f"input_shape must be a shape of positive sizes (or a list of them), got "
                 f"{input_shape!r}"
             )
+        shapes.append(shape)
     if not shapes:
         raise InvalidArgumentError("input_shape is empty")
     return tuple(shapes)
@@ -84,7 +91,9 @@ class _Snapshot:
         self.copies = [tensor.detach().clone() for tensor in self.state[1]]
 
     @staticmethod
-    def _state(model: nn.Module) -> tuple[list, list, list]:
+    def _state(
+        model: nn.Module,
+    ) -> tuple[list[nn.Module], list[torch.Tensor], list[dict[str, object]]]:
         modules = list(model.modules())
         tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())]
         settings = [module_settings(m) for m in modules]
@@ -103,5 +112,7 @@ class _Snapshot:
 
 
 #: traced graphs by (model id, input shapes), with what they were traced from (most recent last)
-_TRACED: OrderedDict[tuple, tuple] = OrderedDict()
+_TRACED: OrderedDict[tuple[int, Shapes], tuple[weakref.ref[nn.Module], _Snapshot, Graph]] = (
+    OrderedDict()
+)
 _CACHE_SIZE = 16

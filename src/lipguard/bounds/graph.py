@@ -32,6 +32,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,16 +60,19 @@ from lipguard.errors import (
 )
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
+from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.linear_model import LipschitzLinearModel
 from lipguard.nn.mlp import LipschitzMLP
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.residual import Residual
 from lipguard.nn.spectral import SpectralLinear
 
+M = TypeVar("M", bound=nn.Module)
+#: ``handler(module, input_shape, path)``: the operators of a module and its output shape
 Handler = Callable[[nn.Module, Shape, str], tuple[list[Operator], Shape]]
 _HANDLERS: dict[type[nn.Module], Handler] = {}
 #: each registered type's ``forward`` when it was registered (a later replacement is refused)
-_FORWARDS: dict[type[nn.Module], Callable] = {}
+_FORWARDS: dict[type[nn.Module], Callable[..., object]] = {}
 #: ``torch.nn.Module``'s call machinery as imported
 _CALL_MACHINERY = {name: vars(nn.Module)[name] for name in ("__call__", "_wrapped_call_impl")}
 _CALL_MACHINERY["_call_impl"] = vars(nn.Module)["_call_impl"]
@@ -100,7 +104,9 @@ _INPUT_SHARED: ContextVar[bool] = ContextVar("lipguard_input_shared", default=Fa
 _LABELS: ContextVar[dict[int, str] | None] = ContextVar("lipguard_labels", default=None)
 
 
-def register_module(module_type: type[nn.Module], handler: Handler) -> None:
+def register_module(
+    module_type: type[M], handler: Callable[[M, Shape, str], tuple[list[Operator], Shape]]
+) -> None:
     """Teach the bound engine a module type.
 
     ``handler(module, input_shape, path)`` returns the module's operators and its output shape
@@ -109,7 +115,9 @@ def register_module(module_type: type[nn.Module], handler: Handler) -> None:
     type's ``forward`` is recorded now: a module whose class ``forward`` is later replaced is
     refused.
     """
-    _HANDLERS[module_type] = handler
+    # dispatch is on the exact type (or the original class of a parametrised module, a base of
+    # its own): the handler only ever receives instances of module_type
+    _HANDLERS[module_type] = cast(Handler, handler)
     _FORWARDS[module_type] = module_type.forward
 
 
@@ -309,11 +317,13 @@ def _dense(
     return [operator], out_shape
 
 
-def _linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _linear(module: nn.Linear, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     return _dense(module.weight, module.bias, shape, path, module)
 
 
-def _diagonal_affine(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _diagonal_affine(
+    module: DiagonalAffine, shape: Shape, path: str
+) -> tuple[list[Operator], Shape]:
     if shape[-1] != module.scale.numel():
         raise ShapeError(
             f"{path} (DiagonalAffine) scales {module.scale.numel()} features, gets inputs of "
@@ -328,13 +338,15 @@ def _diagonal_affine(module: nn.Module, shape: Shape, path: str) -> tuple[list[O
     return [Scale(scale, shift, shape)], shape
 
 
-def _lipguard_linear(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _lipguard_linear(
+    module: LipschitzLinear | LipschitzLinearModel, shape: Shape, path: str
+) -> tuple[list[Operator], Shape]:
     with torch.no_grad():
         weight = module.effective_weight()
     return _dense(weight, module.bias, shape, path, module)
 
 
-def _conv(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _conv(module: nn.Conv1d | nn.Conv2d, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     spatial = 1 if isinstance(module, nn.Conv1d) else 2
     if len(shape) != spatial + 1 or shape[0] != module.in_channels:
         raise ShapeError(
@@ -396,19 +408,19 @@ def _parameter(module: nn.Module, name: str, path: str) -> float:
     return float(value)
 
 
-def _leaky_relu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _leaky_relu(module: nn.LeakyReLU, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     slope = _parameter(module, "negative_slope", path)
     return [Activation(act.leaky_relu(slope), shape)], shape
 
 
-def _elu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _elu(module: nn.ELU, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     alpha = _parameter(module, "alpha", path)
     if alpha < 0:
         raise UnsupportedModuleError(f"{path}: ELU with alpha < 0 is not monotone; unsupported")
     return [Activation(act.elu(alpha), shape)], shape
 
 
-def _gelu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _gelu(module: nn.GELU, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     if module.approximate != "none":
         raise UnsupportedModuleError(
             f"{path}: GELU(approximate={module.approximate!r}) is "
@@ -417,7 +429,7 @@ def _gelu(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], S
     return [Activation(act.GELU, shape)], shape
 
 
-def _group_sort(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _group_sort(module: GroupSort, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     if module.dim % (len(shape) + 1) != len(shape):
         raise UnsupportedModuleError(
             f"{path}: {type(module).__name__}(dim={module.dim}) on features of shape {shape}; "
@@ -431,7 +443,7 @@ def _group_sort(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operat
     return [Sort(module.group_size, module.descending, shape)], shape
 
 
-def _flatten(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _flatten(module: nn.Flatten, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     start, end = module.start_dim, module.end_dim
     if start != 1 or end not in (-1, len(shape)):
         raise UnsupportedModuleError(
@@ -445,7 +457,9 @@ def _identity(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator
     return [], shape
 
 
-def _dropout(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _dropout(
+    module: nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout, shape: Shape, path: str
+) -> tuple[list[Operator], Shape]:
     if module.training and module.p > 0:
         raise UnsupportedModuleError(
             f"{path}: {type(module).__name__} in training mode is random; call model.eval()"
@@ -453,7 +467,7 @@ def _dropout(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator]
     return [], shape
 
 
-def _residual(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+def _residual(module: Residual, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
     token = _INPUT_SHARED.set(True)  # x is read again by the skip connection
     try:
         body, out_shape = _convert(module.body, shape, f"{path}.body")
@@ -464,12 +478,14 @@ def _residual(module: nn.Module, shape: Shape, path: str) -> tuple[list[Operator
     return [Skip(tuple(body), shape)], shape
 
 
-for _type in (nn.Sequential, LipschitzMLP):
-    register_module(_type, sequential_handler)
+register_module(nn.Sequential, sequential_handler)
+register_module(LipschitzMLP, sequential_handler)
 register_module(nn.Linear, _linear)
 register_module(DiagonalAffine, _diagonal_affine)
-for _type in (SpectralLinear, OrthogonalLinear, SVDLinear, LipschitzLinearModel):
-    register_module(_type, _lipguard_linear)
+register_module(SpectralLinear, _lipguard_linear)
+register_module(OrthogonalLinear, _lipguard_linear)
+register_module(SVDLinear, _lipguard_linear)
+register_module(LipschitzLinearModel, _lipguard_linear)
 register_module(nn.Conv1d, _conv)
 register_module(nn.Conv2d, _conv)
 register_module(nn.ReLU, _activation(act.RELU))
@@ -483,6 +499,8 @@ register_module(GroupSort, _group_sort)
 register_module(MaxMin, _group_sort)
 register_module(nn.Flatten, _flatten)
 register_module(nn.Identity, _identity)
-for _type in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
-    register_module(_type, _dropout)
+register_module(nn.Dropout, _dropout)
+register_module(nn.Dropout1d, _dropout)
+register_module(nn.Dropout2d, _dropout)
+register_module(nn.AlphaDropout, _dropout)
 register_module(Residual, _residual)

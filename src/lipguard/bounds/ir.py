@@ -87,7 +87,7 @@ class Graph:
     ) -> torch.Tensor:
         """The graph's function in float64 on joint input vectors ``(N, input_size)``
         (differentiable); ``apply`` evaluates one operator (default: exactly)."""
-        values: list[torch.Tensor | None] = [None] * len(self.nodes)
+        values: dict[int, torch.Tensor] = {}  # filled in topological order
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
         for index, part in zip(self.inputs, self.input_slices(), strict=True):
             values[index] = flat[:, part]

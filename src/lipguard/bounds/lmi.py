@@ -34,7 +34,7 @@ import torch
 
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.network import Network
-from lipguard.linalg import U64, prove_psd
+from lipguard.linalg import U64, prove_psd, up
 
 Slopes = list[tuple[torch.Tensor, torch.Tensor]]
 #: relative increases of ρ tried by :func:`verify`
@@ -329,7 +329,7 @@ def verify(
         candidate = max(rho, 1e-300) * (1 + step)
         matrix = lipsdp_matrix(network, slopes, clean, candidate, eliminate_input=eliminate)
         if prove_psd(matrix.value, matrix.frobenius_error()):
-            bound = math.nextafter(math.sqrt(candidate) * (1 + 2 * U64), math.inf)
+            bound = up(math.sqrt(candidate) * (1 + 2 * U64))
             return LipSDPProof(bound, candidate, tuple(clean))
     return None
 

@@ -100,9 +100,9 @@ class _Target:
         try:
             graph = to_graph(model, shapes)
         except LipguardError:
-            exact = _Split(copy.deepcopy(model).to(torch.float64).eval(), shapes)
-            smooth = _Split(_surrogate(exact.model, temperature), shapes)
-            return _Target(exact, temperature, smooth, None, shapes)
+            split = _Split(copy.deepcopy(model).to(torch.float64).eval(), shapes)
+            smooth_split = _Split(_surrogate(split.model, temperature), shapes)
+            return _Target(split, temperature, smooth_split, None, shapes)
         exact = _Flat(GraphFunction(graph))
         smooth = _Flat(GraphFunction(graph, temperature))
         return _Target(exact, temperature, smooth, graph, shapes)
@@ -262,7 +262,9 @@ def _steepest_directions(jacobians: torch.Tensor, norm: float) -> torch.Tensor:
     return torch.where(unusable, ones, direction / length.clamp_min(1e-300))
 
 
-def _jacobians(function: Callable, points: torch.Tensor, create_graph: bool) -> torch.Tensor:
+def _jacobians(
+    function: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, create_graph: bool
+) -> torch.Tensor:
     """Per-sample Jacobians ``(N, out, in)`` of ``function`` (batch -> batch)."""
     flat = points.flatten(1)
 
@@ -490,7 +492,7 @@ def _refine_pairs(
     return settled
 
 
-def _pair_ratios(model, a: torch.Tensor, b: torch.Tensor, norm: float) -> torch.Tensor:
+def _pair_ratios(model: nn.Module, a: torch.Tensor, b: torch.Tensor, norm: float) -> torch.Tensor:
     """``||f(a_i) - f(b_i)|| / ||a_i - b_i||`` per pair (0 where the points coincide)."""
     distance = _vector_norm(a - b, norm)
     safe = torch.where(distance > 0, distance, torch.ones_like(distance))

@@ -18,6 +18,7 @@ neurons can sit beside ReLUs). :meth:`Network.from_graph` builds it from any gra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,11 @@ class HiddenLayer:
     def uniform(spec: act.ActivationSpec, size: int) -> HiddenLayer:
         return HiddenLayer(((spec, torch.arange(size)),), size)
 
-    def _map(self, per_spec, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _map(
+        self,
+        per_spec: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+        *tensors: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         results: list[torch.Tensor] | None = None
         for spec, index in self.segments:
             parts = per_spec(spec, *(tensor[..., index] for tensor in tensors))
@@ -75,11 +80,17 @@ class HiddenLayer:
             alpha[index], beta[index] = spec.slope_low, spec.slope_high
         return alpha, beta
 
-    def slope_range(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._map(lambda spec, lo, hi: spec.slope_range(lo, hi), low, high)
+    def slope_range(
+        self, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lowest, highest = self._map(lambda spec, lo, hi: spec.slope_range(lo, hi), low, high)
+        return lowest, highest
 
-    def value_range(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._map(lambda spec, lo, hi: spec.value_range(lo, hi), low, high)
+    def value_range(
+        self, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lowest, highest = self._map(lambda spec, lo, hi: spec.value_range(lo, hi), low, high)
+        return lowest, highest
 
     @property
     def piecewise_linear(self) -> bool:
@@ -169,7 +180,11 @@ class _Layering:
             segments, offset, state = [], 0, {}
             for index in units:
                 count = self.nodes[index].size
-                spec = self.nodes[index].op.spec if index in layer else act.IDENTITY
+                spec = act.IDENTITY
+                if index in layer:
+                    op = self.nodes[index].op
+                    assert isinstance(op, Activation)  # _next_layer picks activation nodes
+                    spec = op.spec
                 segments.append((spec, torch.arange(offset, offset + count)))
                 state[index] = _selection(offset, offset + count, neurons)
                 offset += count

@@ -27,17 +27,18 @@ import torch
 
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ops import Conv, Dense
-from lipguard.linalg import U64, gamma, max_gram_eigenvalue_bound, spectral_norm_certificate
+from lipguard.linalg import (
+    U64,
+    gamma,
+    max_gram_eigenvalue_bound,
+    spectral_norm_certificate,
+    up,
+)
 
 #: convolutions with at most this many matrix entries are also certified as dense matrices
 _DENSE_CONV_ENTRIES = 2**20
 #: Gram entries per batch of frequency responses (memory: 8 bytes each)
 _GRAM_ENTRIES = 2**24
-
-
-def up(value: float) -> float:
-    """``value`` rounded one ulp towards +inf (for sums and products of bounds)."""
-    return math.nextafter(value, math.inf)
 
 
 def matrix_norm(matrix: Enclosure, norm: float) -> float:
@@ -125,7 +126,8 @@ def _polyphase(conv: Conv) -> _Polyphase:
     positions: its symbol is constant, one frequency covers it."""
     taps = conv.weight.shape[2:]
     keys: dict[tuple[int, ...], int] = {}
-    phase, offsets = [], []
+    phase: list[int] = []
+    offsets: list[list[int]] = []
     for tap in itertools.product(*[range(t) for t in taps]):
         positions = [
             dilation * t - left
@@ -135,9 +137,9 @@ def _polyphase(conv: Conv) -> _Polyphase:
         phase.append(keys.setdefault(key, len(keys)))
         offsets.append([p // s for p, s in zip(positions, conv.stride, strict=True)])
     offset = torch.tensor(offsets, dtype=torch.int64)
-    grid = []
-    for d, tap in enumerate(taps):
-        if tap == 1:
+    grid: list[int] = []
+    for d, length in enumerate(taps):
+        if length == 1:
             grid.append(1)
             continue
         occupied = -(-conv.in_shape[1 + d] // conv.stride[d])
@@ -152,6 +154,7 @@ def _left_padding(conv: Conv) -> tuple[int, ...]:
         return (0,) * len(taps)
     if conv.padding == "same":
         return tuple((k - 1) * d // 2 for k, d in zip(taps, conv.dilation, strict=True))
+    assert not isinstance(conv.padding, str)  # torch accepts only "valid" and "same"
     return tuple(conv.padding)
 
 

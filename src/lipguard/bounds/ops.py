@@ -26,7 +26,7 @@ for the lower-bound search); enclosures and rounding bounds live in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -250,12 +250,13 @@ def max_pool(operator: MaxPool, x: torch.Tensor) -> torch.Tensor:
     return values.amax(dim=-1)
 
 
-def index_map(function, shapes: Sequence[Shape]) -> torch.Tensor:
+def index_map(function: Callable[..., torch.Tensor], shapes: Sequence[Shape]) -> torch.Tensor:
     """The :class:`Gather` index of a linear re-indexing ``function`` (reshape, permute, cat,
     slice, pad with a sentinel, …): ``function`` applied to tensors holding each entry's
     position in the concatenated flat inputs (batch dimension 1); ``-1`` marks entries that
     come from no input."""
-    offset, tensors = 0, []
+    offset = 0
+    tensors: list[torch.Tensor] = []
     for shape in shapes:
         size = math.prod(shape)
         tensors.append(torch.arange(offset, offset + size, dtype=torch.float64).reshape(1, *shape))

@@ -19,8 +19,9 @@ import math
 from collections.abc import Collection
 
 from lipguard.bounds.ir import Graph
-from lipguard.bounds.norms import operator_norm, scale_norm, up
+from lipguard.bounds.norms import operator_norm, scale_norm
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Operator, Scale, Sort, Sum
+from lipguard.linalg import up
 
 
 def operator_lipschitz(operator: Operator, norm: float) -> float:

@@ -32,7 +32,7 @@ from lipguard.bounds import activations as act
 from lipguard.bounds import ops
 from lipguard.bounds.evaluate import apply_abs, propagate
 from lipguard.bounds.ir import Graph
-from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Scale, Sort
+from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Scale, Sort, Sum
 from lipguard.linalg import underflow_unit, unit_roundoff
 
 #: accuracy assumed of a library activation (tanh, sigmoid, exp, erf), in ulps of the result
@@ -40,6 +40,9 @@ ACTIVATION_ULPS = 8
 #: roundings allowed for an entrywise scaling (batch norm: x - μ, its computed 1/√(σ² + ε),
 #: two products and a sum)
 SCALE_ROUNDINGS = 6
+
+#: ``(low, high)``: an enclosure of exact values
+_Interval = tuple[torch.Tensor, torch.Tensor]
 
 
 def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,7 +53,7 @@ def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> tor
     x = points.reshape(points.shape[0], -1).to(torch.float64)
     units = _Units(dtype)
     intervals = propagate(graph, x, x.clone())
-    errors: list[torch.Tensor | None] = [None] * len(graph.nodes)
+    errors: dict[int, torch.Tensor] = {}
     for index, part in zip(graph.inputs, graph.input_slices(), strict=True):
         errors[index] = torch.zeros_like(x[:, part])
     for index, node in enumerate(graph.nodes):
@@ -63,13 +66,20 @@ def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> tor
     return errors[graph.output]
 
 
-def _overflow(error: torch.Tensor, low, high, units: _Units) -> torch.Tensor:
+def _overflow(
+    error: torch.Tensor, low: torch.Tensor, high: torch.Tensor, units: _Units
+) -> torch.Tensor:
     """``inf`` wherever a computed value may leave the dtype's range (it would become ±inf)."""
     reach = torch.maximum(low.abs(), high.abs()) + error
     return torch.where(reach < units.largest, error, math.inf)
 
 
-def _error(op, sources, result, units: _Units) -> torch.Tensor:
+def _error(
+    op: ops.Operator,
+    sources: list[tuple[_Interval, torch.Tensor]],
+    result: _Interval,
+    units: _Units,
+) -> torch.Tensor:
     """The error bound of one node from its inputs' intervals and error bounds."""
     (low, high), error = sources[0]
     if isinstance(op, Dense | Conv):
@@ -90,6 +100,8 @@ def _error(op, sources, result, units: _Units) -> torch.Tensor:
         reach = (torch.maximum(low.abs(), high.abs()) + error) * s + op.shift.value.abs()
         roundings = SCALE_ROUNDINGS
         return s * error + roundings * units.result * reach + roundings * units.floor
+    if not isinstance(op, Sum):
+        raise TypeError(f"{type(op).__name__} is not a graph operator")
     # Sum: c_k·x_k (one rounding each unless c = ±1), then the additions
     total = torch.zeros_like(magnitude)
     reach = torch.zeros_like(magnitude)
@@ -125,7 +137,13 @@ class _Units:
         return torch.where(ku < 0.5, ku / (1 - ku), math.inf)
 
 
-def _affine_error(operator, low, high, error, units: _Units) -> torch.Tensor:
+def _affine_error(
+    operator: Dense | Conv,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    error: torch.Tensor,
+    units: _Units,
+) -> torch.Tensor:
     """``|W|e + γ_k(|W|(|h| + e) + |b|) + u|y| + floor`` (the last two: rounding the result),
     ``k`` the number of non-zero terms in each output's sum."""
     if isinstance(operator, Dense):
@@ -149,7 +167,13 @@ def _affine_error(operator, low, high, error, units: _Units) -> torch.Tensor:
     return torch.where(torch.isfinite(total), total * (1 + 1e-12), math.inf)
 
 
-def _activation_error(spec: act.ActivationSpec, low, high, error, units: _Units) -> torch.Tensor:
+def _activation_error(
+    spec: act.ActivationSpec,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    error: torch.Tensor,
+    units: _Units,
+) -> torch.Tensor:
     """``Lip(φ)·e`` plus the rounding of ``φ`` at the computed point."""
     propagated = spec.lipschitz * error
     if spec.name in ("relu", "identity"):

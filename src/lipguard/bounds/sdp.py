@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -325,7 +326,9 @@ def _lower_entries(matrix: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.nda
     return rows, cols, lower[rows, cols]
 
 
-def _packed(columns: list[tuple[np.ndarray, ...]], size: int) -> sparse.csc_matrix:
+def _packed(
+    columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], size: int
+) -> sparse.csc_matrix:
     """Clarabel's packing: the upper triangle by columns (= the lower by rows), off-diagonal
     entries scaled by √2."""
     data, row_index, col_index = [], [], []
@@ -343,7 +346,7 @@ def _packed(columns: list[tuple[np.ndarray, ...]], size: int) -> sparse.csc_matr
 def _clarabel(
     q: np.ndarray, a: sparse.csc_matrix, b: np.ndarray, size: int, count: int
 ) -> np.ndarray:
-    import clarabel
+    import clarabel  # ships no type information
 
     cones = [clarabel.PSDTriangleConeT(size), clarabel.NonnegativeConeT(count)]
     settings = clarabel.DefaultSettings()
@@ -358,7 +361,7 @@ def _clarabel(
 
 def _scs(q: np.ndarray, a: sparse.csc_matrix, b: np.ndarray, size: int, count: int) -> np.ndarray:
     try:
-        import scs
+        import scs  # ships no type information
     except ImportError:
         raise SolverError("SCS is not installed (pip install scs)") from None
     # SCS packs the lower triangle by columns and wants the non-negative rows first.

@@ -39,7 +39,8 @@ import logging
 import math
 import operator as py_operator
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -48,6 +49,7 @@ from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ir import Builder, Graph
 from lipguard.bounds.ops import (
     Gather,
+    Operator,
     Scale,
     Shape,
 )
@@ -63,6 +65,11 @@ class _Batch:
 
 BATCH = _Batch()
 
+#: a resolved argument of a traced operation: an input-dependent value (:class:`Traced`), the
+#: symbolic batch size (:data:`BATCH`), a constant (a tensor, number, dtype, string, ``None``, …)
+#: or a list/tuple of these; torch.fx arguments are that open, hence ``Any``
+Value: TypeAlias = Any
+
 
 def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
     """The graph of ``model``'s traced computation for inputs of per-sample ``shapes``."""
@@ -72,9 +79,9 @@ def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
     device = parameter.device if parameter is not None else torch.device("cpu")
     args = tuple(torch.randn(TRACE_BATCH, *shape, dtype=dtype, device=device) for shape in shapes)
     batch = torch.export.Dim("batch", min=2)
-    dims = tuple({0: batch} for _ in shapes)
-    if _takes_varargs(lowered):  # forward(*inputs): one entry holding them all
-        dims = (dims,)
+    per_input = tuple({0: batch} for _ in shapes)
+    # forward(*inputs): one entry holding them all
+    dims = (per_input,) if _takes_varargs(lowered) else per_input
     with _quiet_tracer():
         try:
             program = torch.export.export(lowered, args, dynamic_shapes=dims, strict=False)
@@ -111,7 +118,7 @@ def _quiet_tracer() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _mutates(program) -> bool:
+def _mutates(program: torch.export.ExportedProgram) -> bool:
     """True when an operation of the program writes into one of its arguments."""
     for node in program.graph.nodes:
         schema = getattr(node.target, "_schema", None)
@@ -160,16 +167,16 @@ class Traced:
 
 
 class Converter:
-    def __init__(self, program) -> None:
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
         self.program = program
         self.builder = Builder()
-        self.values: dict[torch.fx.Node, object] = {}
+        self.values: dict[torch.fx.Node, Value] = {}
         self.constants = self._constants()
 
     def _constants(self) -> dict[str, torch.Tensor]:
         state = dict(self.program.state_dict)
         state.update(self.program.constants)
-        table = {}
+        table: dict[str, torch.Tensor] = {}
         for spec in self.program.graph_signature.input_specs:
             if spec.kind.name != "USER_INPUT":
                 table[spec.arg.name] = state[spec.target].detach()
@@ -194,20 +201,20 @@ class Converter:
             raise UnsupportedModuleError("the model's output does not depend on its input")
         return self.builder.finish(result.index)
 
-    def _placeholder(self, node) -> object:
+    def _placeholder(self, node: torch.fx.Node) -> Value:
         if node.name in self.constants:
             return self.constants[node.name]
         shape = tuple(node.meta["val"].shape[1:])
         return Traced(self.builder.input(tuple(int(s) for s in shape), f"input {node.name}"))
 
-    def _resolve(self, value):
+    def _resolve(self, value: Value) -> Value:
         if isinstance(value, torch.fx.Node):
             return self.values[value]
         if isinstance(value, list | tuple):
             return type(value)(self._resolve(v) for v in value)
         return value
 
-    def _call(self, node) -> object:
+    def _call(self, node: torch.fx.Node) -> Value:
         args = self._resolve(node.args)
         kwargs = {k: self._resolve(v) for k, v in node.kwargs.items()}
         if node.target is py_operator.getitem:
@@ -215,7 +222,7 @@ class Converter:
         if node.target in (aten.sym_size.int,):
             return BATCH if args[1] == 0 else int(node.meta["val"])
         if not depends_on_input(args) and not depends_on_input(kwargs.values()):
-            return _evaluate(node.target, args, kwargs)
+            return _evaluate(target_function(node), args, kwargs)
         packet = getattr(node.target, "overloadpacket", None)
         name = getattr(packet, "__name__", str(node.target))
         from lipguard.bounds.aten_layers import HANDLERS, REFUSED
@@ -242,7 +249,7 @@ class Converter:
     def shape(self, value: Traced) -> Shape:
         return self.builder.nodes[value.index].shape
 
-    def add(self, op, sources: Sequence[Traced], where: str) -> Traced:
+    def add(self, op: Operator, sources: Sequence[Traced], where: str) -> Traced:
         return Traced(self.builder.add(op, [s.index for s in sources], where))
 
     def reshape(self, value: Traced, shape: Shape, where: str) -> Traced:
@@ -252,7 +259,7 @@ class Converter:
 
     def reindex(
         self,
-        function: Callable,
+        function: Callable[..., torch.Tensor],
         sources: Sequence[Traced],
         where: str,
         fill: float | None = None,
@@ -261,7 +268,8 @@ class Converter:
         marks entries that come from no input with ``-1`` (they become ``fill``)."""
         shapes = [self.shape(s) for s in sources]
         sizes = [math.prod(shape) for shape in shapes]
-        total, offset, tensors = sum(sizes), 0, []
+        total, offset = sum(sizes), 0
+        tensors: list[torch.Tensor] = []
         for shape, size in zip(shapes, sizes, strict=True):
             positions = torch.arange(offset, offset + size, dtype=torch.float64).reshape(shape)
             tensors.append(torch.stack([positions, positions + total]))
@@ -288,7 +296,9 @@ class Converter:
             return value
         return self.reindex(lambda t: t.expand(TRACE_BATCH, *shape), [value], where)
 
-    def scale(self, value: Traced, factor, shift, where: str) -> Traced:
+    def scale(
+        self, value: Traced, factor: torch.Tensor | float, shift: torch.Tensor | float, where: str
+    ) -> Traced:
         """``factor ⊙ x + shift`` with constants broadcast per sample (never along the batch)."""
         shape = self.shape(value)
         s = per_sample(factor, shape, where)
@@ -296,8 +306,28 @@ class Converter:
         return self.add(Scale(Enclosure(s), Enclosure(t), shape), [value], where)
 
 
-def _needed(output) -> set:
-    seen, pending = set(), [output]
+#: a traced operation's positional and keyword arguments, resolved (see :data:`Value`)
+Args: TypeAlias = tuple[Value, ...]
+Kwargs: TypeAlias = dict[str, Value]
+#: what a handler makes of an operation: its value, or one per output (``None`` for outputs
+#: nothing may read, such as the indices of ``sort`` or ``max_pool2d_with_indices``)
+Result: TypeAlias = Traced | tuple[Traced | None, ...]
+#: ``handler(converter, node, args, kwargs, where)``: the graph nodes of one ATen operation
+#: (:data:`lipguard.bounds.aten_layers.HANDLERS`)
+Handler: TypeAlias = Callable[[Converter, torch.fx.Node, Args, Kwargs, str], Result]
+
+
+def target_function(node: torch.fx.Node) -> Callable[..., Any]:
+    """The function a ``call_function`` node calls (torch.fx also allows a method name)."""
+    target = node.target
+    if isinstance(target, str):
+        raise UnsupportedModuleError(f"{_where(node)}: a call of the method {target!r}")
+    return target
+
+
+def _needed(output: torch.fx.Node) -> set[torch.fx.Node]:
+    seen: set[torch.fx.Node] = set()
+    pending = [output]
     while pending:
         node = pending.pop()
         if node in seen:
@@ -307,7 +337,7 @@ def _needed(output) -> set:
     return seen
 
 
-def depends_on_input(values) -> bool:
+def depends_on_input(values: Iterable[Value]) -> bool:
     for value in values:
         if isinstance(value, Traced | _Batch):
             return True
@@ -316,12 +346,12 @@ def depends_on_input(values) -> bool:
     return False
 
 
-def _evaluate(target, args, kwargs):
+def _evaluate(target: Callable[..., Any], args: Args, kwargs: Kwargs) -> Value:
     with torch.no_grad():
         return target(*args, **kwargs)
 
 
-def _where(node) -> str:
+def _where(node: torch.fx.Node) -> str:
     """``model.path (Class) [source line]`` of a traced operation."""
     stack = node.meta.get("nn_module_stack") or {}
     path, kind = list(stack.values())[-1] if stack else ("", "the model")
@@ -331,7 +361,7 @@ def _where(node) -> str:
     return f"{'model.' + path if path else 'model'} ({kind}){line}"
 
 
-def per_sample(constant, shape: Shape, where: str) -> torch.Tensor:
+def per_sample(constant: torch.Tensor | float, shape: Shape, where: str) -> torch.Tensor:
     """A constant broadcast against outputs ``(N, *shape)``, per sample (float64, flat)."""
     tensor = torch.as_tensor(constant, dtype=torch.float64).detach().cpu()
     full = (1, *shape)
@@ -347,7 +377,7 @@ def per_sample(constant, shape: Shape, where: str) -> torch.Tensor:
     return tensor.expand(full).reshape(-1).clone()
 
 
-def with_batch(args, batch: int = TRACE_BATCH):
+def with_batch(args: Value, batch: int = TRACE_BATCH) -> Value:
     """Shape arguments with the symbolic batch size replaced by ``batch``."""
     if isinstance(args, _Batch):
         return batch
@@ -356,7 +386,7 @@ def with_batch(args, batch: int = TRACE_BATCH):
     return args
 
 
-def tupled(value, count: int) -> tuple[int, ...]:
+def tupled(value: int | list[int] | tuple[int, ...], count: int) -> tuple[int, ...]:
     """An ATen size argument (an int or a list) as a tuple of ``count`` ints."""
     if isinstance(value, list | tuple):
         return tuple(int(v) for v in value)

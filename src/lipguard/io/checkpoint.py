@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -79,13 +79,22 @@ def _leaf_spec(module: nn.Module) -> Spec:
 
 
 def _children(module: nn.Module) -> Spec:
-    return {"children": [_describe(child) for child in module]}
+    # registered for nn.Sequential and its subclass LipschitzMLP only
+    return {"children": [_describe(child) for child in cast(nn.Sequential, module)]}
+
+
+def _describe_mlp(module: nn.Module) -> Spec:
+    return {**_children(module), "lipschitz": cast(LipschitzMLP, module).lipschitz}
+
+
+def _describe_residual(module: nn.Module) -> Spec:
+    return {"body": _describe(cast(Residual, module).body)}
 
 
 _DESCRIBE: dict[type, Callable[[nn.Module], Spec]] = {
     nn.Sequential: _children,
-    LipschitzMLP: lambda m: {**_children(m), "lipschitz": m.lipschitz},
-    Residual: lambda m: {"body": _describe(m.body)},
+    LipschitzMLP: _describe_mlp,
+    Residual: _describe_residual,
     **{cls: _leaf_spec for cls in _FIELDS},
 }
 
@@ -208,6 +217,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, tuple[int, ...] | None
             f"{architecture} declares {declared:,} parameters but {weights.name} holds "
             f"{available:,}: the files do not belong together"
         )
+    if not isinstance(spec, dict):
+        raise InvalidArgumentError(f"unknown module in checkpoint: {spec!r:.200}")
     model = _build(spec)
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)

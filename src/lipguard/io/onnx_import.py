@@ -22,9 +22,9 @@ The first dimension of every input is the batch: a graph exported for batch 1 ru
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -33,13 +33,29 @@ from torch import nn
 
 from lipguard.errors import InvalidArgumentError, UnsupportedModuleError
 
+if TYPE_CHECKING:
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
 _STANDARD_DOMAINS = ("", "ai.onnx")
 #: random inputs on which an import is compared with onnx's reference evaluator
 _REFERENCE_PROBES = 4
-Node = tuple[str, str, tuple[str, ...], tuple[str, ...], dict[str, Any]]
+#: an ONNX node's attributes: ints, floats, strings, arrays or lists of them, by the operator's
+#: specification (``Any``: each operator reads its own attributes as ONNX defines them)
+Attributes = dict[str, Any]
+#: a value of the graph: a tensor (inputs, float weights, computed values), a numpy array (integer
+#: constants: shapes, axes, indices) or ``None`` (an omitted optional input). ``Any``: which one a
+#: node input holds is the file's, and each operator reads it as ONNX allows at that position
+Value = Any
+#: ``(name, op_type, inputs, outputs, attributes)``
+Node = tuple[str, str, tuple[str, ...], tuple[str, ...], Attributes]
+#: an operator: ``(input values, attributes, node name) -> output value(s)``
+Operator = Callable[[list[Value], Attributes, str], Value]
+#: the per-sample input shape, or one shape per input for a graph with several
+InputShape = tuple[int, ...] | list[tuple[int, ...]]
 
 
-def load_onnx(path: str | Path) -> tuple[OnnxModule, tuple]:
+def load_onnx(path: str | Path) -> tuple[OnnxModule, InputShape]:
     """Read an ONNX file; returns ``(module, per-sample input shape)`` — a list of shapes for a
     graph with several inputs."""
     import onnx
@@ -71,7 +87,7 @@ def load_onnx(path: str | Path) -> tuple[OnnxModule, tuple]:
         raise UnsupportedModuleError(
             f"{path}: expected one graph output, found {len(graph.output)}"
         )
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for value in inputs:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
         if len(dims) < 2 or any(size < 1 for size in dims[1:]):
@@ -89,7 +105,7 @@ def load_onnx(path: str | Path) -> tuple[OnnxModule, tuple]:
     return module.eval(), shapes[0] if len(shapes) == 1 else shapes
 
 
-def _attribute(attribute) -> Any:
+def _attribute(attribute: onnx.AttributeProto) -> Any:  # an attribute of any ONNX type
     import onnx
 
     value = onnx.helper.get_attribute_value(attribute)
@@ -102,7 +118,7 @@ def _attribute(attribute) -> Any:
     return value
 
 
-def _constant_value(name: str, attributes: dict) -> np.ndarray:
+def _constant_value(name: str, attributes: Attributes) -> np.ndarray:
     for key in ("value", "value_float", "value_int", "value_floats", "value_ints"):
         if key in attributes:
             return np.asarray(attributes[key])
@@ -154,7 +170,7 @@ class OnnxModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.inputs):
             raise InvalidArgumentError(f"the graph takes {len(self.inputs)} inputs")
-        values: dict[str, Any] = dict(zip(self.inputs, inputs, strict=True))
+        values: dict[str, Value] = dict(zip(self.inputs, inputs, strict=True))
         for name, buffer in self._buffer_names.items():
             values[name] = getattr(self, buffer)
         values.update(self._literals)
@@ -170,11 +186,11 @@ class OnnxModule(nn.Module):
 # operators -------------------------------------------------------------------------------------
 
 
-def _ints(value) -> list[int]:
+def _ints(value: Value) -> list[int]:
     return [int(v) for v in np.asarray(value).reshape(-1)]
 
 
-def _gemm(args, attrs, name):
+def _gemm(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     a, b = args[0], args[1]
     if attrs.get("transA", 0):
         a = a.transpose(-1, -2)
@@ -186,7 +202,7 @@ def _gemm(args, attrs, name):
     return out
 
 
-def _reshape(args, attrs, name):
+def _reshape(args: list[Value], attrs: Attributes, name: str) -> Value:
     x = args[0]
     target = _ints(args[1]) if len(args) > 1 and args[1] is not None else _ints(attrs["shape"])
     if not attrs.get("allowzero", 0):
@@ -197,7 +213,7 @@ def _reshape(args, attrs, name):
     return x.reshape(target)
 
 
-def _flatten(args, attrs, name):
+def _flatten(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     axis = attrs.get("axis", 1)
     x = args[0]
     axis = axis % x.dim() if x.dim() else 0
@@ -206,7 +222,7 @@ def _flatten(args, attrs, name):
     return x.reshape(*x.shape[:axis], -1) if axis == 1 else x.flatten(axis).flatten(1, axis)
 
 
-def _transpose(args, attrs, name):
+def _transpose(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x = args[0]
     perm = attrs.get("perm", list(range(x.dim() - 1, -1, -1)))
     if perm[0] != 0:
@@ -214,13 +230,13 @@ def _transpose(args, attrs, name):
     return x.permute(*perm)
 
 
-def _axes(args, attrs, position: int = 1) -> list[int] | None:
+def _axes(args: list[Value], attrs: Attributes, position: int = 1) -> list[int] | None:
     if len(args) > position and args[position] is not None:
         return _ints(args[position])
     return list(attrs["axes"]) if "axes" in attrs else None
 
 
-def _squeeze(args, attrs, name):
+def _squeeze(args: list[Value], attrs: Attributes, name: str) -> Value:
     x, axes = args[0], _axes(args, attrs)
     axes = [a for a in range(x.dim()) if x.shape[a] == 1 and a != 0] if axes is None else axes
     if any(a % x.dim() == 0 for a in axes):
@@ -230,8 +246,10 @@ def _squeeze(args, attrs, name):
     return x
 
 
-def _unsqueeze(args, attrs, name):
+def _unsqueeze(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x, axes = args[0], _axes(args, attrs)
+    if axes is None:
+        raise UnsupportedModuleError(f"ONNX node {name}: Unsqueeze without axes")
     rank = x.dim() + len(axes)
     for axis in sorted(a % rank for a in axes):
         if axis == 0:
@@ -240,7 +258,7 @@ def _unsqueeze(args, attrs, name):
     return x
 
 
-def _concat(args, attrs, name):
+def _concat(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     axis = attrs["axis"]
     if axis % args[0].dim() == 0:
         raise UnsupportedModuleError(f"ONNX node {name}: Concat along the batch dimension")
@@ -248,7 +266,7 @@ def _concat(args, attrs, name):
     return torch.cat(parts, axis)
 
 
-def _slice(args, attrs, name):
+def _slice(args: list[Value], attrs: Attributes, name: str) -> Value:
     x = args[0]
     if len(args) > 1:
         starts, ends = _ints(args[1]), _ints(args[2])
@@ -271,7 +289,7 @@ def _slice(args, attrs, name):
     return x[tuple(index)]
 
 
-def _pad(args, attrs, name):
+def _pad(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x = args[0]
     pads = _ints(args[1]) if len(args) > 1 and args[1] is not None else list(attrs["pads"])
     given = len(args) > 2 and args[2] is not None
@@ -288,14 +306,21 @@ def _pad(args, attrs, name):
     return F.pad(x, torch_pads, value=value)
 
 
-def _spatial_pads(attrs, x, kernel, strides, dilations, name) -> list[int] | str:
+def _spatial_pads(
+    attrs: Attributes,
+    x: torch.Tensor,
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    name: str,
+) -> list[int]:
     """Symmetric ``pads`` as PyTorch's per-dimension padding, or ``auto_pad`` resolved."""
     spatial = x.dim() - 2
     auto = attrs.get("auto_pad", "NOTSET")
     if auto == "VALID":
         return [0] * spatial
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
+        pads: list[int] = []
         for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations, strict=True):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             if total % 2:
@@ -308,7 +333,7 @@ def _spatial_pads(attrs, x, kernel, strides, dilations, name) -> list[int] | str
     return pads[:spatial]
 
 
-def _conv(args, attrs, name):
+def _conv(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     spatial = weight.dim() - 2
@@ -322,8 +347,8 @@ def _conv(args, attrs, name):
     return functional(x, weight, bias, strides, padding, dilations, attrs.get("group", 1))
 
 
-def _pool(kind: str):
-    def run(args, attrs, name):
+def _pool(kind: Literal["max", "average"]) -> Operator:
+    def run(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
         x = args[0]
         spatial = x.dim() - 2
         kernel = list(attrs["kernel_shape"])
@@ -332,25 +357,26 @@ def _pool(kind: str):
         padding = _spatial_pads(attrs, x, kernel, strides, dilations, name)
         ceil = bool(attrs.get("ceil_mode", 0))
         if kind == "max":
-            pool = F.max_pool1d if spatial == 1 else F.max_pool2d
-            return pool(x, kernel, strides, padding, dilations, ceil)
+            max_pool = F.max_pool1d if spatial == 1 else F.max_pool2d
+            return max_pool(x, kernel, strides, padding, dilations, ceil)
         if dilations != [1] * spatial:
             raise UnsupportedModuleError(f"ONNX node {name}: dilated average pooling")
-        pool = F.avg_pool1d if spatial == 1 else F.avg_pool2d
-        return pool(x, kernel, strides, padding, ceil, bool(attrs.get("count_include_pad", 0)))
+        include = bool(attrs.get("count_include_pad", 0))
+        avg_pool = F.avg_pool1d if spatial == 1 else F.avg_pool2d
+        return avg_pool(x, kernel, strides, padding, ceil, include)
 
     return run
 
 
-def _batch_norm(args, attrs, name):
+def _batch_norm(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x, scale, bias, mean, var = args[:5]
     if attrs.get("training_mode", 0):
         raise UnsupportedModuleError(f"ONNX node {name}: BatchNormalization in training mode")
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, attrs.get("epsilon", 1e-5))
 
 
-def _reduce(kind: str):
-    def run(args, attrs, name):
+def _reduce(kind: Literal["mean", "sum"]) -> Operator:
+    def run(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
         x = args[0]
         axes = _axes(args, attrs)
         axes = list(range(1, x.dim())) if axes is None else [a % x.dim() for a in axes]
@@ -362,13 +388,13 @@ def _reduce(kind: str):
     return run
 
 
-def _clip(args, attrs, name):
+def _clip(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     low = args[1] if len(args) > 1 and args[1] is not None else attrs.get("min")
     high = args[2] if len(args) > 2 and args[2] is not None else attrs.get("max")
     return torch.clamp(args[0], _scalar(low), _scalar(high))
 
 
-def _scalar(value) -> float | None:
+def _scalar(value: Value) -> float | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
@@ -376,7 +402,7 @@ def _scalar(value) -> float | None:
     return float(np.asarray(value))
 
 
-def _gather(args, attrs, name):
+def _gather(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
     x, index = args[0], args[1]
     axis = attrs.get("axis", 0) % x.dim()
     if axis == 0 or isinstance(index, torch.Tensor):
@@ -389,7 +415,7 @@ def _gather(args, attrs, name):
     return taken.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
 
 
-def _split(args, attrs, name):
+def _split(args: list[Value], attrs: Attributes, name: str) -> tuple[torch.Tensor, ...]:
     x = args[0]
     axis = attrs.get("axis", 0) % x.dim()
     if axis == 0:
@@ -400,19 +426,19 @@ def _split(args, attrs, name):
     return tuple(torch.split(x, list(sizes), dim=axis))
 
 
-def _unary(function: Callable) -> Callable:
+def _unary(function: Callable[[Value], Value]) -> Operator:
     return lambda args, attrs, name: function(args[0])
 
 
-def _binary(function: Callable) -> Callable:
-    def run(args, attrs, name):
+def _binary(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Operator:
+    def run(args: list[Value], attrs: Attributes, name: str) -> torch.Tensor:
         a, b = (v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for v in args[:2])
         return function(a, b)
 
     return run
 
 
-OPERATORS: dict[str, Callable] = {
+OPERATORS: dict[str, Operator] = {
     "Gemm": _gemm,
     "MatMul": _binary(torch.matmul),
     "Add": _binary(torch.add),
@@ -457,7 +483,7 @@ OPERATORS: dict[str, Callable] = {
 }
 
 
-def reference_evaluator(proto):
+def reference_evaluator(proto: onnx.ModelProto) -> ReferenceEvaluator:
     """onnx's ``ReferenceEvaluator`` for ``proto``, with ``BatchNormalization`` in inference
     mode: the reference implementation of opsets 9–13 computes batch statistics whenever
     ``momentum`` is set (its default), where the specification, and every runtime, normalise with
@@ -469,14 +495,28 @@ def reference_evaluator(proto):
     class BatchNormalization(OpRun):
         op_domain = ""
 
-        def _run(self, x, scale, bias, mean, var, epsilon=None, **_):
+        def _run(
+            self,
+            x: np.ndarray,
+            scale: np.ndarray,
+            bias: np.ndarray,
+            mean: np.ndarray,
+            var: np.ndarray,
+            epsilon: float | None = None,
+            **_: object,
+        ) -> tuple[np.ndarray]:
             epsilon = 1e-5 if epsilon is None else epsilon
             return (_batchnorm_test_mode(x, scale, bias, mean, var, epsilon=epsilon),)
 
     return ReferenceEvaluator(proto, new_ops=[BatchNormalization])
 
 
-def _compare_with_reference(proto, module: OnnxModule, inputs, shapes) -> None:
+def _compare_with_reference(
+    proto: onnx.ModelProto,
+    module: OnnxModule,
+    inputs: Sequence[onnx.ValueInfoProto],
+    shapes: list[tuple[int, ...]],
+) -> None:
     """Run the module and onnx's reference evaluator on the same random inputs; refuse the
     import if they disagree beyond the file dtype's rounding."""
     from onnx import TensorProto
@@ -489,7 +529,7 @@ def _compare_with_reference(proto, module: OnnxModule, inputs, shapes) -> None:
         ) from error
     generator = np.random.default_rng(0)
     for _ in range(_REFERENCE_PROBES):
-        feeds = {}
+        feeds: dict[str, np.ndarray] = {}
         for value, shape in zip(inputs, shapes, strict=True):
             double = value.type.tensor_type.elem_type == TensorProto.DOUBLE
             batch = value.type.tensor_type.shape.dim[0].dim_value or 1

@@ -20,12 +20,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from lipguard import _checks
 
 
 class PageHinkley:
-    def __init__(self, delta: float = 0.005, threshold: float = 50.0, min_samples: int = 30):
+    def __init__(
+        self, delta: float = 0.005, threshold: float = 50.0, min_samples: int = 30
+    ) -> None:
         self.delta = float(delta)
         self.threshold = _checks.positive_float("threshold", threshold)
         self.min_samples = _checks.positive_int("min_samples", min_samples)
@@ -44,11 +47,12 @@ class PageHinkley:
             return True
         return False
 
-    def update_many(self, values) -> list[int]:
+    def update_many(self, values: ArrayLike) -> list[int]:
         """Vectorised :meth:`update`: cumulative sums over the batch, restarted after each
         alarm."""
         values = np.asarray(values, dtype=np.float64)
-        alarms, start = [], 0
+        alarms: list[int] = []
+        start = 0
         while start < len(values):
             segment = values[start:]
             counts = self.count + np.arange(1, len(segment) + 1)
@@ -71,7 +75,7 @@ class PageHinkley:
 class ADWIN:
     def __init__(
         self, delta: float = 0.002, max_window: int = 5000, clock: int = 16, min_split: int = 16
-    ):
+    ) -> None:
         self.delta = _checks.probability("delta", delta)
         self.max_window = _checks.positive_int("max_window", max_window)
         self.clock = _checks.positive_int("clock", clock)
@@ -100,10 +104,11 @@ class ADWIN:
             self._last += len(chunk)
             self._first = max(self._first, self._last - self.max_window)
 
-    def update_many(self, values) -> list[int]:
+    def update_many(self, values: ArrayLike) -> list[int]:
         """:meth:`update` for a batch: the window is extended up to each clock tick at once."""
         values = np.asarray(values, dtype=np.float64)
-        alarms, start = [], 0
+        alarms: list[int] = []
+        start = 0
         while start < len(values):
             until_tick = self.clock - self.seen % self.clock
             segment = values[start : start + until_tick]

@@ -14,6 +14,8 @@ for rewards of the form ``r(s, a)``, as Gymnasium returns it.
 
 from __future__ import annotations
 
+from typing import Any, SupportsFloat, TypeVar
+
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -21,11 +23,16 @@ from stable_baselines3.common.callbacks import BaseCallback
 from lipguard import _checks
 from lipguard.monitor.monitor import Event, LipschitzMonitor
 
+ObsType = TypeVar("ObsType")
+ActType = TypeVar("ActType")
 
-class MonitorWrapper(gym.Wrapper):
+
+class MonitorWrapper(gym.Wrapper[ObsType, ActType, ObsType, ActType]):
     """Monitor an environment's rewards against a Lipschitz bound on its observations."""
 
-    def __init__(self, env: gym.Env, monitor: LipschitzMonitor, batch_size: int = 64) -> None:
+    def __init__(
+        self, env: gym.Env[ObsType, ActType], monitor: LipschitzMonitor, batch_size: int = 64
+    ) -> None:
         super().__init__(env)
         self.monitor = monitor
         self.batch_size = _checks.positive_int("batch_size", batch_size)
@@ -34,13 +41,15 @@ class MonitorWrapper(gym.Wrapper):
         self._last_observation: np.ndarray | None = None
         self.events: list[Event] = []
 
-    def reset(self, **kwargs):
+    def reset(self, **kwargs: Any) -> tuple[ObsType, dict[str, Any]]:
         observation, info = self.env.reset(**kwargs)
         self._last_observation = np.asarray(observation, dtype=np.float64).reshape(-1)
         return observation, info
 
-    def step(self, action):
+    def step(self, action: ActType) -> tuple[ObsType, SupportsFloat, bool, bool, dict[str, Any]]:
         observation, reward, terminated, truncated, info = self.env.step(action)
+        if self._last_observation is None:
+            raise RuntimeError("MonitorWrapper: call reset() before step()")
         self._states.append(self._last_observation)
         self._rewards.append(float(reward))
         self._last_observation = np.asarray(observation, dtype=np.float64).reshape(-1)
@@ -74,6 +83,8 @@ class MonitorCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         rewards = np.asarray(self.locals["rewards"], dtype=np.float64).reshape(-1)
+        if self._previous is None:  # set by _on_rollout_start, which SB3 calls first
+            raise RuntimeError("MonitorCallback: a step before the rollout started")
         states = self._previous.reshape(len(rewards), -1)
         found = self.monitor.observe(states, rewards).events
         self.events += found

@@ -30,18 +30,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 from torch import nn
 
 from lipguard import _checks
+from lipguard._gradients import input_gradient_norms
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
-from lipguard.monitor.pairs import PoolIndex, find_violations
+from lipguard.monitor.pairs import PairViolations, PoolIndex, find_violations
 from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
-from lipguard.norm import dual_norm, parse_norm
+from lipguard.norm import NormLike, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
+
+#: states, rewards, bounds ``L(s)``, ids (steps or reference indices) and slacks of a pool
+_Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: the violations found against one pool: its name, its ids and the pairs
+_Found = tuple[str, np.ndarray, PairViolations]
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class LipschitzMonitor:
     def __init__(
         self,
         lipschitz: float | Callable[[np.ndarray], np.ndarray],
-        norm: float | str = 2,
+        norm: NormLike = 2,
         *,
         window: int = 1024,
         reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
@@ -147,7 +154,9 @@ class LipschitzMonitor:
         self._steps = np.zeros(0, dtype=np.int64)
         self._bounds = np.zeros(0)  # L(s) of the window's states, computed once
         self._slacks = np.zeros(0)  # the window's floating-point slacks
+        self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, PoolIndex, np.ndarray] | None
         self._reference = None
+        self._envelope_tree: cKDTree | None = None
         if reference is not None:
             states, rewards = (np.asarray(_numpy(a), dtype=np.float64) for a in reference)
             if states.ndim != 2 or rewards.shape != (len(states),):
@@ -160,7 +169,7 @@ class LipschitzMonitor:
             self._envelope_tree = cKDTree(states) if envelope_radius is not None else None
         elif envelope_radius is not None:
             raise InvalidArgumentError("a safety envelope needs reference states")
-        self._detectors = (
+        self._detectors: dict[str, PageHinkley | ADWIN] = (
             {
                 "violations/page-hinkley": PageHinkley(delta=0.005, threshold=20.0),
                 "violations/adwin": ADWIN(clock=128),  # window checks off the hot path
@@ -170,11 +179,11 @@ class LipschitzMonitor:
             else {}
         )
         if self.store is not None:
-            self.store.append([("monitor_started", self._settings(lipschitz, reference))])
+            self.store.append([("monitor_started", self._settings(lipschitz))])
 
-    def _settings(self, lipschitz, reference) -> dict:
+    def _settings(self, lipschitz: float | Callable[[np.ndarray], np.ndarray]) -> dict[str, object]:
         """What the audit trail records about this monitor when it starts."""
-        settings = {
+        settings: dict[str, object] = {
             "lipschitz": "state-dependent" if callable(lipschitz) else float(lipschitz),
             "norm": "inf" if self.norm == math.inf else "2",
             "window": self.window,
@@ -191,13 +200,17 @@ class LipschitzMonitor:
             settings["reference"] = {"count": len(states), "sha256": digest}
         return settings
 
-    def _slacks_of(self, states, rewards, given, bounds) -> np.ndarray:
+    def _slacks_of(
+        self, states: np.ndarray, rewards: np.ndarray, given: object, bounds: np.ndarray
+    ) -> np.ndarray:
         if self._slack is None:
             return np.zeros(len(states))
         dtype = reward_dtype(given, self.model)
         return self._slack.observations(states, rewards, dtype, bounds)
 
-    def observe(self, states, rewards) -> Observation:
+    def observe(
+        self, states: ArrayLike | torch.Tensor, rewards: ArrayLike | torch.Tensor
+    ) -> Observation:
         """Check a batch of observations (states ``(N, d)``, rewards ``(N,)``) and remember them.
 
         Transactional: the batch's events and its summary record are appended to the audit
@@ -249,9 +262,16 @@ class LipschitzMonitor:
             raise InvalidArgumentError("L(s) returned a bound that is not finite and > 0")
         return bounds
 
-    def _pair_search(self, states, rewards, bounds, steps, slacks) -> list:
+    def _pair_search(
+        self,
+        states: np.ndarray,
+        rewards: np.ndarray,
+        bounds: np.ndarray,
+        steps: np.ndarray,
+        slacks: np.ndarray,
+    ) -> list[_Found]:
         """Violating pairs against the window, the batch itself and the reference set."""
-        pools = [
+        pools: list[tuple[str, _Pool, PoolIndex | None, bool]] = [
             (
                 "window",
                 (self._states, self._rewards, self._bounds, self._steps, self._slacks),
@@ -261,12 +281,17 @@ class LipschitzMonitor:
             ("batch", (states, rewards, bounds, steps, slacks), None, True),
         ]
         if self._reference is not None:
-            ref_states, ref_rewards, ref_bounds, index, ref_slacks = self._reference
+            ref_states, ref_rewards, ref_bounds, ref_index, ref_slacks = self._reference
             ids = np.arange(len(ref_states))
             pools.append(
-                ("reference", (ref_states, ref_rewards, ref_bounds, ids, ref_slacks), index, False)
+                (
+                    "reference",
+                    (ref_states, ref_rewards, ref_bounds, ids, ref_slacks),
+                    ref_index,
+                    False,
+                )
             )
-        found_by_pool = []
+        found_by_pool: list[_Found] = []
         for name, pool, index, self_pairs in pools:
             pool_states, pool_rewards, pool_bounds, pool_ids, pool_slacks = pool
             if len(pool_states) == 0:
@@ -290,10 +315,15 @@ class LipschitzMonitor:
             found_by_pool.append((name, pool_ids, found))
         return found_by_pool
 
-    def _violations(self, found_by_pool, steps, worst_ratio) -> list[Event]:
+    def _violations(
+        self, found_by_pool: list[_Found], steps: np.ndarray, worst_ratio: np.ndarray
+    ) -> list[Event]:
         """Violation events (every pair, or each observation's worst) and, in place, each new
         observation's largest observed ratio."""
-        chosen = []  # (pool name, pool ids, found, ratios, positions, pair counts or None)
+        # (pool name, pool ids, found, ratios, positions, pair counts or None)
+        chosen: list[
+            tuple[str, np.ndarray, PairViolations, np.ndarray, np.ndarray, np.ndarray | None]
+        ] = []
         ratios = []
         for _, _, found in found_by_pool:
             safe = np.where(found.distance > 0, found.distance, 1.0)
@@ -319,10 +349,10 @@ class LipschitzMonitor:
                 picked = heads[pool[heads] == k]
                 chosen.append((name, pool_ids, found, ratio[picked], position[picked], counts))
         events = []
-        for name, pool_ids, found, ratio, positions, counts in chosen:
-            for r, p in zip(ratio, positions, strict=True):
+        for name, pool_ids, found, pair_ratios, positions, pair_counts in chosen:
+            for r, p in zip(pair_ratios, positions, strict=True):
                 i = found.first[p]
-                details = {
+                details: dict[str, object] = {
                     "against": name,
                     "other": int(pool_ids[found.second[p]]),
                     "distance": float(found.distance[p]),
@@ -330,13 +360,13 @@ class LipschitzMonitor:
                     "bound": float(found.bound[p]),
                     "ratio": float(r),
                 }
-                if counts is not None:
-                    details["pairs"] = int(counts[i])
+                if pair_counts is not None:
+                    details["pairs"] = int(pair_counts[i])
                 events.append(Event("violation", int(steps[i]), details))
         return sorted(events, key=lambda e: e.step) if self.pairs == "worst" else events
 
-    def _envelope(self, states, steps) -> list[Event]:
-        if self.envelope_radius is None:
+    def _envelope(self, states: np.ndarray, steps: np.ndarray) -> list[Event]:
+        if self.envelope_radius is None or self._envelope_tree is None:
             return []
         distance, _ = self._envelope_tree.query(states, p=self.norm)
         outside = np.nonzero(distance > self.envelope_radius)[0]
@@ -349,7 +379,9 @@ class LipschitzMonitor:
             for i in outside
         ]
 
-    def _model_checks(self, states, steps, bounds) -> list[Event]:
+    def _model_checks(
+        self, states: np.ndarray, steps: np.ndarray, bounds: np.ndarray
+    ) -> list[Event]:
         if self.model is None:
             return []
         events = []
@@ -374,8 +406,7 @@ class LipschitzMonitor:
         points = torch.as_tensor(states, dtype=dtype).requires_grad_(True)
         with torch.enable_grad(), _checks.evaluating(self.model):
             outputs = self.model(points).reshape(len(states), -1)[:, 0]
-            (gradient,) = torch.autograd.grad(outputs.sum(), points)
-        norms = torch.linalg.vector_norm(gradient, ord=dual_norm(self.norm), dim=1).numpy()
+            norms = input_gradient_norms(outputs, points, self.norm).numpy()
         factor = self._slack.gradient_factor() if self._slack is not None else 0.0
         for i in np.nonzero(norms > bounds * (1 + factor) + self.tolerance)[0]:
             events.append(
@@ -388,7 +419,12 @@ class LipschitzMonitor:
         return events
 
     @staticmethod
-    def _drift(detectors, steps, worst_ratio, bounds) -> list[Event]:
+    def _drift(
+        detectors: dict[str, PageHinkley | ADWIN],
+        steps: np.ndarray,
+        worst_ratio: np.ndarray,
+        bounds: np.ndarray,
+    ) -> list[Event]:
         indicator = (worst_ratio > bounds).astype(np.float64)
         events = []
         for name, detector in detectors.items():
@@ -397,7 +433,14 @@ class LipschitzMonitor:
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
         return sorted(events, key=lambda e: e.step)
 
-    def _remember(self, states, rewards, steps, bounds, slacks) -> None:
+    def _remember(
+        self,
+        states: np.ndarray,
+        rewards: np.ndarray,
+        steps: np.ndarray,
+        bounds: np.ndarray,
+        slacks: np.ndarray,
+    ) -> None:
         if self._states.size == 0:
             self._states = np.zeros((0, states.shape[1]))
         self._states = np.concatenate([self._states, states])[-self.window :]
@@ -414,7 +457,13 @@ class LipschitzMonitor:
                 callback(event)
 
 
-def _summary(states, rewards, steps, worst_ratio, events) -> dict:
+def _summary(
+    states: np.ndarray,
+    rewards: np.ndarray,
+    steps: np.ndarray,
+    worst_ratio: np.ndarray,
+    events: list[Event],
+) -> dict[str, object]:
     """The audit record of one checked batch: it shows the operation, not only the alarms."""
     digest = hashlib.sha256(states.tobytes() + rewards.tobytes()).hexdigest()
     worst = float(worst_ratio.max())
@@ -427,7 +476,7 @@ def _summary(states, rewards, steps, worst_ratio, events) -> dict:
     }
 
 
-def _numpy(values):
+def _numpy(values: ArrayLike | torch.Tensor) -> ArrayLike:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return values

@@ -21,11 +21,15 @@ bounds the result (one pair per query).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
+
+from lipguard.norm import NormLike, parse_norm
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
 MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
@@ -39,7 +43,7 @@ class PoolIndex:
     distances there are lower bounds of the full ones, so the tree still returns every pair
     within a radius (plus some further ones, which the exact check removes)."""
 
-    def __init__(self, states: np.ndarray):
+    def __init__(self, states: ArrayLike) -> None:
         states = _as_rows(states)
         if states.shape[1] > TREE_DIMENSIONS:
             widest = np.argsort(states.var(0))[-TREE_DIMENSIONS:]
@@ -62,11 +66,12 @@ class PairViolations:
     count: np.ndarray | None = None  # with worst=True: each query's number of violating pairs
 
 
-def _norm_order(norm: float) -> float:
-    return math.inf if norm == math.inf else 2.0
+def _norm_order(norm: NormLike) -> float:
+    """ℓ∞ for ``inf``; ℓ2 otherwise."""
+    return math.inf if parse_norm(norm) == math.inf else 2.0
 
 
-def _as_rows(states) -> np.ndarray:
+def _as_rows(states: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(states, dtype=np.float64)
 
 
@@ -83,7 +88,7 @@ def find_violations(
     lipschitz: float | np.ndarray,
     *,
     pool_lipschitz: np.ndarray | None = None,
-    norm: float = 2.0,
+    norm: NormLike = 2.0,
     tolerance: float = 0.0,
     noise_floor: float = 0.0,
     index: PoolIndex | None = None,
@@ -158,7 +163,9 @@ class _Problem:
         # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
         return np.where(reach > 0, reach / smallest * (1 + 1e-9) + 1e-12, -1.0)
 
-    def pair_terms(self, rows, cols):
+    def pair_terms(
+        self, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(L of the pair, |Δr|, tolerance + both slacks)`` for candidate pairs."""
         pair_l = self.la[rows]
         if self.lb is not None:
@@ -166,7 +173,7 @@ class _Problem:
         difference = np.abs(self.ra[rows] - self.rb[cols])
         return pair_l, difference, self.tolerance + self.sa[rows] + self.sb[cols]
 
-    def check(self, rows, cols) -> PairViolations:
+    def check(self, rows: np.ndarray, cols: np.ndarray) -> PairViolations:
         """The exact test on candidate pairs, with exact distances, in bounded blocks."""
         if self.exclude_self:
             keep = cols > rows
@@ -203,7 +210,14 @@ _FIELDS = ("first", "second", "distance", "difference", "bound")
 def _worst_per_query(found: PairViolations, m: int) -> PairViolations:
     """Each query's pair with the largest ratio (ties: lowest pool index), with pair counts."""
     if len(found.first) == 0:
-        return PairViolations(*(getattr(found, f) for f in _FIELDS), np.zeros(0, dtype=np.int64))
+        return PairViolations(
+            found.first,
+            found.second,
+            found.distance,
+            found.difference,
+            found.bound,
+            np.zeros(0, dtype=np.int64),
+        )
     safe = np.where(found.distance > 0, found.distance, 1.0)
     ratio = np.where(found.distance > 0, found.difference / safe, math.inf)
     order = np.lexsort((found.second, -ratio, found.first))
@@ -228,7 +242,9 @@ def _distances(diff: torch.Tensor, p: float) -> np.ndarray:
     return norms.numpy()
 
 
-def _pair_distances(a, b, rows, cols, p) -> np.ndarray:
+def _pair_distances(
+    a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: float
+) -> np.ndarray:
     """``d(a[rows[k]], b[cols[k]])`` for every k."""
     first = torch.from_numpy(a).index_select(0, torch.from_numpy(rows))
     return _distances(first - torch.from_numpy(b).index_select(0, torch.from_numpy(cols)), p)
@@ -240,7 +256,9 @@ def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return _distances(first[:, None, :] - second[None, :, :], p)
 
 
-def _tree_blocks(problem: _Problem, radius, index: PoolIndex):
+def _tree_blocks(
+    problem: _Problem, radius: np.ndarray, index: PoolIndex
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate blocks within ``radius`` from the pool's KD-tree (on its widest coordinates: a
     coordinate projection never lengthens a difference in ℓ2 or ℓ∞, so no pair is missed), a
     bounded number of candidates per block. Falls back to dense blocks when the radii cover
@@ -265,7 +283,7 @@ def _tree_blocks(problem: _Problem, radius, index: PoolIndex):
         yield rows, cols
 
 
-def _dense_blocks(problem: _Problem, radius):
+def _dense_blocks(problem: _Problem, radius: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate blocks from all pairs, a few query rows at a time (temporaries within
     ``MEMORY_BUDGET``). A pair is a candidate when it can violate given a *lower bound* of its
     distance: ℓ2 from the Gram identity ``|a|² + |b|² - 2a·b`` minus its rounding error (one
@@ -304,15 +322,15 @@ def _dense_blocks(problem: _Problem, radius):
 
 
 def brute_force_violations(
-    states,
-    rewards,
-    pool_states,
-    pool_rewards,
-    lipschitz,
+    states: np.ndarray,
+    rewards: np.ndarray,
+    pool_states: np.ndarray,
+    pool_rewards: np.ndarray,
+    lipschitz: float | np.ndarray,
     *,
-    norm=2.0,
-    tolerance=0.0,
-    noise_floor=0.0,
+    norm: NormLike = 2.0,
+    tolerance: float = 0.0,
+    noise_floor: float = 0.0,
 ) -> set[tuple[int, int]]:
     """All violating index pairs by checking every pair (the oracle of the tests)."""
     distance = _dense_distances(_as_rows(states), _as_rows(pool_states), _norm_order(norm))

@@ -67,20 +67,23 @@ class FloatingPointSlack:
         from lipguard.bounds.frontend import to_graph
         from lipguard.bounds.rounding import forward_error
 
-        dtype = model_dtype(self.model)
+        model = self.model
+        if model is None:  # observations() asks only when there is a model
+            return np.zeros(len(states))
+        dtype = model_dtype(model)
         exact = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float64))
         rounded = exact.to(dtype).to(torch.float64)
         try:
             with torch.no_grad():
-                graph = to_graph(self.model, (tuple(exact.shape[1:]),))
+                graph = to_graph(model, (tuple(exact.shape[1:]),))
         except LipguardError as error:
             if not self._warned:
                 logger.warning("tolerance='auto' cannot bound the model's rounding: %s", error)
                 self._warned = True
             return np.zeros(len(states))
-        error = forward_error(graph, rounded, dtype)[:, 0].numpy()
+        forward = forward_error(graph, rounded, dtype)[:, 0].numpy()
         moved = torch.linalg.vector_norm(rounded - exact, ord=self.norm, dim=1).numpy()
-        return error + bounds * moved
+        return forward + bounds * moved
 
     def gradient_factor(self) -> float:
         """Relative slack of a computed input gradient: ``2·Σ γ_{k+1}`` over the model's affine

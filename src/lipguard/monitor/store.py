@@ -37,12 +37,15 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -59,9 +62,12 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from lipguard.errors import AuditError, InvalidArgumentError
+from lipguard.results import Check, Report
 
 FORMAT = "lipguard-audit/2"
 GENESIS = "0" * 64
@@ -70,6 +76,12 @@ HEADER_KIND = "log_created"
 TABLE = "audit_records"
 ATTEMPTS = 8  # appends retried this many times on lock contention before failing
 BUSY_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
+#: a record's payload: a JSON object
+Payload = Mapping[str, object]
+#: a stored row: ``(seq, created, kind, canonical payload, prev_hash, hash)``
+_Row = tuple[int, str, str, str, str, str]
 
 
 def _table(metadata: MetaData) -> Table:
@@ -85,7 +97,7 @@ def _table(metadata: MetaData) -> Table:
     )
 
 
-def canonical(payload: Mapping) -> str:
+def canonical(payload: Payload) -> str:
     """The payload's canonical JSON (sorted keys, no spaces; ``Infinity`` as Python writes it)."""
     try:
         return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=float)
@@ -107,19 +119,26 @@ class AuditRecord:
     seq: int
     created: str
     kind: str
-    payload: dict
+    payload: dict[str, Any]
     prev_hash: str
     hash: str
 
 
 @dataclass(frozen=True)
-class VerifyReport:
-    """``ok`` when the chain (and the checkpoint, if one was given) verified; ``records`` counts
-    the records read; ``problems`` names each failure."""
+class AuditVerification(Report):
+    """The outcome of :meth:`AuditStore.verify`: ``ok`` when the chain (and the checkpoint, if one
+    was given) verified; one failed check per problem found; ``records`` counts the records
+    read."""
 
-    ok: bool
-    records: int
-    problems: list[str] = field(default_factory=list)
+    records: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        """What failed, one sentence per problem."""
+        return [check.detail for check in self.failures]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "records": self.records}
 
 
 @dataclass(frozen=True)
@@ -136,10 +155,9 @@ class Checkpoint:
     mac: str | None = None
 
     def claims(self) -> bytes:
-        fields = (self.log_id, str(self.count), self.head, self.created, str(self.keyed))
-        return encode(*fields)
+        return encode(self.log_id, self.count, self.head, self.created, str(self.keyed))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT + "-checkpoint", **asdict(self)}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
@@ -249,7 +267,7 @@ class AuditStore:
 
     # -- opening -------------------------------------------------------------------------------
 
-    def _engine(self, create: bool):
+    def _engine(self, create: bool) -> Engine:
         if not self.url.startswith("sqlite"):
             return create_engine(self.url)
         path = self.url.removeprefix("sqlite:///")
@@ -284,9 +302,9 @@ class AuditStore:
                     "key_id": None if self.key is None else _key_id(self.key),
                     "mac": "hmac-sha256" if self.key is not None else "sha256",
                 }
-                self._insert_chained(connection, [(HEADER_KIND, header)], (0, GENESIS))
+                self._insert_chained(connection, [(HEADER_KIND, canonical(header))], (0, GENESIS))
 
-    def _header(self) -> dict | None:
+    def _header(self) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
             row = connection.execute(select(self.table).where(self.table.c.seq == 1)).first()
         if row is None or row.kind != HEADER_KIND:
@@ -313,7 +331,7 @@ class AuditStore:
             )
         if not keyed and self.key is not None:
             raise AuditError("this audit log is not keyed: a key cannot be added to it later")
-        if keyed and self.header.get("key_id") != _key_id(self.key):
+        if self.key is not None and self.header.get("key_id") != _key_id(self.key):
             raise AuditError("the key is not this audit log's key")
 
     @property
@@ -322,13 +340,13 @@ class AuditStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _writing(self):
+    def _writing(self) -> _Locked:
         """A write transaction that holds the log's write lock until it ends."""
         if not self.writable:
             raise AuditError("this audit store was opened read-only")
         return _Locked(self.engine)
 
-    def _retrying(self, action):
+    def _retrying(self, action: Callable[[], T]) -> T:
         """Run ``action`` (a whole transaction), retrying on lock contention and on a
         concurrent writer's duplicate sequence number."""
         delay = 0.01
@@ -348,7 +366,7 @@ class AuditStore:
             return hmac.new(self.key, message, hashlib.sha256).hexdigest()
         return hashlib.sha256(message).hexdigest()
 
-    def _last(self, connection) -> tuple[int, str] | None:
+    def _last(self, connection: Connection) -> tuple[int, str] | None:
         row = connection.execute(
             select(self.table.c.seq, self.table.c.hash).order_by(self.table.c.seq.desc()).limit(1)
         ).first()
@@ -372,7 +390,7 @@ class AuditStore:
         mac = hmac.new(self.key, unsigned.claims(), hashlib.sha256).hexdigest()
         return Checkpoint(self.log_id, count, head, created, True, mac)
 
-    def append(self, records: Iterable[tuple[str, Mapping]]) -> int:
+    def append(self, records: Iterable[tuple[str, Payload]]) -> int:
         """Append ``(kind, payload)`` records in one transaction; returns the last ``seq``.
         The records are durable when this returns; nothing is written if it raises."""
         prepared = []
@@ -392,27 +410,29 @@ class AuditStore:
                 last = self._last(connection)
                 if last is None:
                     raise AuditError("the audit log lost its header while open")
-                return self._insert_chained(connection, prepared, last, encoded=True)
+                return self._insert_chained(connection, prepared, last)
 
         try:
             return self._retrying(transaction)
         except SQLAlchemyError as error:
             raise AuditError(f"cannot append to the audit store: {_reason(error)}") from None
 
-    def _insert_chained(self, connection, records, last, *, encoded: bool = False) -> int:
+    def _insert_chained(
+        self, connection: Connection, records: Sequence[tuple[str, str]], last: tuple[int, str]
+    ) -> int:
+        """Insert ``(kind, canonical payload)`` records after ``last = (seq, hash)``."""
         seq, prev = last
         created = datetime.datetime.now(datetime.UTC).isoformat()  # the batch's time
-        rows = []
+        rows: list[_Row] = []
         for kind, payload in records:
             seq += 1
-            text_ = payload if encoded else canonical(payload)
-            digest = self._hash(prev, seq, created, kind, text_)
-            rows.append((seq, created, kind, text_, prev, digest))
+            digest = self._hash(prev, seq, created, kind, payload)
+            rows.append((seq, created, kind, payload, prev, digest))
             prev = digest
         self._insert(connection, rows)
         return seq
 
-    def _insert(self, connection, rows: list[tuple]) -> None:
+    def _insert(self, connection: Connection, rows: list[_Row]) -> None:
         """One ``executemany`` on the transaction's own DBAPI connection: SQLAlchemy's
         per-row parameter processing would halve the write throughput. Drivers with other
         parameter styles go through SQLAlchemy."""
@@ -450,14 +470,16 @@ class AuditStore:
 
     def count(self) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(self.table)).scalar())
+            return int(
+                connection.execute(select(func.count()).select_from(self.table)).scalar_one()
+            )
 
     def verify(
         self,
         expected_head: tuple[int, str] | None = None,
         *,
         checkpoint: Checkpoint | None = None,
-    ) -> VerifyReport:
+    ) -> AuditVerification:
         """Recompute the chain; report every edited, missing or out-of-order record, a missing or
         foreign header, and — given ``expected_head=(seq, hash)`` or a ``checkpoint`` — a log
         that no longer holds that record unchanged (truncated, rewritten or swapped)."""
@@ -491,9 +513,13 @@ class AuditStore:
             )
         if count == 0:
             problems.append("the log holds no records")
-        return VerifyReport(not problems, count, problems)
+        checks = [Check("audit log", "fail", problem) for problem in problems]
+        if not problems:
+            anchored = " up to the checkpoint's head" if checkpoint or expected_head else ""
+            checks.append(Check("audit log", "pass", f"{count} records chain{anchored}"))
+        return AuditVerification(tuple(checks), count)
 
-    def _row_problems(self, row, expected_seq: int, prev: str) -> list[str]:
+    def _row_problems(self, row: Row[Any], expected_seq: int, prev: str) -> list[str]:
         problems = []
         if row.seq != expected_seq:
             problems.append(
@@ -532,10 +558,10 @@ class _Locked:
     ``BEGIN IMMEDIATE``; PostgreSQL: ``pg_advisory_xact_lock``; others: ``SELECT … FOR UPDATE``
     semantics of the dialect are not relied on)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def __enter__(self):
+    def __enter__(self) -> Connection:
         self.connection = self.engine.connect()
         if self.engine.dialect.name == "sqlite":
             self.connection = self.connection.execution_options(sqlite_begin="IMMEDIATE")
@@ -548,7 +574,12 @@ class _Locked:
             raise
         return self.connection
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         try:
             if kind is None and self.transaction.is_active:
                 self.transaction.commit()
@@ -594,7 +625,7 @@ def _reason(error: SQLAlchemyError) -> str:
     return str(orig if orig is not None else error).splitlines()[0]
 
 
-def _payload(text_: str) -> dict:
+def _payload(text_: str) -> dict[str, Any]:
     try:
         value = json.loads(text_)
     except ValueError:
@@ -602,11 +633,11 @@ def _payload(text_: str) -> dict:
     return value if isinstance(value, dict) else {"unreadable": text_}
 
 
-def _sqlite_reader(connection, _) -> None:
+def _sqlite_reader(connection: sqlite3.Connection, _: ConnectionPoolEntry) -> None:
     connection.isolation_level = None  # transactions are begun by _sqlite_begin
 
 
-def _sqlite_writer(connection, record) -> None:
+def _sqlite_writer(connection: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
     _sqlite_reader(connection, record)
     cursor = connection.cursor()
     try:
@@ -616,6 +647,6 @@ def _sqlite_writer(connection, record) -> None:
         cursor.close()
 
 
-def _sqlite_begin(connection) -> None:
+def _sqlite_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")

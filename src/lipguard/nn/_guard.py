@@ -10,7 +10,7 @@ an optimiser, ``.data`` or ``load_state_dict``, triggers a new certificate.
 
 from __future__ import annotations
 
-import math
+import abc
 
 import torch
 
@@ -22,6 +22,7 @@ from lipguard.linalg import (
     spectral_norm_certificate,
     underflow_margin,
 )
+from lipguard.nn.base import LipschitzLinear
 
 
 class SpectralGuard:
@@ -63,8 +64,9 @@ class SpectralGuard:
         cached = self._vectors
         if cached is None or cached[0] is not certificate or cached[1].dtype != dtype:
             left = certificate.left_vector.to(dtype)
-            self._vectors = (certificate, left, certificate.right_vector.to(dtype))
-        return self._vectors[1], self._vectors[2]
+            cached = (certificate, left, certificate.right_vector.to(dtype))
+            self._vectors = cached
+        return cached[1], cached[2]
 
 
 def safe_scale(
@@ -146,6 +148,32 @@ class EffectiveWeightCache:
         return self._weight
 
 
-def mul_up(a: float, b: float) -> float:
-    """``a·b`` rounded towards +inf (one ulp up from round-to-nearest), for products of bounds."""
-    return math.nextafter(a * b, math.inf)
+class GuardedLinear(LipschitzLinear):
+    """A :class:`LipschitzLinear` with :class:`torch.nn.Linear`'s constructor whose weight goes
+    through a :class:`SpectralGuard` (``self._guard``).
+
+    Subclasses create their parameters in :meth:`_init_parameters`, which runs after the base
+    class has drawn the bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        lipschitz: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, bias=bias, lipschitz=lipschitz, device=device, dtype=dtype
+        )
+        self._guard = SpectralGuard()
+        self._init_parameters(
+            torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
+        )
+
+    @abc.abstractmethod
+    def _init_parameters(self, initial: torch.Tensor) -> None:
+        """Create the layer's parameters; ``initial`` is an uninitialised ``(out, in)`` tensor
+        on the layer's device, in its dtype."""

@@ -16,6 +16,9 @@ class DiagonalAffine(nn.Module):
     it stay certifiable.
     """
 
+    scale: torch.Tensor
+    offset: torch.Tensor
+
     def __init__(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
         super().__init__()
         scale, offset = torch.as_tensor(scale).flatten(), torch.as_tensor(offset).flatten()

@@ -57,7 +57,7 @@ class _Features:
 def _record_group_sort_inputs(model: nn.Module, example: torch.Tensor) -> dict[int, _Features]:
     recorded: dict[int, _Features] = {}
 
-    def record(module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
         x = args[0]
         recorded[id(module)] = _Features(x.shape[-1], x.dtype, x.device)
 

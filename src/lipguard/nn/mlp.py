@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError
-from lipguard.nn._guard import mul_up
+from lipguard.linalg import down, mul_up
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.spectral import SpectralLinear
 from lipguard.results import LipschitzBound
 
+#: the constrained linear layer a :class:`LipschitzMLP` is built from
+LayerKind = Literal["spectral", "orthogonal", "svd"]
+#: the activation between its layers
+ActivationKind = Literal["groupsort", "maxmin", "relu"]
+
 LAYERS: dict[str, type[LipschitzLinear]] = {
     "spectral": SpectralLinear,
     "orthogonal": OrthogonalLinear,
     "svd": SVDLinear,
 }
-ACTIVATIONS = ("groupsort", "maxmin", "relu")
+ACTIVATIONS: tuple[ActivationKind, ...] = get_args(ActivationKind)
 
 
 def split_lipschitz(lipschitz: float, parts: int) -> list[float]:
@@ -41,12 +46,12 @@ def split_lipschitz(lipschitz: float, parts: int) -> list[float]:
         head = mul_up(head, value)
     last = min(factor, lipschitz / head)
     while mul_up(head, last) > lipschitz:
-        last = math.nextafter(last, 0.0)
+        last = down(last)
     factors[-1] = last
     return factors
 
 
-def _activation(name: str, group_size: int) -> nn.Module:
+def _activation(name: ActivationKind, group_size: int) -> nn.Module:
     if name == "groupsort":
         return GroupSort(group_size)
     if name == "maxmin":
@@ -82,9 +87,9 @@ class LipschitzMLP(nn.Sequential):
         hidden: Sequence[int] = (64, 64),
         *,
         lipschitz: float = 1.0,
-        activation: str = "groupsort",
+        activation: ActivationKind = "groupsort",
         group_size: int = 2,
-        layer: str = "spectral",
+        layer: LayerKind = "spectral",
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

@@ -8,8 +8,7 @@ import math
 import torch
 from torch import nn
 
-from lipguard.nn._guard import EffectiveWeightCache, SpectralGuard
-from lipguard.nn.base import LipschitzLinear
+from lipguard.nn._guard import EffectiveWeightCache, GuardedLinear
 
 
 def orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
@@ -28,14 +27,17 @@ def orthonormal(matrix: torch.Tensor) -> torch.Tensor:
     return orthonormal_columns(matrix) if rows >= cols else orthonormal_columns(matrix.T).T
 
 
-class _ClippedFactorLayer(LipschitzLinear):
+class _ClippedFactorLayer(GuardedLinear):
     """Shared machinery: a raw weight built from factors, certified and shrunk if rounding
     pushed its spectral norm over the target."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._guard = SpectralGuard()
+    def _init_parameters(self, initial: torch.Tensor) -> None:
         self._cache = EffectiveWeightCache()
+        self._init_factors(initial)
+
+    @abc.abstractmethod
+    def _init_factors(self, initial: torch.Tensor) -> None:
+        """Create the factors' parameters (see :meth:`GuardedLinear._init_parameters`)."""
 
     def _sources(self) -> tuple[torch.Tensor, ...]:
         return tuple(p for name, p in self.named_parameters() if name != "bias")
@@ -72,19 +74,7 @@ class OrthogonalLinear(_ClippedFactorLayer):
     gradient; with frozen parameters the weight is cached.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        lipschitz: float = 1.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features, out_features, bias=bias, lipschitz=lipschitz, device=device, dtype=dtype
-        )
-        initial = torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
+    def _init_factors(self, initial: torch.Tensor) -> None:
         wide = torch.empty_like(initial, dtype=torch.promote_types(initial.dtype, torch.float32))
         self.weight = nn.Parameter(nn.init.orthogonal_(wide).to(initial.dtype))
 
@@ -106,19 +96,7 @@ class SVDLinear(_ClippedFactorLayer):
     after an optimiser step to move the parameter back to the bound (projected gradient descent).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        lipschitz: float = 1.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features, out_features, bias=bias, lipschitz=lipschitz, device=device, dtype=dtype
-        )
-        initial = torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
+    def _init_factors(self, initial: torch.Tensor) -> None:
         nn.init.kaiming_uniform_(initial, a=math.sqrt(5))
         wide = torch.promote_types(initial.dtype, torch.float32)  # no half-precision SVD on CPU
         u, s, vh = torch.linalg.svd(initial.to(wide), full_matrices=False)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lipguard import _checks
+from lipguard._gradients import input_gradient_norms
 from lipguard.errors import ShapeError
-from lipguard.norm import dual_norm
+from lipguard.norm import Norm, NormLike
 
 
 def gradient_penalty(
@@ -18,7 +19,7 @@ def gradient_penalty(
     lipschitz: float,
     *,
     one_sided: bool = True,
-    norm: float | str = 2,
+    norm: NormLike = 2,
     interpolate_with: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -43,6 +44,7 @@ def gradient_penalty(
         generator: random generator for ``α``.
     """
     target = _checks.positive_float("lipschitz", lipschitz)
+    norm = Norm.parse(norm)
     _checks.finite_tensor("x", x)
     if x.dim() < 1 or x.shape[0] == 0:
         raise ShapeError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
@@ -65,9 +67,26 @@ def gradient_penalty(
             f"gradient_penalty needs one scalar output per sample, got shape "
             f"{tuple(outputs.shape)} for a batch of {x.shape[0]}; reduce the output first"
         )
-    (gradient,) = torch.autograd.grad(outputs.sum(), points, create_graph=True)
-    gradient_norm = torch.linalg.vector_norm(gradient.flatten(1), ord=dual_norm(norm), dim=1)
-    excess = gradient_norm - target
+    return gradient_penalty_from_outputs(outputs, points, target, norm=norm, one_sided=one_sided)
+
+
+def gradient_penalty_from_outputs(
+    outputs: torch.Tensor,
+    points: torch.Tensor,
+    lipschitz: float | torch.Tensor,
+    *,
+    norm: NormLike = 2,
+    one_sided: bool = True,
+) -> torch.Tensor:
+    """The penalty of :func:`gradient_penalty` for outputs already computed.
+
+    For callers that need the forward pass for more than the penalty (a training loss, say):
+    ``outputs`` holds one scalar per sample, computed from ``points`` (which require a gradient),
+    and ``lipschitz`` is the target, a float or one value per sample (shape ``(N,)``, a
+    state-dependent target). Nothing is validated here; the result keeps its graph.
+    """
+    size = input_gradient_norms(outputs, points, norm, create_graph=True)
+    excess = size - lipschitz
     if one_sided:
         excess = F.relu(excess)
     return (excess * excess).mean()

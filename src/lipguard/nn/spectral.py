@@ -7,11 +7,10 @@ import math
 import torch
 from torch import nn
 
-from lipguard.nn._guard import SpectralGuard, safe_scale
-from lipguard.nn.base import LipschitzLinear
+from lipguard.nn._guard import GuardedLinear, safe_scale
 
 
-class SpectralLinear(LipschitzLinear):
+class SpectralLinear(GuardedLinear):
     """Drop-in for :class:`torch.nn.Linear` whose weight has spectral norm ``<= lipschitz``.
 
     The layer stores a free parameter ``weight`` (shape and initialisation of ``nn.Linear``) and
@@ -49,24 +48,12 @@ class SpectralLinear(LipschitzLinear):
         device, dtype: as for ``nn.Linear``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        lipschitz: float = 1.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features, out_features, bias=bias, lipschitz=lipschitz, device=device, dtype=dtype
-        )
-        self.weight = nn.Parameter(
-            torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
-        )
+    #: the scaled weight while the parameter is frozen: (certificate, scale, weight)
+    _frozen: tuple[object, float, torch.Tensor] | None = None
+
+    def _init_parameters(self, initial: torch.Tensor) -> None:
+        self.weight = nn.Parameter(initial)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's initialisation
-        self._guard = SpectralGuard()
-        self._frozen: tuple[object, float, torch.Tensor] | None = None
 
     def effective_weight(self) -> torch.Tensor:
         certificate = self._guard.certificate(self.weight)

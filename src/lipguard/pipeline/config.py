@@ -16,10 +16,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from lipguard.bounds.api import METHODS, Method
 from lipguard.errors import InvalidArgumentError
+
+
+class Reward(StrEnum):
+    """The one list of reward names of a run: the environment's own reward (``true``, which
+    policies are also trained on) and the learned reward models, in the order they are trained
+    and reported. A member is its name (a ``str``): it keys ``results.json``'s sections and
+    names each model's certificate file."""
+
+    TRUE = "true"
+    UNCONSTRAINED = "unconstrained"  # ReLU MLP
+    LIPSCHITZ = "lipschitz"  # certified <= RunConfig.lipschitz
+    AAJR = "aajr"  # the unconstrained architecture trained with AAJR
+
+
+#: the learned reward models, in training order
+LEARNED_REWARDS: tuple[Reward, ...] = (Reward.UNCONSTRAINED, Reward.LIPSCHITZ, Reward.AAJR)
 
 
 @dataclass(frozen=True)
@@ -37,7 +57,7 @@ class RunConfig:
     aajr_weight: float = 0.05
     aajr_eps: float = 0.1
     # 2. certification
-    certify_method: str = "auto"  # lipguard.bounds method: auto, compositional, lipsdp, product
+    certify_method: Method = "auto"  # lipguard.bounds method: auto, compositional, lipsdp, …
     certify_inputs: int = 64  # typical inputs that seed the witnessed lower bound
     # 3. stress tests (ℓ2 on reward features, the certificate's norm)
     attack_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -78,8 +98,26 @@ class RunConfig:
             fault_step=400,
         )
 
-    def replace(self, **changes) -> RunConfig:
+    @property
+    def reward_models(self) -> tuple[Reward, ...]:
+        """The learned reward models this run trains (``aajr`` only if enabled)."""
+        return tuple(name for name in LEARNED_REWARDS if name is not Reward.AAJR or self.aajr)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A checked copy with ``changes`` applied."""
         return _checked(dataclasses.replace(self, **changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``results.json``'s ``config``): every field, tuples as lists."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> RunConfig:
+        """The config :meth:`to_dict` wrote (missing settings take their defaults)."""
+        return cls().replace(**_settings(data, source))
 
 
 #: settings that must be > 0, and those that must be >= 0 (every number must be finite)
@@ -102,7 +140,7 @@ _POSITIVE = {
 }
 _CHOICES = {
     "algorithm": ("SAC", "PPO"),
-    "certify_method": ("auto", "product", "compositional", "lipsdp", "lipsdp-layer"),
+    "certify_method": METHODS,
 }
 
 
@@ -147,11 +185,19 @@ def _is(value: object, kind: type | None) -> bool:
     return kind is None or isinstance(value, kind)
 
 
-def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -> RunConfig:
+def _settings(data: Mapping[str, Any], source: object) -> dict[str, Any]:
+    """``data``'s settings with lists as tuples; unknown keys are an error naming ``source``."""
+    unknown = sorted(set(data) - {field.name for field in fields(RunConfig)})
+    if unknown:
+        raise InvalidArgumentError(f"unknown settings in {source}: {', '.join(unknown)}")
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+
+
+def load_config(path: Path | None = None, *, quick: bool = False, **overrides: Any) -> RunConfig:
     """Defaults (or the quick ones), then the TOML file at ``path``, then ``overrides``
     (``None`` values are ignored)."""
     config = RunConfig.quick() if quick else RunConfig()
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if path is not None:
         try:
             with Path(path).open("rb") as handle:
@@ -160,12 +206,7 @@ def load_config(path: Path | None = None, *, quick: bool = False, **overrides) -
             raise InvalidArgumentError(f"cannot read {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise InvalidArgumentError(f"{path} is not valid TOML: {error}") from None
-        known = {field.name: field for field in fields(RunConfig)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise InvalidArgumentError(f"unknown settings in {path}: {', '.join(unknown)}")
-        for key, value in data.items():
-            changes[key] = tuple(value) if isinstance(value, list) else value
+        changes = _settings(data, path)
     changes |= {key: value for key, value in overrides.items() if value is not None}
     config = config.replace(**changes)
     check_environment(config.env)

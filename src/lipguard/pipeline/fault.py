@@ -19,17 +19,24 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard.bounds import weights_sha256
 from lipguard.monitor import AuditStore, LipschitzMonitor
+from lipguard.nn import DiagonalAffine
 from lipguard.pipeline.config import RunConfig
+from lipguard.pipeline.results import MonitorResult, TimelineRow
 from lipguard.pipeline.rewards import RewardData
 from lipguard.rl import RewardModel, reward_features
 
 KINDS = ("violation", "gradient", "weights_changed", "drift", "out_of_envelope")
+#: the event kinds that count as alarms
+ALARMS = ("violation", "gradient", "weights_changed")
 
 
 def corrupt(model: RewardModel, scale: float) -> None:
     """Multiply the reward model's output scale in place (the planted fault)."""
+    output = model[-1]
+    if not isinstance(output, DiagonalAffine):
+        raise TypeError(f"a reward model ends with a DiagonalAffine, not {type(output).__name__}")
     with torch.no_grad():
-        model[2].scale.mul_(scale)
+        output.scale.mul_(scale)
 
 
 def monitor_with_fault(
@@ -39,7 +46,11 @@ def monitor_with_fault(
     policy: BaseAlgorithm,
     data: RewardData,
     audit_path: Path,
-) -> dict:
+) -> MonitorResult:
+    """Stage 5: deploy a copy of ``model`` under a :class:`LipschitzMonitor` bounded by
+    ``lipschitz`` on ``policy``'s noisy rollouts, corrupt it at ``config.fault_step``, and log
+    every event to a new audit store at ``audit_path``. Returns the alarms before and after the
+    fault, the event timeline and the verified audit log's head."""
     deployed = copy.deepcopy(model).eval()
     reference = data.train[0][:2000]
     with torch.no_grad():
@@ -56,8 +67,11 @@ def monitor_with_fault(
     )
     env = make_vec_env(config.env, n_envs=1, seed=config.seed + 777)
     rng = np.random.default_rng(config.seed)
-    observations = env.reset()
-    states, actions, timeline, events = [], [], [], []
+    observations = np.asarray(env.reset())
+    states: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    timeline: list[TimelineRow] = []
+    events = []
     for step in range(config.monitor_steps):
         if step == config.fault_step:
             corrupt(deployed, config.fault_scale)
@@ -65,7 +79,8 @@ def monitor_with_fault(
         noisy = observations + rng.normal(0.0, config.observation_noise, observations.shape)
         states.append(noisy[0])
         actions.append(np.asarray(action).reshape(-1))
-        observations, _, _, _ = env.step(action)
+        step_observations, _, _, _ = env.step(action)
+        observations = np.asarray(step_observations)
         if len(states) == config.monitor_batch:
             features = reward_features(np.stack(states), np.stack(actions))
             with torch.no_grad():
@@ -73,26 +88,26 @@ def monitor_with_fault(
             found = monitor.observe(features, rewards).events
             events += found
             counts = Counter(event.kind for event in found)
-            timeline.append({"step": step + 1, **{kind: counts[kind] for kind in KINDS}})
+            timeline.append(TimelineRow(step + 1, {kind: counts[kind] for kind in KINDS}))
             states, actions = [], []
     env.close()
-    alarms = [e.step for e in events if e.kind in ("violation", "gradient", "weights_changed")]
+    alarms = [event.step for event in events if event.kind in ALARMS]
     before = [s for s in alarms if s < config.fault_step]
     after = [s for s in alarms if s >= config.fault_step]
     report = store.verify()
     count, head = store.head()
     totals = Counter(e.kind for e in events)
-    return {
-        "fault_step": config.fault_step,
-        "false_alarms_before_fault": len(before),
-        "alarms_after_fault": len(after),
-        "first_alarm_after_fault": min(after) if after else None,
-        "detection_delay": (min(after) - config.fault_step) if after else None,
-        "fault_detected": bool(after),
-        "events": {kind: totals[kind] for kind in KINDS},
-        "timeline": timeline,
-        "audit_path": str(audit_path),
-        "audit_records": report.records,
-        "audit_verified": report.ok,
-        "audit_head": f"{count}:{head}",  # keep it elsewhere: `lipguard audit verify --expect-head`
-    }
+    return MonitorResult(
+        fault_step=config.fault_step,
+        false_alarms_before_fault=len(before),
+        alarms_after_fault=len(after),
+        first_alarm_after_fault=min(after) if after else None,
+        detection_delay=(min(after) - config.fault_step) if after else None,
+        fault_detected=bool(after),
+        events={kind: totals[kind] for kind in KINDS},
+        timeline=tuple(timeline),
+        audit_path=str(audit_path),
+        audit_records=report.records,
+        audit_verified=report.ok,
+        audit_head=f"{count}:{head}",  # keep it elsewhere: `lipguard audit verify --expect-head`
+    )

@@ -27,13 +27,18 @@ import torch
 import lipguard
 from lipguard.errors import InvalidArgumentError
 from lipguard.pipeline import report
-from lipguard.pipeline.config import RunConfig
+from lipguard.pipeline.config import Reward, RunConfig
 from lipguard.pipeline.fault import monitor_with_fault
 from lipguard.pipeline.policies import train_and_report
+from lipguard.pipeline.results import RunMeta, RunResults
 from lipguard.pipeline.rewards import certify_rewards, collect, stress_rewards, train_rewards
+from lipguard.results import Check, Report
 
 #: a stage tracker: ``track(description, total)`` is a context manager yielding ``advance()``
 Tracker = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
+
+#: slack of the attack check: PGD's float32 arithmetic may overshoot ``L·ε`` by rounding
+_ATTACK_SLACK = 1e-5
 
 
 @contextmanager
@@ -41,44 +46,68 @@ def _silent(description: str, total: int) -> Iterator[Callable[[], None]]:
     yield lambda: None
 
 
-def checks(results: dict) -> dict[str, bool]:
-    """The run's acceptance checks, as sentences with their outcome."""
-    config, rewards = results["config"], results["rewards"]
-    constrained = rewards["lipschitz"]
-    policy = results["policies"]["lipschitz"]
-    monitor = results["monitor"]
-    return {
-        f"constrained reward model certified L = {constrained['certified_lipschitz']:.4f} <= "
-        f"target {config['lipschitz']:g}": constrained["certified_lipschitz"]
-        <= config["lipschitz"],
-        f"its largest gradient on the policy's states ({policy['max_reward_gradient']:.3f}) <= "
-        "its certified L": policy["max_reward_gradient"] <= constrained["certified_lipschitz"],
-        "no reward attack beat L·ε on the constrained model": all(
-            shift <= constrained["certified_lipschitz"] * eps + 1e-5
-            for eps, shift in zip(
-                results["stress"]["lipschitz"]["epsilons"],
-                results["stress"]["lipschitz"]["max_shift"],
-                strict=True,
-            )
-        ),
-        "no monitor alarm before the planted fault": monitor["false_alarms_before_fault"] == 0,
-        "the monitor found the planted fault": monitor["fault_detected"],
-        "the audit log verifies": monitor["audit_verified"],
-    }
+def checks(results: RunResults) -> Report:
+    """The run's acceptance checks on the constrained model, its policy and the monitor
+    (``results.checks`` is not read)."""
+    target = results.config.lipschitz
+    bound = results.rewards[Reward.LIPSCHITZ].certified_lipschitz
+    gradient = results.policies[Reward.LIPSCHITZ].max_reward_gradient
+    stress = results.stress[Reward.LIPSCHITZ]
+    curve = list(zip(stress.epsilons, stress.max_shift, strict=True))
+    ratios = [(shift / (bound * eps), eps) for eps, shift in curve if bound * eps > 0]
+    worst = f"max |Δr| / (L·ε) = {max(ratios)[0]:.3g} at ε = {max(ratios)[1]:g}" if ratios else ""
+    monitor = results.monitor
+    found = (
+        f"first alarm at step {monitor.first_alarm_after_fault}, "
+        f"{monitor.detection_delay} steps after the fault"
+        if monitor.fault_detected
+        else f"no alarm after step {monitor.fault_step}"
+    )
+    return Report.of(
+        [
+            Check.of(
+                "the constrained reward model's certified L is within its target",
+                bound <= target,
+                f"L = {bound:.4f}, target {target:g}",
+            ),
+            Check.of(
+                "its largest gradient on the policy's states is within its certified L",
+                gradient <= bound,
+                f"{gradient:.3f} vs L = {bound:.4f}",
+            ),
+            Check.of(
+                "no reward attack beat L·ε on the constrained model",
+                all(shift <= bound * eps + _ATTACK_SLACK for eps, shift in curve),
+                worst,
+            ),
+            Check.of(
+                "no monitor alarm before the planted fault",
+                monitor.false_alarms_before_fault == 0,
+                f"{monitor.false_alarms_before_fault} alarms before step {monitor.fault_step}",
+            ),
+            Check.of("the monitor found the planted fault", monitor.fault_detected, found),
+            Check.of(
+                "the audit log verifies",
+                monitor.audit_verified,
+                f"{monitor.audit_records} records, head {monitor.audit_head}",
+            ),
+        ]
+    )
 
 
 def run_pipeline(
     config: RunConfig, out: Path, track: Tracker = _silent, *, overwrite: bool = False
-) -> dict:
+) -> RunResults:
     """Run every stage, write ``results.json``, ``report.html``, the certificates and the audit
-    log into ``out``; returns the results dictionary.
+    log into ``out``; returns the run's :class:`RunResults` (checks included).
 
     Nothing is lost: a non-empty ``out`` is refused unless ``overwrite``; the run writes into a
     fresh folder beside ``out`` and only a finished run replaces ``out`` (a run that fails or is
     killed half-way leaves the previous results as they were)."""
     with staged_folder(out, overwrite) as staging:
         results = _run(config, staging, track)
-        results["monitor"]["audit_path"] = str(out / "audit.db")
+        monitor = dataclasses.replace(results.monitor, audit_path=str(out / "audit.db"))
+        results = dataclasses.replace(results, monitor=monitor)
         _write_results(results, staging, track)
     return results
 
@@ -113,10 +142,11 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         staging.rename(out)
 
 
-def _run(config: RunConfig, out: Path, track: Tracker) -> dict:
+def _run(config: RunConfig, out: Path, track: Tracker) -> RunResults:
+    """Every stage in order, timed; the results with their checks."""
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    timings = {}
+    timings: dict[str, float] = {}
 
     @contextmanager
     def stage(name: str, total: int = 1) -> Iterator[Callable[[], None]]:
@@ -142,35 +172,28 @@ def _run(config: RunConfig, out: Path, track: Tracker) -> dict:
     with stage("monitor + planted fault") as advance:
         monitor = monitor_with_fault(
             config,
-            models["lipschitz"],
-            rewards["lipschitz"]["certified_lipschitz"],
-            trained["lipschitz"],
+            models[Reward.LIPSCHITZ],
+            rewards[Reward.LIPSCHITZ].certified_lipschitz,
+            trained[Reward.LIPSCHITZ],
             data,
             out / "audit.db",
         )
         advance()
-    results = {
-        "meta": {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "lipguard": lipguard.__version__,
-            "torch": torch.__version__,
-            "seconds": 0.0,
-            "stage_seconds": timings,
-        },
-        "config": dataclasses.asdict(config),
-        "rewards": rewards,
-        "stress": stress,
-        "policies": policies,
-        "monitor": monitor,
-    }
-    results["checks"] = checks(results)
-    results["meta"]["seconds"] = time.perf_counter() - started
-    return results
+    meta = RunMeta(
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        lipguard=lipguard.__version__,
+        torch=torch.__version__,
+        seconds=0.0,
+        stage_seconds=timings,
+    )
+    results = RunResults(meta, config, data.summary(), rewards, stress, policies, monitor)
+    meta = dataclasses.replace(meta, seconds=time.perf_counter() - started)
+    return dataclasses.replace(results, meta=meta, checks=checks(results))
 
 
-def _write_results(results: dict, out: Path, track: Tracker) -> None:
+def _write_results(results: RunResults, out: Path, track: Tracker) -> None:
+    """``results.json`` and ``report.html`` in ``out``."""
     with track("report", 1) as advance:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        page = report.render({**results, "plots": report.plots(results)})
-        (out / "report.html").write_text(page)
+        (out / "results.json").write_text(json.dumps(results.to_dict(), indent=2))
+        (out / "report.html").write_text(report.render(results))
         advance()

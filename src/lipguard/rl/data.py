@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import gymnasium as gym
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from lipguard import _checks
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 
-INPUTS = ("state", "state_action")
+#: the reward model's input: the state, or the state and the action side by side
+FeatureInputs = Literal["state", "state_action"]
+INPUTS: tuple[FeatureInputs, ...] = get_args(FeatureInputs)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Transitions:
         return len(self.rewards)
 
 
-def _flat_action(action) -> np.ndarray:
+def _flat_action(action: ArrayLike) -> np.ndarray:
     return np.asarray(action, dtype=np.float64).reshape(-1)
 
 
@@ -56,7 +60,10 @@ def collect_transitions(
     env = gym.make(env) if isinstance(env, str) else env
     env.action_space.seed(seed)
     observation, _ = env.reset(seed=seed)
-    observations, actions, rewards, episodes = [], [], [], []
+    observations: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    rewards: list[float] = []
+    episodes: list[int] = []
     episode = 0
     with progress_bar(steps, "collecting transitions", progress) as advance:
         for _ in range(steps):
@@ -76,7 +83,11 @@ def collect_transitions(
     )
 
 
-def reward_features(observations, actions=None, inputs: str = "state_action") -> torch.Tensor:
+def reward_features(
+    observations: ArrayLike,
+    actions: ArrayLike | None = None,
+    inputs: FeatureInputs = "state_action",
+) -> torch.Tensor:
     """The reward model's input: observations, or observations and actions side by side."""
     if inputs not in INPUTS:
         raise InvalidArgumentError(f"inputs must be one of {INPUTS}, got {inputs!r}")

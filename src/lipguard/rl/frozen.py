@@ -14,7 +14,7 @@ raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,11 @@ def _dense(matrix: np.ndarray, bias: np.ndarray) -> Callable[[np.ndarray], np.nd
     return lambda x: x @ transposed + bias
 
 
-def _different_objects(current: list, snapshot: list) -> bool:
+def _scale(scale: np.ndarray, shift: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: x * scale + shift
+
+
+def _different_objects(current: Sequence[object], snapshot: Sequence[object]) -> bool:
     return len(current) != len(snapshot) or any(
         a is not b for a, b in zip(current, snapshot, strict=True)
     )
@@ -111,8 +115,8 @@ class FrozenReward:
             for t, able in zip(self._tensors, numpy_able, strict=True)
         ]
         self._copies = [
-            view.copy() if able else view.detach().clone()
-            for view, able in zip(self._views, numpy_able, strict=True)
+            view.copy() if isinstance(view, np.ndarray) else view.detach().clone()
+            for view in self._views
         ]
         self._settings = [
             (module, key, vars(module)[key])
@@ -121,7 +125,7 @@ class FrozenReward:
         ]
         with torch.no_grad():
             graph = module_graph(self.model, self._shape)
-        layers = []
+        layers: list[Callable[[np.ndarray], np.ndarray]] = []
         for index, node in enumerate(graph.nodes[1:], start=1):
             op = node.op
             if node.inputs != (index - 1,):
@@ -132,7 +136,7 @@ class FrozenReward:
                 layers.append(_dense(op.matrix.value.cpu().numpy(), op.bias.value.cpu().numpy()))
             elif isinstance(op, Scale):
                 scale, shift = op.scale.value.cpu().numpy(), op.shift.value.cpu().numpy()
-                layers.append(lambda x, s=scale, t=shift: x * s + t)
+                layers.append(_scale(scale, shift))
             elif isinstance(op, Activation) and op.spec.name in _ACTIVATIONS:
                 layers.append(_ACTIVATIONS[op.spec.name])
             elif isinstance(op, Sort):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +27,13 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
-from lipguard.rl.data import reward_features
+from lipguard.attacks.objectives import ActionKind
+from lipguard.norm import NormLike
+from lipguard.rl.data import FeatureInputs, reward_features
 from lipguard.rl.policy import action_network, max_reward_gradient
 from lipguard.rl.wrappers import (
     Perturbation,
+    _as_array,
     policy_attack,
     random_perturbation,
     reward_attack,
@@ -50,8 +54,8 @@ def discontinuity_rate(
     eps: float,
     *,
     tau: float = 0.1,
-    kind: str = "continuous",
-    norm: float | str = "inf",
+    kind: ActionKind = "continuous",
+    norm: NormLike = "inf",
     steps: int = 20,
     restarts: int = 2,
     seed: int = 0,
@@ -70,6 +74,8 @@ def discontinuity_rate(
     found = attack(policy, states, objective)
     if kind == "categorical":
         return found.success_rate
+    if found.clean_outputs is None:  # ActionChange uses them, so the attack returns them
+        raise RuntimeError("the attack returned no clean outputs")
     change = (found.outputs - found.clean_outputs).flatten(1).norm(dim=1)
     return float((change > tau).float().mean())
 
@@ -90,7 +96,7 @@ class EvaluationResult:
         """Learned minus true return: how much the policy's own reward overstates the task."""
         return None if self.learned_return is None else self.learned_return - self.true_return
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k not in ("states", "actions")}
         return {**row, "reward_gap": self.reward_gap}
 
@@ -102,7 +108,7 @@ def evaluate(
     episodes: int = 10,
     perturb: Perturbation | None = None,
     reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    reward_inputs: str = "state_action",
+    reward_inputs: FeatureInputs = "state_action",
     seed: int = 10_000,
 ) -> EvaluationResult:
     """Run ``episodes`` seeded episodes in parallel (one environment each) with the
@@ -111,10 +117,11 @@ def evaluate(
     state and action (``"state_action"``)."""
     _checks.positive_int("episodes", episodes)
     env = make_vec_env(env_id, n_envs=episodes, seed=seed)
-    observations = env.reset()
+    observations = _as_array(env.reset())
     running = np.ones(episodes, dtype=bool)
     true_total, learned_total = np.zeros(episodes), np.zeros(episodes)
-    states, actions = [], []
+    states: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
     while running.any():
         seen = observations if perturb is None else perturb(observations)
         action, _ = model.predict(seen, deterministic=True)
@@ -125,7 +132,8 @@ def evaluate(
             with torch.no_grad():
                 scored = torch.as_tensor(reward(features)).double().numpy()
             learned_total += np.where(running, scored, 0.0)
-        observations, rewards, dones, _ = env.step(action)
+        stepped, rewards, dones, _ = env.step(action)
+        observations = _as_array(stepped)
         true_total += np.where(running, rewards, 0.0)
         running &= ~dones
     env.close()
@@ -150,7 +158,7 @@ def policy_report(
     episodes: int = 10,
     attack_steps: int = 10,
     seed: int = 0,
-) -> dict:
+) -> dict[str, float | None]:
     """Task performance and stability of a trained policy in one dictionary (SPEC F5):
     ``true_return``, ``own_reward_return`` and ``reward_gap`` (under ``own_reward``, the reward
     it was trained on, if learned), ``max_reward_gradient`` of ``critic`` (a differentiable reward
@@ -159,21 +167,22 @@ def policy_report(
     MAD and a reward attack guided by ``critic`` (``return_random``, ``return_mad``,
     ``return_reward_attack``; continuous actions only), all ℓ∞ ``eps`` on observations."""
     policy = action_network(model)
+    kind: ActionKind = "categorical" if policy.kind == "categorical" else "continuous"
     clean = evaluate(model, env_id, episodes=episodes, reward=own_reward, seed=10_000 + seed)
     features = reward_features(clean.states, clean.actions)
     visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
-    row = {
+    row: dict[str, float | None] = {
         "true_return": clean.true_return,
         "own_reward_return": clean.learned_return,
         "reward_gap": clean.reward_gap,
         "max_reward_gradient": max_reward_gradient(critic, features),
-        "discontinuity_rate": discontinuity_rate(policy, visited, eps, tau=tau, kind=policy.kind),
+        "discontinuity_rate": discontinuity_rate(policy, visited, eps, tau=tau, kind=kind),
     }
     attacks = {
         "random": random_perturbation(eps, seed=seed),
-        "mad": policy_attack(policy, policy.kind, eps, steps=attack_steps, seed=seed),
+        "mad": policy_attack(policy, kind, eps, steps=attack_steps, seed=seed),
     }
-    if policy.kind == "continuous":  # the critic scores (state, action) pairs
+    if kind == "continuous":  # the critic scores (state, action) pairs
         attacks["reward_attack"] = reward_attack(policy, critic, eps, steps=attack_steps, seed=seed)
     else:
         row["return_reward_attack"] = None

@@ -29,7 +29,8 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.norm import parse_norm
+from lipguard.linalg import down, up
+from lipguard.norm import NormLike, parse_norm
 
 
 class PessimisticReward:
@@ -52,11 +53,11 @@ class PessimisticReward:
         self,
         model: nn.Module,
         eps: float,
-        norm: float | str = 2,
+        norm: NormLike = 2,
         *,
         local: bool = True,
         input_shape: Sequence[int] | None = None,
-    ):
+    ) -> None:
         from lipguard.bounds import lipschitz_bound
         from lipguard.bounds.frontend import input_shapes, to_graph
 
@@ -92,8 +93,8 @@ class PessimisticReward:
         low, _ = enclose(self._graph, features.detach())
         if low.shape[1] != 1:
             raise ShapeError(f"a reward model has one output, this one has {low.shape[1]}")
-        drop = torch.nextafter(self.lipschitz(features) * self.eps, torch.tensor(math.inf))
-        return torch.nextafter(low[:, 0] - drop, torch.tensor(-math.inf))
+        drop = up(self.lipschitz(features) * self.eps)
+        return down(low[:, 0] - drop)
 
 
 class EnsembleReward(nn.Module):

@@ -19,13 +19,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
 from lipguard import _checks
+from lipguard._gradients import input_gradient_norms
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError
-from lipguard.norm import dual_norm
-from lipguard.rl.wrappers import LearnedRewardVecEnv
+from lipguard.norm import NormLike
+from lipguard.rl.wrappers import LearnedRewardVecEnv, RewardInputs
 
 ALGORITHMS = {"PPO": PPO, "SAC": SAC}
 
@@ -38,24 +40,38 @@ class ActionNetwork(nn.Module):
     the logits (``kind == "categorical"``).
     """
 
+    low: torch.Tensor
+    high: torch.Tensor
+
     def __init__(self, model: BaseAlgorithm) -> None:
         super().__init__()
         self.policy = model.policy
         space = model.action_space
-        self.kind = "categorical" if isinstance(space, gym.spaces.Discrete) else "continuous"
-        if self.kind == "continuous":
+        if isinstance(space, gym.spaces.Discrete):
+            self.kind = "categorical"
+        elif isinstance(space, gym.spaces.Box):
+            self.kind = "continuous"
             self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
+        else:
+            raise InvalidArgumentError(
+                f"action networks need a Discrete or Box action space, got {space}"
+            )
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         if isinstance(self.policy, ActorCriticPolicy):
             distribution = self.policy.get_distribution(observations)
             if self.kind == "categorical":
-                return distribution.distribution.logits
+                categorical = distribution.distribution
+                if not isinstance(categorical, torch.distributions.Categorical):
+                    raise InvalidArgumentError("a discrete policy has a categorical distribution")
+                return categorical.logits
             action = distribution.mode()
-        else:  # SAC: actions squashed into [-1, 1]
+        elif isinstance(self.policy, SACPolicy):  # actions squashed into [-1, 1]
             scaled = self.policy.actor(observations, deterministic=True)
             action = self.low + 0.5 * (scaled + 1.0) * (self.high - self.low)
+        else:
+            raise InvalidArgumentError(f"unsupported policy {type(self.policy).__name__}")
         return torch.maximum(torch.minimum(action, self.high), self.low)
 
 
@@ -74,7 +90,7 @@ class _Progress(BaseCallback):
         return True
 
 
-def _learned_reward_env(env) -> LearnedRewardVecEnv | None:
+def _learned_reward_env(env: object) -> LearnedRewardVecEnv | None:
     while env is not None:
         if isinstance(env, LearnedRewardVecEnv):
             return env
@@ -88,7 +104,7 @@ class RewardMetricsCallback(BaseCallback):
     ``lipguard/true_return``, ``lipguard/learned_return`` and ``lipguard/reward_gap`` (their
     difference, the reward-hacking signal) over the episodes finished meanwhile."""
 
-    def __init__(self, reward: nn.Module, norm: float | str = 2) -> None:
+    def __init__(self, reward: nn.Module, norm: NormLike = 2) -> None:
         super().__init__()
         self.reward, self.norm = reward, norm
         self.history: list[dict] = []
@@ -116,13 +132,12 @@ class RewardMetricsCallback(BaseCallback):
         self.history.append(row)
 
 
-def max_reward_gradient(reward: nn.Module, features: torch.Tensor, norm: float | str = 2) -> float:
+def max_reward_gradient(reward: nn.Module, features: torch.Tensor, norm: NormLike = 2) -> float:
     """``max_i ||∇r(x_i)||_q`` over the rows of ``features`` (``q`` dual to ``norm``): a lower
     bound on the reward's Lipschitz constant, observed where the agent went."""
     points = features.detach().float().requires_grad_(True)
     with torch.enable_grad(), _checks.evaluating(reward):
-        (gradient,) = torch.autograd.grad(reward(points).sum(), points)
-    return float(torch.linalg.vector_norm(gradient, ord=dual_norm(norm), dim=1).max())
+        return float(input_gradient_norms(reward(points), points, norm).max())
 
 
 def train_policy(
@@ -131,7 +146,7 @@ def train_policy(
     algorithm: str = "SAC",
     timesteps: int = 20_000,
     reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    reward_inputs: str = "state_action",
+    reward_inputs: RewardInputs = "state_action",
     n_envs: int = 1,
     seed: int = 0,
     hyperparameters: dict | None = None,

@@ -19,8 +19,8 @@ summed rewards, as in preference-based RL).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -28,11 +28,14 @@ from torch import nn
 from lipguard import _checks
 from lipguard.bounds.graph import register_module, sequential_handler
 from lipguard.errors import InvalidArgumentError, ShapeError
+from lipguard.linalg import down
 from lipguard.nn import DiagonalAffine, LipschitzMLP
 from lipguard.results import LipschitzBound
-from lipguard.train import FitResult, fit
+from lipguard.train import FitResult, Regularizer, fit
 
-KINDS = ("lipschitz", "unconstrained")
+#: the reward network: a certified LipschitzMLP, or a plain ReLU MLP of the same widths
+RewardKind = Literal["lipschitz", "unconstrained"]
+KINDS: tuple[RewardKind, ...] = get_args(RewardKind)
 
 
 class RewardModel(nn.Sequential):
@@ -62,7 +65,8 @@ class RewardModel(nn.Sequential):
 
     @property
     def in_features(self) -> int:
-        return self[0].scale.numel()
+        standardize = cast(DiagonalAffine, self[0])  # __init__ puts it there
+        return standardize.scale.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rewards of shape ``(N,)`` for features ``(N, in_features)``."""
@@ -91,7 +95,7 @@ def build_reward_model(
     features: torch.Tensor,
     rewards: torch.Tensor | None = None,
     *,
-    kind: str = "lipschitz",
+    kind: RewardKind = "lipschitz",
     lipschitz: float = 10.0,
     hidden: Sequence[int] = (64, 64),
     seed: int = 0,
@@ -118,8 +122,8 @@ def build_reward_model(
     if kind == "lipschitz":
         # L(model) <= reward_scale · L(net) · max(1/std): give the network what is left, rounded
         # down so that the product of the rounded-up parts stays within the target
-        inner = math.nextafter(_checks.positive_float("lipschitz", lipschitz) * float(std.min()), 0)
-        inner = math.nextafter(inner / reward_scale, 0) * (1 - 1e-6)
+        inner = down(_checks.positive_float("lipschitz", lipschitz) * float(std.min()))
+        inner = down(inner / reward_scale) * (1 - 1e-6)
         network: nn.Module = LipschitzMLP(d, 1, hidden, lipschitz=inner)
     else:
         widths = [d, *hidden]
@@ -150,8 +154,8 @@ def fit_reward(
     epochs: int = 40,
     batch_size: int = 256,
     learning_rate: float = 3e-3,
-    regularizer: str = "none",
-    regularizer_options: dict | None = None,
+    regularizer: str | Regularizer = "none",
+    regularizer_options: dict[str, Any] | None = None,  # the regularizer's keyword arguments
     seed: int = 0,
     progress: bool = True,
 ) -> FitResult:

@@ -22,20 +22,36 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 from torch import nn
 
 from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
+from lipguard.attacks.objectives import ActionKind
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
-from lipguard.norm import parse_norm
+from lipguard.norm import NormLike, parse_norm
 from lipguard.rl.frozen import FrozenReward
 
-REWARD_INPUTS = ("state", "state_action", "next_state")
+#: what a learned reward scores: the state acted in (and the action), or the state reached
+RewardInputs = Literal["state", "state_action", "next_state"]
+REWARD_INPUTS: tuple[RewardInputs, ...] = get_args(RewardInputs)
 Perturbation = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_array(observations: VecEnvObs) -> np.ndarray:
+    """The batch of observations of an environment with an array (``Box``) observation space;
+    dict and tuple observation spaces are refused."""
+    if not isinstance(observations, np.ndarray):
+        raise InvalidArgumentError(
+            f"observations must be arrays, got {type(observations).__name__} (dict and tuple "
+            "observation spaces are not supported)"
+        )
+    return observations
 
 
 class LearnedRewardVecEnv(VecEnvWrapper):
@@ -55,7 +71,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         self,
         venv: VecEnv,
         reward: Callable[[torch.Tensor], torch.Tensor],
-        inputs: str = "state_action",
+        inputs: RewardInputs = "state_action",
         keep: int = 4096,
         fast: bool = True,
     ) -> None:
@@ -77,9 +93,9 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         self._learned_return = np.zeros(self.num_envs)
         self._true_return = np.zeros(self.num_envs)
 
-    def reset(self) -> np.ndarray:
+    def reset(self) -> VecEnvObs:
         observations = self.venv.reset()
-        self._observations = np.array(observations, copy=True)
+        self._observations = np.array(_as_array(observations), copy=True)
         self._learned_return[:] = 0.0
         self._true_return[:] = 0.0
         return observations
@@ -88,14 +104,16 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         self._actions = np.array(actions, copy=True)
         self.venv.step_async(actions)
 
-    def step_wait(self):
+    def step_wait(self) -> VecEnvStepReturn:
         observations, true_rewards, dones, infos = self.venv.step_wait()
         if self.inputs == "next_state":
-            states = np.array(observations, copy=True)
+            states = np.array(_as_array(observations), copy=True)
             for index in np.flatnonzero(dones):
                 states[index] = infos[index]["terminal_observation"]
             features = states.reshape(self.num_envs, -1)
         else:
+            if self._observations is None or self._actions is None:
+                raise RuntimeError("LearnedRewardVecEnv: step before reset() and step_async()")
             features = self._observations.reshape(self.num_envs, -1)
             if self.inputs == "state_action":
                 actions = self._actions.reshape(self.num_envs, -1)
@@ -117,7 +135,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             infos[index]["learned_return"] = float(self._learned_return[index])
             infos[index]["true_return"] = float(self._true_return[index])
             self._learned_return[index] = self._true_return[index] = 0.0
-        self._observations = np.array(observations, copy=True)
+        self._observations = np.array(_as_array(observations), copy=True)
         return observations, learned.astype(np.float32), dones, infos
 
     def _remember(self, features: np.ndarray) -> None:
@@ -143,16 +161,16 @@ class ObservationPerturbation(VecEnvWrapper):
         self.true_observations: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
-        self.true_observations = self.venv.reset()
+        self.true_observations = _as_array(self.venv.reset())
         return self.perturb(self.true_observations)
 
-    def step_wait(self):
+    def step_wait(self) -> VecEnvStepReturn:
         observations, rewards, dones, infos = self.venv.step_wait()
-        self.true_observations = observations
-        return self.perturb(observations), rewards, dones, infos
+        self.true_observations = _as_array(observations)
+        return self.perturb(self.true_observations), rewards, dones, infos
 
 
-def random_perturbation(eps: float, norm: float | str = "inf", seed: int = 0) -> Perturbation:
+def random_perturbation(eps: float, norm: NormLike = "inf", seed: int = 0) -> Perturbation:
     """Uniform noise in the ℓ∞ box of radius ``eps``, or uniform on the ℓ2 sphere of radius
     ``eps`` (a random direction at full budget)."""
     eps, p = _checks.positive_float("eps", eps), parse_norm(norm)
@@ -170,16 +188,16 @@ def random_perturbation(eps: float, norm: float | str = "inf", seed: int = 0) ->
     return perturb
 
 
-def _pgd(eps: float, norm: float | str, steps: int, seed: int) -> PGD:
+def _pgd(eps: float, norm: NormLike, steps: int, seed: int) -> PGD:
     threat = ThreatModel(_checks.positive_float("eps", eps), norm)
     return PGD(threat, steps=steps, restarts=1, seed=seed)
 
 
 def policy_attack(
     policy: torch.nn.Module,
-    kind: str,
+    kind: ActionKind,
     eps: float,
-    norm: float | str = "inf",
+    norm: NormLike = "inf",
     steps: int = 10,
     seed: int = 0,
 ) -> Perturbation:
@@ -199,7 +217,7 @@ def reward_attack(
     policy: torch.nn.Module,
     reward: torch.nn.Module,
     eps: float,
-    norm: float | str = "inf",
+    norm: NormLike = "inf",
     steps: int = 10,
     seed: int = 0,
 ) -> Perturbation:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from scipy import stats
@@ -79,7 +80,7 @@ class ClassifierCertificates:
         inside = self.noise.whitened_norm(delta).cpu() < self.whitened_radius
         return inside & ~self.abstained
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "prediction": self.prediction.tolist(),
             "radius": self.radius.tolist(),

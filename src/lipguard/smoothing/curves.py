@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from lipguard import _checks
 from lipguard.errors import ShapeError
 from lipguard.smoothing import stats as confidence
 from lipguard.smoothing.classifier import ClassifierCertificates
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class CertifiedAccuracyCurve:
     confidence: float
     alpha: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "radii": self.radii.tolist(),
             "accuracy": self.accuracy.tolist(),
@@ -77,8 +81,10 @@ def certified_accuracy(
 
 
 def plot_certified_accuracy(
-    curves: Mapping[str, CertifiedAccuracyCurve], path: str | Path | None = None, ax=None
-):
+    curves: Mapping[str, CertifiedAccuracyCurve],
+    path: str | Path | None = None,
+    ax: Axes | None = None,
+) -> Axes:
     """Plot certified-accuracy curves with their confidence bands; save to ``path`` if given.
     Returns the matplotlib axes."""
     import matplotlib
@@ -97,5 +103,6 @@ def plot_certified_accuracy(
     ax.grid(alpha=0.3)
     ax.legend()
     if path is not None:
-        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+        # the root figure (a SubFigure, which ``ax.figure`` may be, cannot be saved on its own)
+        ax.figure.figure.savefig(path, dpi=120, bbox_inches="tight")
     return ax

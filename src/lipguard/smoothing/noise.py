@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class GaussianNoise(ABC):
         """``det(Σ)^{1/(2d)}``, the geometric mean of the standard deviations."""
 
     @abstractmethod
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary."""
 
     @property
@@ -78,7 +79,7 @@ class IsotropicNoise(GaussianNoise):
     def volume_std(self) -> float:
         return self.sigma
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"kind": "isotropic", "sigma": self.sigma}
 
     @property
@@ -101,7 +102,7 @@ class DiagonalNoise(GaussianNoise):
     def __init__(self, std: torch.Tensor | np.ndarray) -> None:
         self.std = _std_tensor("std", std)
         self.shape = tuple(self.std.shape)
-        self._cache: dict = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def _std(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
@@ -121,7 +122,7 @@ class DiagonalNoise(GaussianNoise):
     def volume_std(self) -> float:
         return float(torch.exp(torch.log(self.std).mean()))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"kind": "diagonal", "std_min": self.min_std(), "std_max": float(self.std.max())}
 
 
@@ -181,7 +182,7 @@ class LowRankNoise(GaussianNoise):
         )
         return math.exp(log_det / (2.0 * self.diagonal_std.numel()))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"kind": "low-rank", "rank": self.factor.shape[1], "volume_std": self.volume_std()}
 
 
@@ -238,7 +239,7 @@ class DCTNoise(GaussianNoise):
     def volume_std(self) -> float:
         return float(torch.exp(torch.log(self.std).mean()))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"kind": "dct", "std_min": self.min_std(), "std_max": float(self.std.max())}
 
 

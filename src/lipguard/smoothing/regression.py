@@ -26,6 +26,7 @@ perturbation ``(δ_a, δ_b)``) the smoothed preference cannot change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -33,14 +34,17 @@ from scipy import stats
 from torch import nn
 
 from lipguard import _checks
+from lipguard._deprecation import renamed_keyword
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import run_noisy
+from lipguard.smoothing._sampling import Consumer, run_noisy
 from lipguard.smoothing.classifier import ClassifierCertificates, SmoothedClassifier
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
-BOUNDS = ("bernstein", "hoeffding")
+#: the concentration inequality of :meth:`SmoothedRegressor.certify`
+ConfidenceBound = Literal["bernstein", "hoeffding"]
+BOUNDS: tuple[ConfidenceBound, ...] = get_args(ConfidenceBound)
 
 
 def _scalar_outputs(outputs: torch.Tensor) -> torch.Tensor:
@@ -53,11 +57,11 @@ def _scalar_outputs(outputs: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-def _whitened(noise: GaussianNoise, epsilon: float) -> float:
-    """The whitened radius that covers the ℓ2 ball of radius ``epsilon``."""
-    if epsilon < 0:
-        raise InvalidArgumentError(f"epsilon must be >= 0, got {epsilon!r}")
-    return float(epsilon) / noise.min_std()
+def _whitened(noise: GaussianNoise, eps: float) -> float:
+    """The whitened radius that covers the ℓ2 ball of radius ``eps``."""
+    if eps < 0:
+        raise InvalidArgumentError(f"eps must be >= 0, got {eps!r}")
+    return float(eps) / noise.min_std()
 
 
 class _Smoothed:
@@ -68,7 +72,9 @@ class _Smoothed:
         self.noise = as_noise(sigma)
         self.seed = seed
 
-    def _sample(self, x: torch.Tensor, n: int, batch_size: int, consume, progress: bool) -> None:
+    def _sample(
+        self, x: torch.Tensor, n: int, batch_size: int, consume: Consumer, progress: bool
+    ) -> None:
         _checks.finite_tensor("x", x)
         if not x.is_floating_point() or x.dim() < 2:
             raise ShapeError("x must be a floating-point batch of shape (N, *input_shape)")
@@ -96,9 +102,10 @@ class RegressionCertificates:
     alpha: float
     samples: int
 
-    def bounds(self, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bounds on ``ĥ(x + δ)`` valid for every ``||δ||₂ <= epsilon``."""
-        return self.bounds_whitened(_whitened(self.noise, epsilon))
+    @renamed_keyword("epsilon", "eps")
+    def bounds(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds on ``ĥ(x + δ)`` valid for every ``||δ||₂ <= eps``."""
+        return self.bounds_whitened(_whitened(self.noise, eps))
 
     def bounds_whitened(self, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds valid for every ``||Σ^{-1/2}δ||₂ <= radius``."""
@@ -143,7 +150,7 @@ class SmoothedRegressor(_Smoothed):
         alpha: float = 0.001,
         batch_size: int = 10_000,
         *,
-        bound: str = "bernstein",
+        bound: ConfidenceBound = "bernstein",
         progress: bool = False,
     ) -> RegressionCertificates:
         """Estimate ``ĥ`` at each input from ``n`` samples, with a ``1 - alpha`` interval."""
@@ -172,8 +179,8 @@ class SmoothedRegressor(_Smoothed):
             # the sample variance from the sums, plus a margin for their float64 rounding
             variance = (squares.cpu() - n * shifted * shifted) / (n - 1)
             variance = variance.clamp_min(0) + 1e-12 * width * width
-            radius = confidence.bernstein_radius(variance.numpy(), n, alpha / 2, width)
-            radius = torch.as_tensor(radius)
+            bernstein = confidence.bernstein_radius(variance.numpy(), n, alpha / 2, width)
+            radius = torch.as_tensor(bernstein)
         lower = (mean - radius).clamp(a, b)
         upper = (mean + radius).clamp(a, b)
         return RegressionCertificates(mean, lower, upper, self.output_range, self.noise, alpha, n)
@@ -196,10 +203,11 @@ class QuantileCertificates:
         index = min(n - 1, max(0, int(np.ceil(self.quantile * n)) - 1))
         return self.sorted_outputs[:, index]
 
-    def bounds(self, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bounds on ``h_q(x + δ)`` for every ``||δ||₂ <= epsilon`` (``±inf`` where ``n`` is too
+    @renamed_keyword("epsilon", "eps")
+    def bounds(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds on ``h_q(x + δ)`` for every ``||δ||₂ <= eps`` (``±inf`` where ``n`` is too
         small for the confidence level)."""
-        return self.bounds_whitened(_whitened(self.noise, epsilon))
+        return self.bounds_whitened(_whitened(self.noise, eps))
 
     def bounds_whitened(self, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.sorted_outputs.shape[1]

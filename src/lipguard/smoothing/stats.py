@@ -64,7 +64,9 @@ def hoeffding_radius(count: int, alpha: float, width: float = 1.0) -> float:
     return width * math.sqrt(math.log(1.0 / alpha) / (2.0 * count))
 
 
-def bernstein_radius(variance: np.ndarray, count: int, alpha: float, width: float = 1.0):
+def bernstein_radius(
+    variance: np.ndarray, count: int, alpha: float, width: float = 1.0
+) -> np.ndarray:
     """Empirical-Bernstein deviation (Maurer & Pontil 2009, Thm 4): with probability >= 1 - α,
     ``E <= mean + sqrt(2·V·log(2/α)/n) + 7·width·log(2/α)/(3(n - 1))`` for samples in an interval
     of ``width`` and unbiased sample variance ``V`` (one-sided; the same holds for the other
@@ -77,7 +79,7 @@ def bernstein_radius(variance: np.ndarray, count: int, alpha: float, width: floa
     return np.sqrt(2.0 * variance * log_term / count) + 7.0 * width * log_term / (3.0 * (count - 1))
 
 
-def quantile_lower_index(count: int, quantile: np.ndarray, alpha: float) -> np.ndarray:
+def quantile_lower_index(count: int, quantile: float | np.ndarray, alpha: float) -> np.ndarray:
     """The largest 1-based order-statistic index ``k`` with ``P(X_(k) <= h_q) >= 1 - α``, where
     ``h_q`` is the ``q``-quantile: ``BinomCDF(k - 1; n, q) <= α``. 0 when none exists (the bound
     is then ``-inf``)."""
@@ -91,7 +93,7 @@ def quantile_lower_index(count: int, quantile: np.ndarray, alpha: float) -> np.n
     return k.astype(np.int64)
 
 
-def quantile_upper_index(count: int, quantile: np.ndarray, alpha: float) -> np.ndarray:
+def quantile_upper_index(count: int, quantile: float | np.ndarray, alpha: float) -> np.ndarray:
     """The smallest 1-based index ``k`` with ``P(X_(k) >= h_q) >= 1 - α``:
     ``BinomCDF(k - 1; n, q) >= 1 - α``. ``n + 1`` when none exists (bound ``+inf``)."""
     alpha = _check_alpha(alpha)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import torch
 
@@ -29,7 +30,7 @@ class RandomFeatureRidge:
     """``f(x) = φ(x)ᵀβ`` with ``φ(x) = sqrt(2/m)·cos(Ωx + c)``, ``Ω ~ N(0, 1/ℓ²)``: a random
     approximation of an RBF kernel of length scale ``ℓ``, fitted by ridge regression."""
 
-    def __init__(self, features: int = 200, length_scale: float = 0.2, ridge: float = 1e-3):
+    def __init__(self, features: int = 200, length_scale: float = 0.2, ridge: float = 1e-3) -> None:
         self.features = _checks.positive_int("features", features)
         self.length_scale = _checks.positive_float("length_scale", length_scale)
         self.ridge = _checks.positive_float("ridge", ridge)
@@ -86,7 +87,13 @@ class LearningCurve:
         return next((c for c, e in zip(self.calls, self.rmse, strict=True) if e <= target), None)
 
 
-def _record(curve, ensemble, labelled, x_test, y_test) -> None:
+def _record(
+    curve: LearningCurve,
+    ensemble: Ensemble,
+    labelled: int,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+) -> None:
     mean, _ = ensemble.predict(x_test)
     curve.calls.append(labelled)
     curve.rmse.append(float(((mean - y_test.double()) ** 2).mean().sqrt()))
@@ -97,19 +104,38 @@ Chooser = Callable[
 ]
 
 
+class QueryOptions(TypedDict, total=False):
+    """The options :func:`active_learning` and :func:`random_sampling` share.
+
+    - ``learner``: fits one ensemble member (default: :class:`RandomFeatureRidge`);
+    - ``members``: ensemble size (5);
+    - ``initial``: random pool points labelled first (10);
+    - ``per_round``: most points labelled per round (10);
+    - ``budget``: most oracle calls in all (200);
+    - ``seed``: seeds the initial draw, the bootstraps and the per-round draws (0).
+    """
+
+    learner: Learner | None
+    members: int
+    initial: int
+    per_round: int
+    budget: int
+    seed: int
+
+
 def _query_loop(
-    oracle,
-    pool,
-    x_test,
-    y_test,
+    oracle: Predictor,
+    pool: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
     choose: Chooser,
     *,
-    learner,
-    members,
-    initial,
-    per_round,
-    budget,
-    seed,
+    learner: Learner | None = None,
+    members: int = 5,
+    initial: int = 10,
+    per_round: int = 10,
+    budget: int = 200,
+    seed: int = 0,
 ) -> LearningCurve:
     """Label ``initial`` random pool points, then per round the points ``choose`` picks among
     the unlabelled ones (``None``: nothing worth querying), until the budget is spent."""
@@ -135,25 +161,26 @@ def _query_loop(
 
 
 def active_learning(
-    oracle: Callable[[torch.Tensor], torch.Tensor],
+    oracle: Predictor,
     pool: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
     *,
-    learner: Learner | None = None,
-    members: int = 5,
     tolerance: float = 0.05,
-    initial: int = 10,
-    per_round: int = 10,
-    budget: int = 200,
-    seed: int = 0,
+    **options: Unpack[QueryOptions],
 ) -> LearningCurve:
     """Label ``initial`` random pool points, then per round the (at most ``per_round``) most
     uncertain points whose ensemble standard deviation exceeds ``tolerance`` (drawn with
     probability proportional to it, which spreads a round's queries instead of stacking them on
-    one uncertain spot)."""
+    one uncertain spot). The other options: :class:`QueryOptions`."""
 
-    def uncertain(ensemble, pool, remaining, count, generator):
+    def uncertain(
+        ensemble: Ensemble,
+        pool: torch.Tensor,
+        remaining: torch.Tensor,
+        count: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor | None:
         _, spread = ensemble.predict(pool[remaining])
         above = spread > tolerance
         candidates = remaining.nonzero().squeeze(1)[above]
@@ -164,50 +191,27 @@ def active_learning(
         )
         return candidates[draws]
 
-    return _query_loop(
-        oracle,
-        pool,
-        x_test,
-        y_test,
-        uncertain,
-        learner=learner,
-        members=members,
-        initial=initial,
-        per_round=per_round,
-        budget=budget,
-        seed=seed,
-    )
+    return _query_loop(oracle, pool, x_test, y_test, uncertain, **options)
 
 
 def random_sampling(
-    oracle: Callable[[torch.Tensor], torch.Tensor],
+    oracle: Predictor,
     pool: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
-    *,
-    learner: Learner | None = None,
-    members: int = 5,
-    initial: int = 10,
-    per_round: int = 10,
-    budget: int = 200,
-    seed: int = 0,
+    **options: Unpack[QueryOptions],
 ) -> LearningCurve:
-    """The baseline: the same rounds, labelling random pool points."""
+    """The baseline: the same rounds, labelling random pool points (options:
+    :class:`QueryOptions`)."""
 
-    def anywhere(ensemble, pool, remaining, count, generator):
+    def anywhere(
+        ensemble: Ensemble,
+        pool: torch.Tensor,
+        remaining: torch.Tensor,
+        count: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         candidates = remaining.nonzero().squeeze(1)
         return candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
 
-    return _query_loop(
-        oracle,
-        pool,
-        x_test,
-        y_test,
-        anywhere,
-        learner=learner,
-        members=members,
-        initial=initial,
-        per_round=per_round,
-        budget=budget,
-        seed=seed,
-    )
+    return _query_loop(oracle, pool, x_test, y_test, anywhere, **options)

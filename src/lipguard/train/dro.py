@@ -12,23 +12,27 @@ dual-norm regularizer ``ε·||w||_q`` — no inner maximisation needed.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch.nn import functional
 
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.norm import dual_norm
+from lipguard.norm import NormLike, dual_norm
 
-LOSSES = ("logistic", "hinge")
+#: a loss decreasing in the margin ``m``: ``log(1 + e^{-m})`` or ``max(0, 1 - m)``
+MarginLoss = Literal["logistic", "hinge"]
+LOSSES: tuple[MarginLoss, ...] = get_args(MarginLoss)
 
 
-def dual_norm_regularizer(weight: torch.Tensor, eps: float, norm: float | str) -> torch.Tensor:
+def dual_norm_regularizer(weight: torch.Tensor, eps: float, norm: NormLike) -> torch.Tensor:
     """``ε·||w||_q`` with ``q`` the dual of the input norm ``p``."""
     if eps < 0:
         raise InvalidArgumentError(f"eps must be >= 0, got {eps!r}")
     return eps * torch.linalg.vector_norm(weight.flatten(), ord=dual_norm(norm))
 
 
-def margin_loss(margin: torch.Tensor, loss: str) -> torch.Tensor:
+def margin_loss(margin: torch.Tensor, loss: MarginLoss) -> torch.Tensor:
     if loss == "logistic":
         return functional.softplus(-margin)
     if loss == "hinge":
@@ -42,8 +46,8 @@ def robust_linear_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    norm: float | str,
-    loss: str = "logistic",
+    norm: NormLike,
+    loss: MarginLoss = "logistic",
 ) -> torch.Tensor:
     """Per-sample worst-case loss over ``||δ||_p <= eps`` of the linear classifier, in closed
     form; labels ``y`` in ``{-1, +1}``."""

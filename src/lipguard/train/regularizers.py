@@ -38,17 +38,20 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Generator, Tensor, nn
 from torch.nn import functional
 
 from lipguard import _checks
 from lipguard.attacks.objectives import Objective
-from lipguard.attacks.threat import ThreatModel
+from lipguard.attacks.threat import Bounds, ThreatModel
 from lipguard.errors import InvalidArgumentError
+from lipguard.nn.penalties import gradient_penalty_from_outputs
+from lipguard.norm import NormLike
 from lipguard.train.inner import adversary_path
 from lipguard.train.tasks import Task, TaskModel
 
@@ -57,7 +60,7 @@ from lipguard.train.tasks import Task, TaskModel
 class RegularizedLoss:
     """The batch's training loss (with its graph) and its parts as floats."""
 
-    total: torch.Tensor
+    total: Tensor
     task_loss: float
     penalty: float
 
@@ -69,34 +72,31 @@ class Regularizer(ABC):
 
     @abstractmethod
     def __call__(
-        self,
-        model: nn.Module,
-        task: Task,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        generator: torch.Generator | None = None,
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
     ) -> RegularizedLoss: ...
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if _plain(v)}}
 
 
-def _plain(value) -> bool:
+def _plain(value: object) -> bool:
     return isinstance(value, bool | int | float | str) or value is None
 
 
-def _value(tensor: torch.Tensor) -> float:
+def _value(tensor: Tensor) -> float:
     return float(tensor.detach())
 
 
-def _task_loss(model, task, x, y) -> torch.Tensor:
+def _task_loss(model: nn.Module, task: Task, x: Tensor, y: Tensor) -> Tensor:
     return task.loss(task.forward(model, x), y).mean()
 
 
 class NoRegularizer(Regularizer):
     name = "none"
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         loss = _task_loss(model, task, x, y)
         return RegularizedLoss(loss, _value(loss), 0.0)
 
@@ -106,7 +106,9 @@ class HardConstraint(NoRegularizer):
 
     name = "constraint"
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         if not callable(getattr(model, "certified_lipschitz", None)):
             raise InvalidArgumentError(
                 "the 'constraint' regularizer needs a model built from lipguard's constrained "
@@ -121,8 +123,8 @@ class GradientPenalty(Regularizer):
     def __init__(
         self,
         weight: float = 1.0,
-        lipschitz: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
-        norm: float | str = 2,
+        lipschitz: float | Callable[[Tensor], Tensor] = 1.0,
+        norm: NormLike = 2,
     ) -> None:
         self.weight = _checks.positive_float("weight", weight)
         self.lipschitz = (
@@ -130,20 +132,20 @@ class GradientPenalty(Regularizer):
         )
         self.norm = norm
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
-        from lipguard.norm import dual_norm
-
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         points = x.detach().requires_grad_(True)
         outputs = task.forward(model, points)
         loss = task.loss(outputs, y).mean()
-        (gradient,) = torch.autograd.grad(task.scalar(outputs, y).sum(), points, create_graph=True)
-        size = torch.linalg.vector_norm(gradient.flatten(1), ord=dual_norm(self.norm), dim=1)
         target = self.lipschitz(x.detach()) if callable(self.lipschitz) else self.lipschitz
-        penalty = (functional.relu(size - target) ** 2).mean()
+        penalty = gradient_penalty_from_outputs(
+            task.scalar(outputs, y), points, target, norm=self.norm
+        )
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
 
 
-def _flat_outputs(outputs: torch.Tensor) -> torch.Tensor:
+def _flat_outputs(outputs: Tensor) -> Tensor:
     return outputs.reshape(outputs.shape[0], -1)
 
 
@@ -157,7 +159,14 @@ class JacobianPenalty(Regularizer):
         self.projections = _checks.positive_int("projections", projections)
         self.exact = exact
 
-    def frobenius(self, model, task, x, generator=None, create_graph: bool = True):
+    def frobenius(
+        self,
+        model: nn.Module,
+        task: Task,
+        x: Tensor,
+        generator: Generator | None = None,
+        create_graph: bool = True,
+    ) -> Tensor:
         """Per-sample estimate (or exact value) of ``||J_f(x)||_F²``, with its graph."""
         points = x.detach().requires_grad_(True)
         outputs = _flat_outputs(task.forward(model, points))
@@ -179,7 +188,9 @@ class JacobianPenalty(Regularizer):
             total = total + classes * row.flatten(1).pow(2).sum(1)
         return total / self.projections
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         loss = _task_loss(model, task, x, y)
         penalty = 0.5 * self.frobenius(model, task, x, generator).mean()
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
@@ -191,10 +202,10 @@ class _Adversarial(Regularizer):
     def __init__(
         self,
         eps: float,
-        norm: float | str = "inf",
+        norm: NormLike = "inf",
         steps: int = 7,
         step_size: float | None = None,
-        bounds: tuple[float, float] | None = None,
+        bounds: Bounds | None = None,
         random_start: bool = True,
     ) -> None:
         self.threat = ThreatModel(eps, norm, bounds=bounds)
@@ -203,7 +214,7 @@ class _Adversarial(Regularizer):
         self.steps = _checks.positive_int("steps", steps)
         self.step_size = 2.5 * self.eps / steps if step_size is None else float(step_size)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {**super().describe(), "norm": "inf" if self.threat.norm == math.inf else 2}
 
 
@@ -212,7 +223,9 @@ class PGDAdversarialTraining(_Adversarial):
 
     name = "pgd_at"
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         path = adversary_path(
             lambda p: task.loss(task.forward(model, p), y),
             x,
@@ -227,7 +240,7 @@ class PGDAdversarialTraining(_Adversarial):
         return RegularizedLoss(loss, _value(clean), _value(loss - clean))
 
 
-def _divergence(task: Task, clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+def _divergence(task: Task, clean: Tensor, perturbed: Tensor) -> Tensor:
     """KL between the predicted distributions (classification) or the squared distance."""
     if task.name == "classification":
         log_p = functional.log_softmax(clean, dim=1)
@@ -243,15 +256,17 @@ class TRADES(_Adversarial):
         self,
         beta: float = 6.0,
         eps: float = 0.031,
-        norm="inf",
-        steps=10,
+        norm: NormLike = "inf",
+        steps: int = 10,
         step_size: float | None = 0.007,
-        bounds=None,
+        bounds: Bounds | None = None,
     ) -> None:
         super().__init__(eps, norm, steps, step_size, bounds)
         self.beta = _checks.positive_float("beta", beta)
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         clean_outputs = task.forward(model, x)
         reference = clean_outputs.detach()
         noise = 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -289,12 +304,12 @@ class AAJR(_Adversarial):
         self,
         weight: float = 1.0,
         eps: float = 0.1,
-        norm="inf",
+        norm: NormLike = "inf",
         steps: int = 7,
         step_size: float | None = None,
-        bounds=None,
+        bounds: Bounds | None = None,
         *,
-        objective=None,
+        objective: Callable[[Tensor], Objective] | None = None,
         sample_step: bool = False,
         unrolled: bool = False,
         eta: float = 1e-12,
@@ -307,7 +322,9 @@ class AAJR(_Adversarial):
         self.unrolled = unrolled
         self.eta = _checks.positive_float("eta", eta)
 
-    def _adversary_loss(self, model, task, x, y):
+    def _adversary_loss(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor
+    ) -> Callable[[Tensor], Tensor]:
         if self.objective is None:
             return lambda p: task.loss(task.forward(model, p), y)
         target: Objective = self.objective(y)
@@ -316,7 +333,9 @@ class AAJR(_Adversarial):
         bound = target.bind(wrapped, x, clean)
         return lambda p: bound.loss(wrapped(p))
 
-    def penalty(self, model, task, x, y, generator=None) -> torch.Tensor:
+    def penalty(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> Tensor:
         """``(1/K)·Σ_k mean_i ||J_f(x_i + δ_k)·u_k||²`` (or one sampled term)."""
         path = adversary_path(
             self._adversary_loss(model, task, x, y),
@@ -328,7 +347,7 @@ class AAJR(_Adversarial):
             generator=generator,
             unrolled=self.unrolled,
         )
-        steps = range(len(path) - 1)
+        steps: Sequence[int] = range(len(path) - 1)
         if self.sample_step:
             steps = [int(torch.randint(len(path) - 1, (1,), generator=generator))]
         terms = []
@@ -339,11 +358,13 @@ class AAJR(_Adversarial):
             point = path[k]
             if not self.unrolled:
                 point, direction = point.detach(), direction.detach()
-            _, tangent = torch.func.jvp(lambda p: task.forward(model, p), (point,), (direction,))
+            tangent = torch.func.jvp(lambda p: task.forward(model, p), (point,), (direction,))[1]
             terms.append(_flat_outputs(tangent).pow(2).sum(1).mean())
         return torch.stack(terms).mean()
 
-    def __call__(self, model, task, x, y, generator=None) -> RegularizedLoss:
+    def __call__(
+        self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
+    ) -> RegularizedLoss:
         loss = _task_loss(model, task, x, y)
         penalty = self.penalty(model, task, x, y, generator)
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
@@ -360,7 +381,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
 }
 
 
-def make_regularizer(regularizer: str | Regularizer, **options) -> Regularizer:
+def make_regularizer(regularizer: str | Regularizer, **options: Any) -> Regularizer:
     """A regularizer by name (options are its constructor's keywords), or one passed through."""
     if isinstance(regularizer, Regularizer):
         if options:

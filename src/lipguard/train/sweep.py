@@ -13,36 +13,42 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lipguard._progress import progress_bar
+from lipguard.norm import NormLike
+from lipguard.train.tasks import Task, TaskName
 from lipguard.train.trainer import fit
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 @dataclass(frozen=True)
 class SweepPoint:
     regularizer: str
-    options: dict
+    options: dict[str, Any]  # the regularizer's keyword arguments, of whatever types it takes
     seed: int
     clean_metric: float
     robust_metric: float
     seconds_per_epoch: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def price_of_robustness(
     make_model: Callable[[int], nn.Module],
     data: tuple[torch.Tensor, torch.Tensor],
-    grid: Mapping[str, Sequence[dict]],
+    grid: Mapping[str, Sequence[dict[str, Any]]],
     *,
     validation: tuple[torch.Tensor, torch.Tensor],
-    task: str = "classification",
+    task: TaskName | Task = "classification",
     robust_eps: float,
-    robust_norm: float | str = "inf",
+    robust_norm: NormLike = "inf",
     robust_steps: int = 10,
     bounds: tuple[float, float] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
@@ -59,7 +65,7 @@ def price_of_robustness(
         for options in settings
         for seed in seeds
     ]
-    points = []
+    points: list[SweepPoint] = []
     with progress_bar(len(runs), "price of robustness", progress) as advance:
         for name, options, seed in runs:
             result = fit(
@@ -80,10 +86,12 @@ def price_of_robustness(
                 progress=False,
             )
             last = result.history[-1]
+            if last.robust_metric is None:  # fit measures it whenever robust_eps is given
+                raise RuntimeError("fit returned no robust metric")
             seconds = statistics.median(m.seconds for m in result.history)
             points.append(
                 SweepPoint(
-                    name, dict(options), seed, last.clean_metric, float(last.robust_metric), seconds
+                    name, dict(options), seed, last.clean_metric, last.robust_metric, seconds
                 )
             )
             advance(1)
@@ -92,7 +100,7 @@ def price_of_robustness(
 
 def median_over_seeds(points: Sequence[SweepPoint]) -> list[SweepPoint]:
     """One point per (regularizer, options): the medians over seeds (seed = -1)."""
-    groups: dict[tuple, list[SweepPoint]] = {}
+    groups: dict[tuple[str, str], list[SweepPoint]] = {}
     for point in points:
         groups.setdefault((point.regularizer, repr(sorted(point.options.items()))), []).append(
             point
@@ -136,8 +144,11 @@ def at_matched(points: Sequence[SweepPoint], target: float) -> dict[str, SweepPo
 
 
 def plot_price_of_robustness(
-    points: Sequence[SweepPoint], path: str | Path | None = None, ax=None, title: str = ""
-):
+    points: Sequence[SweepPoint],
+    path: str | Path | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
     """Clean against robust metric for every setting (seed medians), each regularizer's points
     joined in grid order (the order of its strengths), the Pareto front dashed."""
     import matplotlib
@@ -167,5 +178,6 @@ def plot_price_of_robustness(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if path is not None:
-        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+        # the root figure (a SubFigure, which ``ax.figure`` may be, cannot be saved on its own)
+        ax.figure.figure.savefig(path, dpi=120, bbox_inches="tight")
     return ax

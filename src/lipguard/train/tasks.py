@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -23,8 +25,8 @@ from lipguard.errors import InvalidArgumentError, ShapeError
 class Task(ABC):
     """What training optimises, for one kind of data."""
 
-    name: str
-    higher_is_better: bool = True
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The task's outputs for inputs ``x`` (logits, values, or preference logits)."""
@@ -50,16 +52,16 @@ class Task(ABC):
 class Classification(Task):
     name = "classification"
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return functional.cross_entropy(outputs, y, reduction="none")
 
-    def metric(self, outputs, y) -> float:
+    def metric(self, outputs: torch.Tensor, y: torch.Tensor) -> float:
         return float((outputs.argmax(1) == y).float().mean())
 
-    def objective(self, y):
+    def objective(self, y: torch.Tensor) -> Objective:
         return CrossEntropy(y)
 
-    def scalar(self, outputs, y):
+    def scalar(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The log-probability of the true class."""
         return functional.log_softmax(outputs, dim=1).gather(1, y[:, None])[:, 0]
 
@@ -76,13 +78,13 @@ class Regression(Task):
     name = "regression"
     higher_is_better = False
 
-    def forward(self, model, x):
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _values(model(x))
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (outputs - y) ** 2
 
-    def metric(self, outputs, y) -> float:
+    def metric(self, outputs: torch.Tensor, y: torch.Tensor) -> float:
         return float(((outputs - y) ** 2).mean())
 
 
@@ -91,18 +93,18 @@ class Preference(Task):
 
     name = "preference"
 
-    def forward(self, model, x):
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[1] != 2:
             raise ShapeError("preference inputs must be pairs stacked as (N, 2, *shape)")
         rewards = _values(model(x.flatten(0, 1))).view(x.shape[0], 2)
         return rewards[:, 0] - rewards[:, 1]
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return functional.binary_cross_entropy_with_logits(
             outputs, y.to(outputs.dtype), reduction="none"
         )
 
-    def metric(self, outputs, y) -> float:
+    def metric(self, outputs: torch.Tensor, y: torch.Tensor) -> float:
         return float(((outputs > 0) == (y > 0.5)).float().mean())
 
 
@@ -113,14 +115,22 @@ class TaskModel(nn.Module):
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.task.forward(self.model, x)
 
 
-TASKS = {"classification": Classification, "regression": Regression, "preference": Preference}
+#: the built-in tasks by name
+TaskName = Literal["classification", "regression", "preference"]
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "classification": Classification,
+    "regression": Regression,
+    "preference": Preference,
+}
 
 
-def make_task(task: str | Task) -> Task:
+def make_task(task: TaskName | Task) -> Task:
+    """``task`` itself, or a new instance of the built-in task it names."""
     if isinstance(task, Task):
         return task
     if task not in TASKS:

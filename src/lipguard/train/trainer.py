@@ -6,18 +6,21 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lipguard import _checks
+from lipguard._gradients import input_gradient_norms
 from lipguard._progress import progress_bar
 from lipguard.attacks.gradient import PGD
 from lipguard.attacks.threat import ThreatModel
 from lipguard.errors import DivergenceError, InvalidArgumentError, ShapeError
+from lipguard.norm import NormLike
 from lipguard.train.regularizers import Regularizer, make_regularizer
 from lipguard.train.stability import Oscillation, diverged, oscillation
-from lipguard.train.tasks import Task, TaskModel, make_task
+from lipguard.train.tasks import Task, TaskModel, TaskName, make_task
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,12 @@ class FitResult:
         }
 
 
-def _split(data, validation, fraction: float, generator: torch.Generator):
+Batch = tuple[Tensor, Tensor]
+
+
+def _split(
+    data: Batch, validation: Batch | None, fraction: float, generator: torch.Generator
+) -> tuple[Batch, Batch]:
     x, y = data
     if x.shape[0] != y.shape[0]:
         raise ShapeError(f"{x.shape[0]} inputs but {y.shape[0]} targets")
@@ -68,12 +76,12 @@ def _split(data, validation, fraction: float, generator: torch.Generator):
     return (x[order[cut:]], y[order[cut:]]), (x[order[:cut]], y[order[:cut]])
 
 
-def _gradient_norms(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor):
+def _gradient_norms(model: nn.Module, task: Task, x: Tensor, y: Tensor) -> Tensor:
+    """ℓ2 norms of the input gradients of the task's per-sample scalar."""
     points = x.detach().requires_grad_(True)
     with torch.enable_grad():
         outputs = task.forward(model, points)
-        (gradient,) = torch.autograd.grad(task.scalar(outputs, y).sum(), points)
-    return gradient.flatten(1).norm(dim=1)
+        return input_gradient_norms(task.scalar(outputs, y), points, 2)
 
 
 def _certified(model: nn.Module) -> float | None:
@@ -91,12 +99,12 @@ def _certified(model: nn.Module) -> float | None:
 
 def fit(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
-    task: str | Task = "classification",
+    data: Batch,
+    task: TaskName | Task = "classification",
     regularizer: str | Regularizer = "none",
     *,
     regularizer_options: dict | None = None,
-    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    validation: Batch | None = None,
     validation_fraction: float = 0.2,
     epochs: int = 20,
     batch_size: int = 64,
@@ -105,7 +113,7 @@ def fit(
     seed: int = 0,
     patience: int | None = None,
     robust_eps: float | None = None,
-    robust_norm: float | str = "inf",
+    robust_norm: NormLike = "inf",
     robust_steps: int = 10,
     bounds: tuple[float, float] | None = None,
     certify: bool = False,
@@ -200,7 +208,29 @@ def fit(
     return result
 
 
-def _evaluate(model, task, x, y, robust_eps, robust_norm, robust_steps, bounds, certify, seed):
+class _Evaluation(TypedDict):
+    """The validation half of :class:`EpochMetrics`."""
+
+    validation_loss: float
+    clean_metric: float
+    robust_metric: float | None
+    certified_lipschitz: float | None
+    gradient_norm_mean: float
+    gradient_norm_max: float
+
+
+def _evaluate(
+    model: nn.Module,
+    task: Task,
+    x: Tensor,
+    y: Tensor,
+    robust_eps: float | None,
+    robust_norm: NormLike,
+    robust_steps: int,
+    bounds: tuple[float, float] | None,
+    certify: bool,
+    seed: int,
+) -> _Evaluation:
     model.eval()
     with torch.no_grad():
         outputs = task.forward(model, x)

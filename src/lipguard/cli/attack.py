@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
@@ -13,39 +14,52 @@ import typer
 from rich import box
 from rich.table import Table
 
-from lipguard._cli_support import (
+from lipguard._progress import progress_bar
+from lipguard.cli._io import (
+    ModelArgument,
     OverwriteOption,
-    accepted_inputs,
     console,
-    fail,
-    load_model,
-    parse_pair,
-    parse_shape,
+    load_model_and_samples,
+    norm_option,
+    number,
+    parse_range,
     refuse_existing,
-    reshaped,
     write_text,
 )
-from lipguard._progress import progress_bar
-from lipguard.errors import InvalidArgumentError, LipguardError
+from lipguard.errors import InvalidArgumentError
+from lipguard.norm import LINF, Norm
 
-OBJECTIVES = ("ce", "margin", "dlr", "reward-up", "reward-down", "reward-abs")
+if TYPE_CHECKING:
+    from lipguard.attacks import Attack, Objective, ThreatModel
+
+REWARD_SHIFTS: dict[str, Literal["up", "down", "abs"]] = {
+    "reward-up": "up",
+    "reward-down": "down",
+    "reward-abs": "abs",
+}
+OBJECTIVES = ("ce", "margin", "dlr", *REWARD_SHIFTS)
 ATTACKS = ("pgd", "apgd", "fgsm", "square", "random")
 
 
-def _objective(name: str, labels: torch.Tensor | None):
+def _objective(name: str, labels: torch.Tensor | None) -> Objective:
     from lipguard.attacks import DLR, CrossEntropy, Margin, RewardShift
 
-    if name.startswith("reward-"):
-        return RewardShift(name.removeprefix("reward-"))
+    if name in REWARD_SHIFTS:
+        return RewardShift(REWARD_SHIFTS[name])
     if labels is None:
         raise InvalidArgumentError(f"objective {name!r} needs labels: an array 'y' in the data")
-    return {"ce": CrossEntropy, "margin": Margin, "dlr": DLR}[name](labels)
+    classification: dict[str, Callable[[torch.Tensor], Objective]] = {
+        "ce": CrossEntropy,
+        "margin": Margin,
+        "dlr": DLR,
+    }
+    return classification[name](labels)
 
 
-def _attack(name: str, threat, steps: int, seed: int):
+def _attack(name: str, threat: ThreatModel, steps: int, seed: int) -> Attack:
     from lipguard.attacks import APGD, FGSM, PGD, RandomNoise, Square
 
-    builders = {
+    builders: dict[str, Callable[[], Attack]] = {
         "pgd": lambda: PGD(threat, steps=steps, seed=seed),
         "apgd": lambda: APGD(threat, steps=steps, seed=seed),
         "fgsm": lambda: FGSM(threat, seed=seed),
@@ -56,10 +70,10 @@ def _attack(name: str, threat, steps: int, seed: int):
 
 
 def attack_command(
-    model: Annotated[Path, typer.Argument(help="An .onnx file or a lipguard checkpoint.")],
+    model: ModelArgument,
     data: Annotated[Path, typer.Option(help=".npz (x, optional labels y), .npy or .csv inputs.")],
-    eps: Annotated[float, typer.Option(help="Perturbation budget.")],
-    norm: Annotated[str, typer.Option(help="inf or 2.")] = "inf",
+    eps: Annotated[float, typer.Option(help="Perturbation budget.", callback=number(low=0))],
+    norm: Annotated[Norm, norm_option("inf or 2.")] = LINF,
     objective: Annotated[str, typer.Option(help=f"One of {', '.join(OBJECTIVES)}.")] = "ce",
     attack: Annotated[str, typer.Option(help=f"One of {', '.join(ATTACKS)}.")] = "pgd",
     steps: Annotated[
@@ -78,41 +92,32 @@ def attack_command(
 ) -> None:
     """Attack every input of a data file and report the success rate."""
     from lipguard.attacks import ThreatModel
-    from lipguard.cli_smooth import load_data
 
     for target in (out, save_adversarial):
         refuse_existing(target, overwrite)
-    try:
-        if objective not in OBJECTIVES:
-            raise InvalidArgumentError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if attack not in ATTACKS:
-            raise InvalidArgumentError(f"attack must be one of {ATTACKS}, got {attack!r}")
-        network, stored_shape = load_model(model)
-        x, y = load_data(data, label_column)
-        shape = parse_shape(input_shape) or stored_shape
-        if shape is not None:
-            x = reshaped(x, shape)
-        accepted_inputs(network, x)
-        threat = ThreatModel(eps, norm, bounds=parse_pair(bounds, "--bounds", "0,1"))
-        runner = _attack(attack, threat, steps, seed)
-        started = time.perf_counter()
-        results = []
-        with progress_bar(x.shape[0], f"{attack} ε = {eps:g}", True) as advance:
-            for start in range(0, x.shape[0], batch_size):
-                chunk = slice(start, start + batch_size)
-                labels = None if y is None else y[chunk]
-                results.append(runner(network, x[chunk], _objective(objective, labels)))
-                advance(x[chunk].shape[0])
-        seconds = time.perf_counter() - started
-    except LipguardError as error:
-        fail(error)
+    if objective not in OBJECTIVES:
+        raise InvalidArgumentError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if attack not in ATTACKS:
+        raise InvalidArgumentError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    network, x, y = load_model_and_samples(model, data, label_column, input_shape)
+    threat = ThreatModel(eps, norm.p, bounds=parse_range(bounds, "--bounds", "0,1"))
+    runner = _attack(attack, threat, steps, seed)
+    started = time.perf_counter()
+    results = []
+    with progress_bar(x.shape[0], f"{attack} ε = {eps:g}", True) as advance:
+        for start in range(0, x.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            labels = None if y is None else y[chunk]
+            results.append(runner(network, x[chunk], _objective(objective, labels)))
+            advance(x[chunk].shape[0])
+    seconds = time.perf_counter() - started
     success = torch.cat([r.success for r in results])
     loss = torch.cat([r.loss for r in results])
     table = Table(title=f"{attack} on {model.name} ({data.name})", box=box.SIMPLE_HEAD)
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("inputs", str(x.shape[0]))
-    table.add_row("threat", f"ℓ{norm} ε = {eps:g}" + (f", box [{bounds}]" if bounds else ""))
+    table.add_row("threat", f"{norm.label} ε = {eps:g}" + (f", box [{bounds}]" if bounds else ""))
     table.add_row("objective", objective)
     table.add_row("success rate", f"{float(success.float().mean()):.1%}")
     if y is not None and not objective.startswith("reward-"):
@@ -125,7 +130,12 @@ def attack_command(
     table.add_row("time", f"{seconds:.2f} s")
     console.print(table)
     if out is not None:
-        payload = {"success": success.tolist(), "loss": loss.tolist(), "eps": eps, "norm": norm}
+        payload = {
+            "success": success.tolist(),
+            "loss": loss.tolist(),
+            "eps": eps,
+            "norm": norm.name,
+        }
         write_text(out, json.dumps(payload, indent=2))
         console.print(f"results: {out}")
     if save_adversarial is not None:

@@ -1,7 +1,7 @@
-"""A one-call gradient-masking audit (Athalye et al., 2018; Carlini et al., 2019).
+"""A one-call gradient-masking check (Athalye et al., 2018; Carlini et al., 2019).
 
 A defence that only *hides* gradients — quantised inputs, saturated softmax, randomness — makes
-gradient attacks fail without making the model robust. :func:`masking_audit` runs the standard
+gradient attacks fail without making the model robust. :func:`masking_check` runs the standard
 warning-sign checks and reports a verdict for each:
 
 1. **one-step vs iterative** — FGSM must not beat PGD;
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,52 +33,34 @@ from lipguard.attacks.blackbox import RandomNoise, Square, Transfer
 from lipguard.attacks.gradient import FGSM, PGD
 from lipguard.attacks.objectives import CrossEntropy, Margin, Objective
 from lipguard.attacks.threat import ThreatModel
+from lipguard.norm import NormLike
+from lipguard.results import Check, Report, Verdict
 
 
 @dataclass(frozen=True)
-class Check:
-    name: str
-    verdict: str  # "pass", "warn" or "skipped"
-    detail: str
-
-
-@dataclass(frozen=True)
-class MaskingReport:
-    checks: list[Check] = field(default_factory=list)
+class MaskingReport(Report):
+    """The checks of :func:`masking_check`: verdicts ``pass``, ``warn`` or ``skipped``."""
 
     @property
     def suspicious(self) -> bool:
         """Whether any check warns."""
-        return any(check.verdict == "warn" for check in self.checks)
+        return bool(self.warnings)
 
-    def verdict(self, name: str) -> str:
-        return next(check.verdict for check in self.checks if check.name == name)
-
-    def __str__(self) -> str:
-        width = max(len(check.name) for check in self.checks)
-        return "\n".join(
-            f"{check.verdict.upper():7} {check.name:<{width}}  {check.detail}"
-            for check in self.checks
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "suspicious": self.suspicious,
-            "checks": [vars(check) for check in self.checks],
-        }
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "suspicious": self.suspicious}
 
 
-def _verdict(ok: bool) -> str:
+def _verdict(ok: bool) -> Verdict:
     return "pass" if ok else "warn"
 
 
-def masking_audit(
+def masking_check(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
     eps: float = 0.1,
-    norm: float | str = "inf",
+    norm: NormLike = "inf",
     bounds: tuple[float, float] | None = None,
     surrogate: nn.Module | None = None,
     objective: Objective | None = None,
@@ -96,7 +79,7 @@ def masking_audit(
     threat = ThreatModel(eps, norm, bounds=bounds)
     threat.check_inputs(x)
     pgd = PGD(threat, steps=steps, seed=seed)(model, x, objective)
-    checks = []
+    checks: list[Check] = []
 
     fgsm = FGSM(threat, seed=seed)(model, x, objective)
     checks.append(
@@ -187,4 +170,4 @@ def masking_audit(
             "eval-mode outputs are " + ("deterministic" if deterministic else "random: use EOT"),
         )
     )
-    return MaskingReport(checks)
+    return MaskingReport(tuple(checks))
