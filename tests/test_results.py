@@ -150,3 +150,21 @@ def test_renamed_keyword_still_works_with_a_warning():
     assert "eps=0.5" in old[0].scope
     with pytest.raises(TypeError, match="both"):
         local_lipschitz_bound(model, center, radius=0.5, eps=0.5)
+
+
+def test_lower_bound_round_trips_and_refuses_mis_sized_witnesses():
+    from lipguard.bounds import LipschitzLowerBound
+
+    x, y = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    bound = LipschitzLowerBound(1.5, 2.0, "ascent", x, y, 1.4, True, None)
+    again = LipschitzLowerBound.from_dict(json.loads(json.dumps(bound.to_dict())), 2, ((2, 3),))
+    assert torch.equal(again.y, y)
+    assert again.value == 1.5
+    assert again.norm == 2.0
+    joint = LipschitzLowerBound.from_dict(bound.to_dict(), "inf", ((2,), (4,)))
+    assert joint.x.shape == (6,)
+    assert joint.shapes == ((2,), (4,))
+    assert joint.norm == math.inf
+    for edit in ({"x": [0.0] * 5}, {"y": ["0"] * 6}, {"rigorous": "yes"}, {"value": math.nan}):
+        with pytest.raises(InvalidArgumentError):
+            LipschitzLowerBound.from_dict({**bound.to_dict(), **edit}, 2, ((2, 3),))

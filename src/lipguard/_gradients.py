@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from lipguard.norm import Norm, NormLike
+from lipguard.norm import L2, Norm, NormLike
 
 
 def input_gradient_norms(
     outputs: torch.Tensor,
     inputs: torch.Tensor,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     *,
     create_graph: bool = False,
 ) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 from typing import Union
 
 import torch
@@ -20,55 +19,62 @@ _NAMES = {"1": 1.0, "l1": 1.0, "2": 2.0, "l2": 2.0, "inf": math.inf, "linf": mat
 _DUALS = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
 
 
-@dataclass(frozen=True)
-class Norm:
-    """The vector norm ``ℓp`` for ``p`` in ``{1, 2, ∞}``.
+class Norm(float):
+    """The vector norm ``ℓp`` for ``p`` in ``{1, 2, ∞}``: a float equal to ``p``.
 
-    ``name`` is its spelling in files and on the command line (``"1"``, ``"2"``, ``"inf"``),
-    ``label`` its spelling for people (``"ℓ1"``, ``"ℓ2"``, ``"ℓ∞"``), ``dual`` the norm ``q``
-    with ``1/p + 1/q = 1``. ``float(norm)`` is ``p``.
+    Being the number ``p`` itself, a :class:`Norm` goes wherever a norm order did
+    (``norm == math.inf``, arithmetic, JSON) and adds ``dual`` (the norm ``q`` with
+    ``1/p + 1/q = 1``), ``name`` (its spelling in files and on the command line: ``"1"``,
+    ``"2"``, ``"inf"``) and ``label`` (its spelling for people: ``"ℓ1"``, ``"ℓ2"``, ``"ℓ∞"``,
+    also its ``str``).
     """
 
-    p: float
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if isinstance(self.p, bool) or self.p not in _DUALS:
-            raise InvalidArgumentError(f"norm must be 1, 2 or inf, got {self.p!r}")
-        object.__setattr__(self, "p", float(self.p))
+    def __new__(cls, p: float) -> Norm:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or float(p) not in _DUALS:
+            raise InvalidArgumentError(f"norm must be 1, 2 or inf, got {p!r}")
+        return super().__new__(cls, float(p))
 
     @classmethod
     def parse(cls, value: NormLike) -> Norm:
         """The :class:`Norm` a user's spelling names; refuses anything but 1, 2 and inf."""
         if isinstance(value, Norm):
             return value
-        order = _NAMES.get(value.lower()) if isinstance(value, str) else value
-        if order is None or isinstance(order, bool) or not isinstance(order, numbers.Real):
+        if isinstance(value, str):
+            if value.lower() not in _NAMES:
+                raise InvalidArgumentError(f"norm must be 1, 2 or inf, got {value!r}")
+            return cls(_NAMES[value.lower()])
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidArgumentError(f"norm must be 1, 2 or inf, got {value!r}")
-        if order not in _DUALS:
-            raise InvalidArgumentError(f"norm must be 1, 2 or inf, got {value!r}")
-        return cls(float(order))
+        return cls(value)
+
+    @property
+    def p(self) -> float:
+        """The order ``p`` as a plain float."""
+        return float(self)
 
     @property
     def dual(self) -> Norm:
         """The dual norm: ℓ1 ↔ ℓ∞, ℓ2 ↔ ℓ2."""
-        return Norm(_DUALS[self.p])
+        return Norm(_DUALS[float(self)])
 
     @property
     def name(self) -> str:
         """``"1"``, ``"2"`` or ``"inf"``: the spelling in JSON files and CLI options."""
-        return "inf" if self.p == math.inf else f"{self.p:g}"
+        return "inf" if self == math.inf else f"{float(self):g}"
 
     @property
     def label(self) -> str:
         """``"ℓ1"``, ``"ℓ2"`` or ``"ℓ∞"``: the spelling in tables and reports."""
-        return "ℓ∞" if self.p == math.inf else f"ℓ{self.p:g}"
+        return "ℓ∞" if self == math.inf else f"ℓ{float(self):g}"
 
     def of(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of each sample of a batch (every dimension after the first)."""
-        return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), ord=self.p, dim=1)
+        return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), ord=float(self), dim=1)
 
-    def __float__(self) -> float:
-        return self.p
+    def __repr__(self) -> str:
+        return f"Norm({self.name!r})"
 
     def __str__(self) -> str:
         return self.label

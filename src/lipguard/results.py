@@ -16,12 +16,21 @@ Verdict = Literal["pass", "fail", "warn", "skipped"]
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 
 
-def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    """``data[key]`` if it has type ``kind`` (a bool is not a number here)."""
+def json_field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """``data[key]`` of a JSON object if it has type ``kind`` (a bool is not a number here);
+    otherwise an :class:`InvalidArgumentError` naming ``what`` and the field."""
     value = data.get(key)
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
         raise InvalidArgumentError(f"{what}: field {key!r} is missing or of the wrong type")
     return value
+
+
+def finite_field(data: Mapping[str, Any], key: str, what: str) -> float:
+    """``data[key]`` as a float if it is a finite JSON number."""
+    value = json_field(data, key, (int, float), what)
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{what}: field {key!r} must be finite, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -79,19 +88,19 @@ class LipschitzBound:
         """The bound :meth:`to_dict` wrote; a missing or mistyped field is refused by name."""
         if not isinstance(data, Mapping):
             raise InvalidArgumentError(f"{what}: expected an object")
-        value = _field(data, "value", (int, float), what)
-        margin = _field(data, "margin", (int, float), what)
-        if not (math.isfinite(value) and math.isfinite(margin) and margin >= 0):
-            raise InvalidArgumentError(f"{what}: value and margin must be finite, margin >= 0")
+        value = finite_field(data, "value", what)
+        margin = finite_field(data, "margin", what)
+        if margin < 0:
+            raise InvalidArgumentError(f"{what}: margin must be >= 0")
         details = data.get("details")
         if details is not None and not isinstance(details, dict):
             raise InvalidArgumentError(f"{what}: field 'details' must be an object or null")
         return cls(
             value=float(value),
             norm=Norm.parse(data.get("norm", "")).p,
-            method=_field(data, "method", str, what),
-            scope=_field(data, "scope", str, what),
-            sound=_field(data, "sound", bool, what),
+            method=json_field(data, "method", str, what),
+            scope=json_field(data, "scope", str, what),
+            sound=json_field(data, "sound", bool, what),
             margin=float(margin),
             details=details,
         )
@@ -129,13 +138,13 @@ class Check:
     def from_dict(cls, data: object) -> Check:
         if not isinstance(data, Mapping):
             raise InvalidArgumentError("check: expected an object")
-        verdict = _field(data, "verdict", str, "check")
+        verdict = json_field(data, "verdict", str, "check")
         if verdict not in VERDICTS:
             raise InvalidArgumentError(f"check: verdict must be one of {VERDICTS}")
         detail = data.get("detail", "")
         if not isinstance(detail, str):
             raise InvalidArgumentError("check: field 'detail' must be a string")
-        return cls(_field(data, "name", str, "check"), cast(Verdict, verdict), detail)
+        return cls(json_field(data, "name", str, "check"), cast(Verdict, verdict), detail)
 
 
 @dataclass(frozen=True)

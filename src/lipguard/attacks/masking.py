@@ -33,7 +33,7 @@ from lipguard.attacks.blackbox import RandomNoise, Square, Transfer
 from lipguard.attacks.gradient import FGSM, PGD
 from lipguard.attacks.objectives import CrossEntropy, Margin, Objective
 from lipguard.attacks.threat import ThreatModel
-from lipguard.norm import NormLike
+from lipguard.norm import LINF, NormLike
 from lipguard.results import Check, Report, Verdict
 
 
@@ -60,7 +60,7 @@ def masking_check(
     y: torch.Tensor,
     *,
     eps: float = 0.1,
-    norm: NormLike = "inf",
+    norm: NormLike = LINF,
     bounds: tuple[float, float] | None = None,
     surrogate: nn.Module | None = None,
     objective: Objective | None = None,

@@ -18,7 +18,7 @@ import torch
 
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.norm import NormLike, parse_norm
+from lipguard.norm import LINF, NormLike, parse_norm
 
 SUPPORTED_NORMS = (2.0, math.inf)
 
@@ -57,7 +57,7 @@ class ThreatModel:
     def __init__(
         self,
         eps: float,
-        norm: NormLike = math.inf,
+        norm: NormLike = LINF,
         bounds: Bounds | None = None,
         mask: torch.Tensor | None = None,
     ) -> None:

@@ -39,7 +39,7 @@ from lipguard.errors import (
     UnsupportedModuleError,
 )
 from lipguard.linalg import up
-from lipguard.norm import Norm, NormLike, parse_norm
+from lipguard.norm import L2, Norm, NormLike, parse_norm
 from lipguard.results import LipschitzBound
 
 #: "auto" adds LipSDP when the matrix inequality has at most this many rows
@@ -269,7 +269,7 @@ def _auto(job: _Job) -> LipschitzBound:
 @on_idle_cores
 def lipschitz_bound(
     model: nn.Module,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     method: Method = "auto",
     *,
     input_shape: InputShape | None = None,
@@ -328,7 +328,7 @@ def local_lipschitz_bound(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor],
     eps: float,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     *,
     input_shape: InputShape | None = None,
 ) -> list[LipschitzBound]:
@@ -360,7 +360,7 @@ def local_lipschitz_bound(
 def block_lipschitz_bounds(
     model: nn.Module,
     blocks: Mapping[str, Block] | Sequence[Block] | None = None,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     method: BlockMethod = "compositional",
     *,
     input_shape: InputShape | None = None,
@@ -441,7 +441,7 @@ def _block_index(name: str, block: Block, size: int) -> torch.Tensor:
 @on_idle_cores
 def exact_lipschitz(
     model: nn.Module,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     *,
     input_shape: InputShape | None = None,
     max_regions: int = 100_000,

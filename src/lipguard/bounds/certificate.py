@@ -45,7 +45,7 @@ from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Operator, Sort, Sum
 from lipguard.errors import CertificateError, LipguardError
-from lipguard.norm import Norm, NormLike
+from lipguard.norm import L2, Norm, NormLike
 from lipguard.results import Check, LipschitzBound, Report
 
 FORMAT = "lipguard-certificate/2"
@@ -169,20 +169,10 @@ class Certificate:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, ``claims_sha256`` included."""
-        lower = None
-        if self.lower is not None:
-            lower = {
-                "value": self.lower.value,
-                "method": self.lower.method,
-                "rigorous": self.lower.rigorous,
-                "x": self.lower.x.reshape(-1).tolist(),
-                "y": self.lower.y.reshape(-1).tolist(),
-                "gradient_norm": self.lower.gradient_norm,
-            }
         data = {
             "format": FORMAT,
             "upper": self.upper.to_dict(),
-            "lower": lower,
+            "lower": None if self.lower is None else self.lower.to_dict(),
             "gap": self.gap,
             "input_shape": _listed(self.input_shape),
             "dtype": self.dtype,
@@ -321,41 +311,28 @@ class Certificate:
 
 
 def _from_dict(data: dict[str, Any]) -> Certificate:
-    upper = data["upper"]
-    bound = LipschitzBound.from_dict(upper, "upper bound")
-    norm = bound.norm
+    upper = LipschitzBound.from_dict(data["upper"], "upper bound")
     given = data["input_shape"]
     shape: CertifiedShape
-    witness_shape: tuple[int, ...]
-    several: tuple[tuple[int, ...], ...] | None = None  # the input shapes of several inputs
-    if all(isinstance(size, list) for size in given):
-        several = tuple(tuple(int(size) for size in item) for item in given)
-        shape, witness_shape = several, (sum(math.prod(item) for item in several),)
+    if given and all(isinstance(size, list) for size in given):  # several inputs
+        shape = tuple(tuple(int(size) for size in item) for item in given)
+        shapes = shape
     else:
-        shape = witness_shape = tuple(int(size) for size in given)
+        shape = tuple(int(size) for size in given)
+        shapes = (shape,)
     lower = None
     if data["lower"] is not None:
-        raw = data["lower"]
-        lower = LipschitzLowerBound(
-            _number(raw["value"]),
-            norm,
-            str(raw["method"]),
-            torch.tensor(raw["x"], dtype=torch.float64).reshape(witness_shape),
-            torch.tensor(raw["y"], dtype=torch.float64).reshape(witness_shape),
-            _number(raw["gradient_norm"]),
-            bool(raw["rigorous"]),
-            several,
-        )
+        lower = LipschitzLowerBound.from_dict(data["lower"], upper.norm, shapes)
     return Certificate(
-        bound,
-        lower,
-        shape,
-        str(data["dtype"]),
-        str(data["weights_sha256"]),
-        str(data["architecture_sha256"]),
-        str(data["lipguard_version"]),
-        str(data["torch_version"]),
-        str(data["created"]),
+        upper=upper,
+        lower=lower,
+        input_shape=shape,
+        dtype=str(data["dtype"]),
+        weights_sha256=str(data["weights_sha256"]),
+        architecture_sha256=str(data["architecture_sha256"]),
+        lipguard_version=str(data["lipguard_version"]),
+        torch_version=str(data["torch_version"]),
+        created=str(data["created"]),
     )
 
 
@@ -363,16 +340,10 @@ def _listed(shape: CertifiedShape) -> list[int | list[int]]:
     return [list(item) if isinstance(item, tuple) else item for item in shape]
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return float(value)
-
-
 @on_idle_cores
 def certify(
     model: nn.Module,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     method: Method = "auto",
     *,
     inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -403,13 +374,13 @@ def certify(
                 f"{upper.value:.9g}; please report this model"
             )
     return Certificate(
-        upper,
-        lower,
-        shape,
-        weights_dtype(model),
-        weights_sha256(model),
-        architecture_sha256(model, shape),
-        lipguard.__version__,
-        torch.__version__,
-        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        upper=upper,
+        lower=lower,
+        input_shape=shape,
+        dtype=weights_dtype(model),
+        weights_sha256=weights_sha256(model),
+        architecture_sha256=architecture_sha256(model, shape),
+        lipguard_version=lipguard.__version__,
+        torch_version=torch.__version__,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,11 @@ from lipguard.bounds.evaluate import GraphFunction, enclose, relative_temperatur
 from lipguard.bounds.frontend import Shapes, to_graph
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.network import Network
-from lipguard.errors import LipguardError, ShapeError
+from lipguard.errors import InvalidArgumentError, LipguardError, ShapeError
 from lipguard.linalg import U64
 from lipguard.nn.activations import GroupSort
-from lipguard.norm import parse_norm
+from lipguard.norm import L2, NormLike, parse_norm
+from lipguard.results import finite_field, json_field
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,47 @@ class LipschitzLowerBound:
     @property
     def sound(self) -> bool:
         return False  # a lower bound is evidence, never a guarantee on the maximum
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the witnessed claim, witnesses flattened (the norm and the input
+        shapes belong to the context: a certificate states them once for both bounds)."""
+        return {
+            "value": self.value,
+            "method": self.method,
+            "rigorous": self.rigorous,
+            "x": self.x.reshape(-1).tolist(),
+            "y": self.y.reshape(-1).tolist(),
+            "gradient_norm": self.gradient_norm,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, norm: NormLike, shapes: Shapes) -> LipschitzLowerBound:
+        """The bound :meth:`to_dict` wrote, about a model with inputs of ``shapes`` in ``norm``;
+        a missing, mistyped or mis-sized field is refused by name."""
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError("lower bound: expected an object")
+        several = len(shapes) > 1
+        shape = (sum(math.prod(item) for item in shapes),) if several else tuple(shapes[0])
+        witnesses = []
+        for key in ("x", "y"):
+            values = json_field(data, key, list, "lower bound")
+            if len(values) != math.prod(shape) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                raise InvalidArgumentError(
+                    f"lower bound: witness {key!r} must hold {math.prod(shape)} numbers"
+                )
+            witnesses.append(torch.tensor(values, dtype=torch.float64).reshape(shape))
+        return cls(
+            finite_field(data, "value", "lower bound"),
+            parse_norm(norm),
+            json_field(data, "method", str, "lower bound"),
+            witnesses[0],
+            witnesses[1],
+            finite_field(data, "gradient_norm", "lower bound"),
+            json_field(data, "rigorous", bool, "lower bound"),
+            tuple(tuple(item) for item in shapes) if several else None,
+        )
 
     def check(self, model: nn.Module) -> float:
         """Recompute the witnessed ratio on ``model`` (the same function as when it was found)."""
@@ -283,7 +326,7 @@ def _vector_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
 def lipschitz_lower_bound(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor],
-    norm: float | str = 2,
+    norm: NormLike = L2,
     *,
     restarts: int = 4,
     steps: int = 200,

@@ -5,7 +5,7 @@
 - ``smooth certify``: :mod:`lipguard.cli.smooth`
 - ``monitor``: :mod:`lipguard.cli.monitor`
 - ``audit verify | checkpoint | report``: :mod:`lipguard.cli.audit`
-- ``run``: :mod:`lipguard.cli_run`
+- ``run``: :mod:`lipguard.cli.run`
 
 What they share (loaders, parsers, the one-line error exit) is in :mod:`lipguard.cli._io`.
 """
@@ -19,7 +19,7 @@ import typer
 import lipguard
 from lipguard.cli import attack, audit, certify, monitor, smooth
 from lipguard.cli._io import Command, OneLineErrors, console
-from lipguard.cli_run import run_command
+from lipguard.cli.run import run_command
 
 __all__ = ["app"]
 

@@ -41,7 +41,7 @@ from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.pairs import PairViolations, PoolIndex, find_violations
 from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
-from lipguard.norm import NormLike, parse_norm
+from lipguard.norm import L2, NormLike, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
 
@@ -105,7 +105,7 @@ class LipschitzMonitor:
     def __init__(
         self,
         lipschitz: float | Callable[[np.ndarray], np.ndarray],
-        norm: NormLike = 2,
+        norm: NormLike = L2,
         *,
         window: int = 1024,
         reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,

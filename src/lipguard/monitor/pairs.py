@@ -29,7 +29,7 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 
-from lipguard.norm import NormLike, parse_norm
+from lipguard.norm import L2, NormLike, parse_norm
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
 MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
@@ -88,7 +88,7 @@ def find_violations(
     lipschitz: float | np.ndarray,
     *,
     pool_lipschitz: np.ndarray | None = None,
-    norm: NormLike = 2.0,
+    norm: NormLike = L2,
     tolerance: float = 0.0,
     noise_floor: float = 0.0,
     index: PoolIndex | None = None,
@@ -328,7 +328,7 @@ def brute_force_violations(
     pool_rewards: np.ndarray,
     lipschitz: float | np.ndarray,
     *,
-    norm: NormLike = 2.0,
+    norm: NormLike = L2,
     tolerance: float = 0.0,
     noise_floor: float = 0.0,
 ) -> set[tuple[int, int]]:

@@ -11,7 +11,7 @@ from torch import nn
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError
 from lipguard.linalg import U64, gamma, underflow_unit, unit_roundoff
-from lipguard.norm import NormLike, dual_norm, parse_norm
+from lipguard.norm import L2, NormLike, dual_norm, parse_norm
 from lipguard.results import LipschitzBound
 
 
@@ -117,7 +117,7 @@ class LipschitzLinearModel(nn.Module):
         out_features: int = 1,
         *,
         lipschitz: float = 1.0,
-        norm: NormLike = 2,
+        norm: NormLike = L2,
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

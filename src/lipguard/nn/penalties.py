@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lipguard import _checks
 from lipguard._gradients import input_gradient_norms
 from lipguard.errors import ShapeError
-from lipguard.norm import Norm, NormLike
+from lipguard.norm import L2, Norm, NormLike
 
 
 def gradient_penalty(
@@ -19,7 +19,7 @@ def gradient_penalty(
     lipschitz: float,
     *,
     one_sided: bool = True,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     interpolate_with: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -75,7 +75,7 @@ def gradient_penalty_from_outputs(
     points: torch.Tensor,
     lipschitz: float | torch.Tensor,
     *,
-    norm: NormLike = 2,
+    norm: NormLike = L2,
     one_sided: bool = True,
 ) -> torch.Tensor:
     """The penalty of :func:`gradient_penalty` for outputs already computed.

@@ -21,6 +21,7 @@ from lipguard.rl import (
     max_reward_gradient,
     reward_features,
 )
+from lipguard.rl.reward import RewardKind
 from lipguard.smoothing import SmoothedRegressor
 
 
@@ -63,7 +64,7 @@ def collect(config: RunConfig) -> RewardData:
     return RewardData((features[train], rewards[train]), (features[test], rewards[test]))
 
 
-def _plan(config: RunConfig, name: Reward) -> tuple[str, str, dict[str, Any]]:
+def _plan(config: RunConfig, name: Reward) -> tuple[RewardKind, str, dict[str, Any]]:
     """How ``name`` is trained: the architecture (:func:`~lipguard.rl.build_reward_model`'s
     ``kind``), the regularizer and its options."""
     if name is Reward.LIPSCHITZ:

@@ -28,7 +28,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
 from lipguard.attacks.objectives import ActionKind
-from lipguard.norm import NormLike
+from lipguard.norm import LINF, NormLike
 from lipguard.rl.data import FeatureInputs, reward_features
 from lipguard.rl.policy import action_network, max_reward_gradient
 from lipguard.rl.wrappers import (
@@ -55,7 +55,7 @@ def discontinuity_rate(
     *,
     tau: float = 0.1,
     kind: ActionKind = "continuous",
-    norm: NormLike = "inf",
+    norm: NormLike = LINF,
     steps: int = 20,
     restarts: int = 2,
     seed: int = 0,

@@ -30,7 +30,7 @@ from torch import nn
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.linalg import down, up
-from lipguard.norm import NormLike, parse_norm
+from lipguard.norm import L2, NormLike, parse_norm
 
 
 class PessimisticReward:
@@ -53,7 +53,7 @@ class PessimisticReward:
         self,
         model: nn.Module,
         eps: float,
-        norm: NormLike = 2,
+        norm: NormLike = L2,
         *,
         local: bool = True,
         input_shape: Sequence[int] | None = None,

@@ -26,7 +26,7 @@ from lipguard import _checks
 from lipguard._gradients import input_gradient_norms
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError
-from lipguard.norm import NormLike
+from lipguard.norm import L2, NormLike
 from lipguard.rl.wrappers import LearnedRewardVecEnv, RewardInputs
 
 ALGORITHMS = {"PPO": PPO, "SAC": SAC}
@@ -104,7 +104,7 @@ class RewardMetricsCallback(BaseCallback):
     ``lipguard/true_return``, ``lipguard/learned_return`` and ``lipguard/reward_gap`` (their
     difference, the reward-hacking signal) over the episodes finished meanwhile."""
 
-    def __init__(self, reward: nn.Module, norm: NormLike = 2) -> None:
+    def __init__(self, reward: nn.Module, norm: NormLike = L2) -> None:
         super().__init__()
         self.reward, self.norm = reward, norm
         self.history: list[dict] = []
@@ -132,7 +132,7 @@ class RewardMetricsCallback(BaseCallback):
         self.history.append(row)
 
 
-def max_reward_gradient(reward: nn.Module, features: torch.Tensor, norm: NormLike = 2) -> float:
+def max_reward_gradient(reward: nn.Module, features: torch.Tensor, norm: NormLike = L2) -> float:
     """``max_i ||∇r(x_i)||_q`` over the rows of ``features`` (``q`` dual to ``norm``): a lower
     bound on the reward's Lipschitz constant, observed where the agent went."""
     points = features.detach().float().requires_grad_(True)

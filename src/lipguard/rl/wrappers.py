@@ -34,7 +34,7 @@ from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
 from lipguard.attacks.objectives import ActionKind
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
-from lipguard.norm import NormLike, parse_norm
+from lipguard.norm import LINF, NormLike, parse_norm
 from lipguard.rl.frozen import FrozenReward
 
 #: what a learned reward scores: the state acted in (and the action), or the state reached
@@ -170,7 +170,7 @@ class ObservationPerturbation(VecEnvWrapper):
         return self.perturb(self.true_observations), rewards, dones, infos
 
 
-def random_perturbation(eps: float, norm: NormLike = "inf", seed: int = 0) -> Perturbation:
+def random_perturbation(eps: float, norm: NormLike = LINF, seed: int = 0) -> Perturbation:
     """Uniform noise in the ℓ∞ box of radius ``eps``, or uniform on the ℓ2 sphere of radius
     ``eps`` (a random direction at full budget)."""
     eps, p = _checks.positive_float("eps", eps), parse_norm(norm)
@@ -197,7 +197,7 @@ def policy_attack(
     policy: torch.nn.Module,
     kind: ActionKind,
     eps: float,
-    norm: NormLike = "inf",
+    norm: NormLike = LINF,
     steps: int = 10,
     seed: int = 0,
 ) -> Perturbation:
@@ -217,7 +217,7 @@ def reward_attack(
     policy: torch.nn.Module,
     reward: torch.nn.Module,
     eps: float,
-    norm: NormLike = "inf",
+    norm: NormLike = LINF,
     steps: int = 10,
     seed: int = 0,
 ) -> Perturbation:

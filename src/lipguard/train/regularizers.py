@@ -51,7 +51,7 @@ from lipguard.attacks.objectives import Objective
 from lipguard.attacks.threat import Bounds, ThreatModel
 from lipguard.errors import InvalidArgumentError
 from lipguard.nn.penalties import gradient_penalty_from_outputs
-from lipguard.norm import NormLike
+from lipguard.norm import L2, LINF, NormLike
 from lipguard.train.inner import adversary_path
 from lipguard.train.tasks import Task, TaskModel
 
@@ -124,7 +124,7 @@ class GradientPenalty(Regularizer):
         self,
         weight: float = 1.0,
         lipschitz: float | Callable[[Tensor], Tensor] = 1.0,
-        norm: NormLike = 2,
+        norm: NormLike = L2,
     ) -> None:
         self.weight = _checks.positive_float("weight", weight)
         self.lipschitz = (
@@ -202,7 +202,7 @@ class _Adversarial(Regularizer):
     def __init__(
         self,
         eps: float,
-        norm: NormLike = "inf",
+        norm: NormLike = LINF,
         steps: int = 7,
         step_size: float | None = None,
         bounds: Bounds | None = None,
@@ -256,7 +256,7 @@ class TRADES(_Adversarial):
         self,
         beta: float = 6.0,
         eps: float = 0.031,
-        norm: NormLike = "inf",
+        norm: NormLike = LINF,
         steps: int = 10,
         step_size: float | None = 0.007,
         bounds: Bounds | None = None,
@@ -304,7 +304,7 @@ class AAJR(_Adversarial):
         self,
         weight: float = 1.0,
         eps: float = 0.1,
-        norm: NormLike = "inf",
+        norm: NormLike = LINF,
         steps: int = 7,
         step_size: float | None = None,
         bounds: Bounds | None = None,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lipguard._progress import progress_bar
-from lipguard.norm import NormLike
+from lipguard.norm import LINF, NormLike
 from lipguard.train.tasks import Task, TaskName
 from lipguard.train.trainer import fit
 
@@ -48,7 +48,7 @@ def price_of_robustness(
     validation: tuple[torch.Tensor, torch.Tensor],
     task: TaskName | Task = "classification",
     robust_eps: float,
-    robust_norm: NormLike = "inf",
+    robust_norm: NormLike = LINF,
     robust_steps: int = 10,
     bounds: tuple[float, float] | None = None,
     seeds: Sequence[int] = (0, 1, 2),

@@ -17,7 +17,7 @@ from lipguard._progress import progress_bar
 from lipguard.attacks.gradient import PGD
 from lipguard.attacks.threat import ThreatModel
 from lipguard.errors import DivergenceError, InvalidArgumentError, ShapeError
-from lipguard.norm import NormLike
+from lipguard.norm import LINF, NormLike
 from lipguard.train.regularizers import Regularizer, make_regularizer
 from lipguard.train.stability import Oscillation, diverged, oscillation
 from lipguard.train.tasks import Task, TaskModel, TaskName, make_task
@@ -113,7 +113,7 @@ def fit(
     seed: int = 0,
     patience: int | None = None,
     robust_eps: float | None = None,
-    robust_norm: NormLike = "inf",
+    robust_norm: NormLike = LINF,
     robust_steps: int = 10,
     bounds: tuple[float, float] | None = None,
     certify: bool = False,
