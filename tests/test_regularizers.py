@@ -68,7 +68,7 @@ def test_aajr_penalises_only_the_attacked_output():
     # no random start, a ball too large to project: every step is exactly along a
     aajr = AAJR(eps=10.0, norm=2, steps=3, step_size=0.5, objective=first, random_start=False)
     value = aajr.penalty(model, Classification(), x, y)
-    assert float(value) == pytest.approx(float(a @ a), rel=1e-5)
+    assert float(value.detach()) == pytest.approx(float(a @ a), rel=1e-5)
     jacobian = JacobianPenalty(exact=True).frobenius(model, Classification(), x)
     assert float(jacobian[0]) == pytest.approx(float(a @ a + b @ b), rel=1e-5)
 
@@ -82,7 +82,7 @@ def test_aajr_one_l2_step_from_zero_is_the_squared_gradient():
     value = aajr.penalty(reward, Regression(), x, y)
     points = x.clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(reward(points).sum(), points)
-    assert float(value) == pytest.approx(float(gradient.pow(2).sum(1).mean()), rel=1e-5)
+    assert float(value.detach()) == pytest.approx(float(gradient.pow(2).sum(1).mean()), rel=1e-5)
 
 
 def test_jvp_matches_finite_differences():

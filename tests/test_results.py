@@ -168,3 +168,14 @@ def test_lower_bound_round_trips_and_refuses_mis_sized_witnesses():
     for edit in ({"x": [0.0] * 5}, {"y": ["0"] * 6}, {"rigorous": "yes"}, {"value": math.nan}):
         with pytest.raises(InvalidArgumentError):
             LipschitzLowerBound.from_dict({**bound.to_dict(), **edit}, 2, ((2, 3),))
+
+
+def test_describe_is_now_to_dict_with_a_warning():
+    from lipguard.smoothing import IsotropicNoise
+    from lipguard.train.regularizers import GradientPenalty
+
+    for value in (IsotropicNoise(0.5), GradientPenalty(1.0, norm="inf")):
+        with pytest.warns(DeprecationWarning, match=r"to_dict\(\)"):
+            old = value.describe()
+        assert old == value.to_dict()
+    assert IsotropicNoise(0.5).to_dict()["sigma"] == 0.5

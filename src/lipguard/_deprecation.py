@@ -13,7 +13,8 @@ from typing import Any, TypeVar, cast
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _warn(old: str, new: str) -> None:
+def warn_renamed(old: str, new: str) -> None:
+    """Warn the caller's caller that ``old`` is now spelled ``new``."""
     warnings.warn(
         f"{old} is deprecated and will be removed in the next release; use {new}",
         DeprecationWarning,
@@ -29,7 +30,7 @@ def module_getattr(module: str, renamed: Mapping[str, tuple[str, object]]) -> Ca
         if name not in renamed:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         new, value = renamed[name]
-        _warn(f"{module}.{name}", new)
+        warn_renamed(f"{module}.{name}", new)
         return value
 
     return __getattr__
@@ -44,7 +45,7 @@ def renamed_keyword(old: str, new: str) -> Callable[[F], F]:
             if old in kwargs:
                 if new in kwargs:
                     raise TypeError(f"{function.__name__}() got both {old!r} and {new!r}")
-                _warn(f"the keyword {old}=", f"{new}=")
+                warn_renamed(f"the keyword {old}=", f"{new}=")
                 kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 

@@ -89,7 +89,7 @@ class ClassifierCertificates:
             "votes": self.votes.tolist(),
             "samples": self.samples.tolist(),
             "alpha": self.alpha,
-            "noise": self.noise.describe(),
+            "noise": self.noise.to_dict(),
         }
 
 

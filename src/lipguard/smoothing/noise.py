@@ -27,6 +27,7 @@ import torch
 from scipy import fft
 
 from lipguard import _checks
+from lipguard._deprecation import warn_renamed
 from lipguard.errors import InvalidArgumentError, PerInputNoiseError, ShapeError
 
 
@@ -52,8 +53,13 @@ class GaussianNoise(ABC):
         """``det(Σ)^{1/(2d)}``, the geometric mean of the standard deviations."""
 
     @abstractmethod
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary."""
+
+    def describe(self) -> dict[str, Any]:
+        """Deprecated spelling of :meth:`to_dict`."""
+        warn_renamed("describe()", "to_dict()")
+        return self.to_dict()
 
     @property
     def isotropic(self) -> bool:
@@ -79,7 +85,7 @@ class IsotropicNoise(GaussianNoise):
     def volume_std(self) -> float:
         return self.sigma
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": "isotropic", "sigma": self.sigma}
 
     @property
@@ -122,7 +128,7 @@ class DiagonalNoise(GaussianNoise):
     def volume_std(self) -> float:
         return float(torch.exp(torch.log(self.std).mean()))
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": "diagonal", "std_min": self.min_std(), "std_max": float(self.std.max())}
 
 
@@ -182,7 +188,7 @@ class LowRankNoise(GaussianNoise):
         )
         return math.exp(log_det / (2.0 * self.diagonal_std.numel()))
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": "low-rank", "rank": self.factor.shape[1], "volume_std": self.volume_std()}
 
 
@@ -239,7 +245,7 @@ class DCTNoise(GaussianNoise):
     def volume_std(self) -> float:
         return float(torch.exp(torch.log(self.std).mean()))
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": "dct", "std_min": self.min_std(), "std_max": float(self.std.max())}
 
 

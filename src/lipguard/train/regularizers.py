@@ -36,7 +36,6 @@ adversarial points, not at ``x``.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,11 +46,12 @@ from torch import Generator, Tensor, nn
 from torch.nn import functional
 
 from lipguard import _checks
+from lipguard._deprecation import warn_renamed
 from lipguard.attacks.objectives import Objective
 from lipguard.attacks.threat import Bounds, ThreatModel
 from lipguard.errors import InvalidArgumentError
 from lipguard.nn.penalties import gradient_penalty_from_outputs
-from lipguard.norm import L2, LINF, NormLike
+from lipguard.norm import L2, LINF, Norm, NormLike
 from lipguard.train.inner import adversary_path
 from lipguard.train.tasks import Task, TaskModel
 
@@ -75,8 +75,14 @@ class Regularizer(ABC):
         self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
     ) -> RegularizedLoss: ...
 
-    def describe(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, object]:
+        """The regularizer's name and plain settings (JSON-friendly)."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if _plain(v)}}
+
+    def describe(self) -> dict[str, object]:
+        """Deprecated spelling of :meth:`to_dict`."""
+        warn_renamed("describe()", "to_dict()")
+        return self.to_dict()
 
 
 def _plain(value: object) -> bool:
@@ -130,7 +136,7 @@ class GradientPenalty(Regularizer):
         self.lipschitz = (
             lipschitz if callable(lipschitz) else _checks.positive_float("lipschitz", lipschitz)
         )
-        self.norm = norm
+        self.norm = Norm.parse(norm)
 
     def __call__(
         self, model: nn.Module, task: Task, x: Tensor, y: Tensor, generator: Generator | None = None
@@ -214,8 +220,8 @@ class _Adversarial(Regularizer):
         self.steps = _checks.positive_int("steps", steps)
         self.step_size = 2.5 * self.eps / steps if step_size is None else float(step_size)
 
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "norm": "inf" if self.threat.norm == math.inf else 2}
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "norm": Norm(self.threat.norm).name}
 
 
 class PGDAdversarialTraining(_Adversarial):
