@@ -257,3 +257,13 @@ def test_worst_pair_mode_reports_each_offending_observation_once():
             assert event.details["pairs"] == len(by_step[event.step])
     with pytest.raises(InvalidArgumentError):
         LipschitzMonitor(1.0, pairs="some")
+
+
+def test_pair_search_refuses_the_l1_norm_instead_of_measuring_l2():
+    from lipguard.errors import InvalidArgumentError
+    from lipguard.monitor import brute_force_violations, find_violations
+
+    states, rewards = np.zeros((3, 2)), np.zeros(3)
+    for search in (find_violations, brute_force_violations):
+        with pytest.raises(InvalidArgumentError, match="ℓ2 or ℓ∞"):
+            search(states, rewards, states, rewards, 1.0, norm=1)

@@ -41,7 +41,7 @@ from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.pairs import PairViolations, PoolIndex, find_violations
 from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
-from lipguard.norm import L2, NormLike, parse_norm
+from lipguard.norm import L2, Norm, NormLike, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
 
@@ -185,7 +185,7 @@ class LipschitzMonitor:
         """What the audit trail records about this monitor when it starts."""
         settings: dict[str, object] = {
             "lipschitz": "state-dependent" if callable(lipschitz) else float(lipschitz),
-            "norm": "inf" if self.norm == math.inf else "2",
+            "norm": Norm(self.norm).name,
             "window": self.window,
             "tolerance": "auto" if self.automatic else self.tolerance,
             "noise_floor": self.noise_floor,

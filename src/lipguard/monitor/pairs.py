@@ -29,7 +29,8 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 
-from lipguard.norm import L2, NormLike, parse_norm
+from lipguard.errors import InvalidArgumentError
+from lipguard.norm import L2, Norm, NormLike, parse_norm
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
 MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
@@ -67,8 +68,11 @@ class PairViolations:
 
 
 def _norm_order(norm: NormLike) -> float:
-    """ℓ∞ for ``inf``; ℓ2 otherwise."""
-    return math.inf if parse_norm(norm) == math.inf else 2.0
+    """``2.0`` or ``inf``: the state distances the pair search supports (ℓ1 is refused)."""
+    p = parse_norm(norm)
+    if p not in (2.0, math.inf):
+        raise InvalidArgumentError(f"pair distances are ℓ2 or ℓ∞, got {Norm(p).label}")
+    return p
 
 
 def _as_rows(states: ArrayLike) -> np.ndarray:

@@ -11,7 +11,7 @@ from torch import nn
 from lipguard import _checks
 from lipguard.errors import InvalidArgumentError
 from lipguard.linalg import U64, gamma, underflow_unit, unit_roundoff
-from lipguard.norm import L2, NormLike, dual_norm, parse_norm
+from lipguard.norm import L2, Norm, NormLike, dual_norm, parse_norm
 from lipguard.results import LipschitzBound
 
 
@@ -174,8 +174,7 @@ class LipschitzLinearModel(nn.Module):
         return LipschitzBound(value=value, norm=self.norm, method="dual-norm, per output")
 
     def extra_repr(self) -> str:
-        norm = "inf" if self.norm == math.inf else f"{self.norm:g}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"lipschitz={self.lipschitz:g}, norm={norm}"
+            f"lipschitz={self.lipschitz:g}, norm={Norm(self.norm).name}"
         )
