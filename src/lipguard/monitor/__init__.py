@@ -4,18 +4,26 @@
 from lipguard._deprecation import module_getattr
 from lipguard.errors import AuditError
 from lipguard.monitor.drift import ADWIN, PageHinkley
-from lipguard.monitor.monitor import Event, LipschitzMonitor, Observation
+from lipguard.monitor.monitor import (
+    EVENT_KINDS,
+    Event,
+    EventKind,
+    LipschitzMonitor,
+    Observation,
+)
 from lipguard.monitor.pairs import PairViolations, brute_force_violations, find_violations
 from lipguard.monitor.store import AuditRecord, AuditStore, AuditVerification, Checkpoint
 
 __all__ = [
     "ADWIN",
+    "EVENT_KINDS",
     "AuditError",
     "AuditRecord",
     "AuditStore",
     "AuditVerification",
     "Checkpoint",
     "Event",
+    "EventKind",
     "LipschitzMonitor",
     "Observation",
     "PageHinkley",

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -51,14 +52,19 @@ _Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _Found = tuple[str, np.ndarray, PairViolations]
 
 
+#: what a monitor event is about
+EventKind = Literal["violation", "out_of_envelope", "gradient", "weights_changed", "drift"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
 @dataclass(frozen=True)
 class Event:
     """One finding. ``kind``: ``violation``, ``out_of_envelope``, ``gradient``,
     ``weights_changed`` or ``drift``; ``step`` is the stream index of the observation."""
 
-    kind: str
+    kind: EventKind
     step: int
-    details: dict = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

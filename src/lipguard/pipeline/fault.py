@@ -18,16 +18,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard.bounds import weights_sha256
-from lipguard.monitor import AuditStore, LipschitzMonitor
+from lipguard.monitor import EVENT_KINDS, AuditStore, EventKind, LipschitzMonitor
 from lipguard.nn import DiagonalAffine
 from lipguard.pipeline.config import RunConfig
 from lipguard.pipeline.results import MonitorResult, TimelineRow
 from lipguard.pipeline.rewards import RewardData
 from lipguard.rl import RewardModel, reward_features
 
-KINDS = ("violation", "gradient", "weights_changed", "drift", "out_of_envelope")
 #: the event kinds that count as alarms
-ALARMS = ("violation", "gradient", "weights_changed")
+ALARMS: tuple[EventKind, ...] = ("violation", "gradient", "weights_changed")
 
 
 def corrupt(model: RewardModel, scale: float) -> None:
@@ -88,7 +87,7 @@ def monitor_with_fault(
             found = monitor.observe(features, rewards).events
             events += found
             counts = Counter(event.kind for event in found)
-            timeline.append(TimelineRow(step + 1, {kind: counts[kind] for kind in KINDS}))
+            timeline.append(TimelineRow(step + 1, {kind: counts[kind] for kind in EVENT_KINDS}))
             states, actions = [], []
     env.close()
     alarms = [event.step for event in events if event.kind in ALARMS]
@@ -104,7 +103,7 @@ def monitor_with_fault(
         first_alarm_after_fault=min(after) if after else None,
         detection_delay=(min(after) - config.fault_step) if after else None,
         fault_detected=bool(after),
-        events={kind: totals[kind] for kind in KINDS},
+        events={kind: totals[kind] for kind in EVENT_KINDS},
         timeline=tuple(timeline),
         audit_path=str(audit_path),
         audit_records=report.records,
