@@ -81,6 +81,13 @@ def test_quick_run_keeps_every_promise(quick_run):
     assert monitor["fault_detected"]
     assert monitor["false_alarms_before_fault"] == 0
     assert monitor["first_alarm_after_fault"] >= monitor["fault_step"]
+    # the planted fault leaves the weights as certified: the hash cannot be what found it
+    assert monitor["first_hash_alarm_after_fault"] is None
+    assert monitor["events"]["weights_changed"] == 0
+    assert (
+        monitor["events"]["violation"] + monitor["events"]["gradient"]
+        == monitor["alarms_after_fault"]
+    )
     assert monitor["audit_verified"]
     report = Report.from_dict(results["checks"])
     assert [check.verdict for check in report.checks] == ["pass"] * 6, str(report)
@@ -89,7 +96,7 @@ def test_quick_run_keeps_every_promise(quick_run):
     for name in ("unconstrained", "lipschitz"):
         assert (out / "certificates" / f"{name}.json").is_file()
     assert set(results["policies"]) == {"true", "unconstrained", "lipschitz"}
-    assert "the monitor found the planted fault" in output
+    assert "the monitor found the planted fault from what it observed" in output
 
 
 def test_report_holds_the_story_and_renders_in_chromium(quick_run, tmp_path):
@@ -167,7 +174,16 @@ def _results(env: str = "Pendulum-v1", fault_detected: bool = True) -> RunResult
     }
     policies = {
         name: PolicyResult(
-            -150.0, None if name is Reward.TRUE else -140.0, None, 4.0, 0.1, -160.0, -200.0, -180.0
+            true_return=-150.0,
+            own_reward_return=None if name is Reward.TRUE else -140.0,
+            reward_gap=None,
+            max_reward_gradient=4.0,
+            tau=0.4,
+            discontinuity_rate=0.1,
+            discontinuity_curve=(0.0, 0.05, 0.1, 0.6),
+            return_random=-160.0,
+            return_mad=-200.0,
+            return_reward_attack=-180.0,
         )
         for name in (Reward.TRUE, *config.reward_models)
     }
@@ -179,6 +195,7 @@ def _results(env: str = "Pendulum-v1", fault_detected: bool = True) -> RunResult
         first_alarm_after_fault=after,
         detection_delay=None if after is None else after - 400,
         fault_detected=fault_detected,
+        first_hash_alarm_after_fault=None,
         events={"violation": 2, "gradient": 1},
         timeline=(TimelineRow(100, {"violation": 0}), TimelineRow(500, {"violation": 2})),
         audit_path="audit.db",
@@ -192,14 +209,16 @@ def _results(env: str = "Pendulum-v1", fault_detected: bool = True) -> RunResult
     return RunResults(meta, config, data, learned, stress, policies, monitor, checks(results))
 
 
-FIGURES = Plots("Uk9CVVNU", "TElQU0NISVRa", "UFJJQ0U=", "VElNRUxJTkU=")
+FIGURES = Plots("Uk9CVVNU", "TElQU0NISVRa", "UFJJQ0U=", "RElTQ09OVA==", "VElNRUxJTkU=")
 
 
 def test_checks_pass_on_a_good_run_and_name_what_failed():
     assert _results().checks.ok
     missed = _results(fault_detected=False).checks
-    assert [check.name for check in missed.failures] == ["the monitor found the planted fault"]
-    assert "no alarm after step 400" in missed.failures[0].detail
+    assert [check.name for check in missed.failures] == [
+        "the monitor found the planted fault from what it observed"
+    ]
+    assert "no pair or gradient alarm after step 400" in missed.failures[0].detail
 
 
 def test_run_results_read_back_from_results_json_render_the_same_report():
@@ -228,7 +247,7 @@ def test_report_renders_every_section_escaped():
     page = render(results, FIGURES)
     positions = [page.index(headings[section]) for section in SECTIONS]
     assert positions == sorted(positions)
-    for png in (FIGURES.robustness, FIGURES.lipschitz, FIGURES.price, FIGURES.timeline):
+    for png in vars(FIGURES).values():
         assert f'src="data:image/png;base64,{png}"' in page
     assert "Pendulum&lt;b&gt;-v1" in page
     assert "<b>-v1" not in page

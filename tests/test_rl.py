@@ -468,3 +468,15 @@ def test_discrete_actions_on_another_classic_control_environment():
     assert attacked.true_return < 100
     set_logits([[0.0] * 4, [0.0] * 4], [1.0, 0.0])
     assert evaluate(model, "CartPole-v1", episodes=3).true_return < 20
+
+
+def test_discontinuity_curve_of_a_linear_policy_is_its_closed_form_step():
+    from lipguard.rl import discontinuity_curve
+
+    # a = w·s moves by at most ε·||w||₁ = 4ε under an ℓ∞ push of ε, and PGD reaches it exactly
+    policy = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        policy.weight.copy_(torch.tensor([[1.0, 2.0, -1.0]]))
+    states = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    curve = discontinuity_curve(policy, states, (0.01, 0.024, 0.026, 0.1), tau=0.1)
+    assert curve == (0.0, 0.0, 1.0, 1.0)

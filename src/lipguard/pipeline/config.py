@@ -71,13 +71,15 @@ class RunConfig:
     timesteps: int = 8000
     episodes: int = 10
     policy_eps: float = 0.1  # ℓ∞ observation budget of the attacks
-    tau: float = 1.0  # action change that counts as a discontinuity
+    tau: float | None = None  # action change that counts as a discontinuity (None: 10% of the
+    # widest action range)
+    discontinuity_eps: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)  # ℓ∞ budgets of the curve
     # 5. monitor: the constrained model deployed on the policy's rollouts
     monitor_steps: int = 2000
     monitor_batch: int = 100
     observation_noise: float = 0.01  # injected sensor noise (std)
-    fault_step: int = 1000  # the reward model's weights are corrupted here
-    fault_scale: float = 8.0  # ... by scaling its last layer
+    fault_step: int = 1000  # the serving path breaks here (the weights stay as certified)
+    fault_scale: float = 8.0  # ... feeding the model its features times this
 
     @classmethod
     def quick(cls) -> RunConfig:
@@ -137,6 +139,8 @@ _POSITIVE = {
     "monitor_batch",
     "fault_scale",
     "reward_hidden",
+    "tau",
+    "discontinuity_eps",
 }
 _CHOICES = {
     "algorithm": ("SAC", "PPO"),
@@ -149,11 +153,15 @@ def _checked(config: RunConfig) -> RunConfig:
     :class:`InvalidArgumentError` naming the setting (before any work starts)."""
     for field in fields(RunConfig):
         value = getattr(config, field.name)
+        declared = str(field.type)
+        if declared.endswith(" | None") and value is None:
+            continue
+        declared = declared.removesuffix(" | None")
         items = value if isinstance(value, tuple) else (value,)
         kind = {"int": int, "float": float, "bool": bool, "str": str}.get(
-            field.type.removeprefix("tuple[").split(",")[0].removesuffix("]")
+            declared.removeprefix("tuple[").split(",")[0].removesuffix("]")
         )
-        if field.type.startswith("tuple") != isinstance(value, tuple) or not all(
+        if declared.startswith("tuple") != isinstance(value, tuple) or not all(
             _is(item, kind) for item in items
         ):
             raise InvalidArgumentError(f"{field.name} must be {field.type}, got {value!r}")

@@ -1,9 +1,12 @@
 """Stage 5 of ``lipguard run``: the monitor watches the deployed reward model and catches a fault.
 
 The constrained reward model is deployed on the rollouts of the policy trained on it; its inputs
-carry injected sensor noise. Half-way, the deployed copy's output scale is multiplied by
-``fault_scale`` (a corrupted weight file, say): rewards become steeper than the certificate
-allows. Every event goes to a hash-chained audit store, which is verified at the end.
+carry injected sensor noise. Half-way, the *serving path* breaks: the features reach the model
+multiplied by ``fault_scale`` (a unit or normalisation step gone wrong — degrees where radians
+were expected), so the rewards it serves become steeper than the certificate allows. The model's
+weights, and so their hash, are unchanged: the monitor can only find the fault from the
+``(state, reward)`` pairs it observes. Hash alarms are counted apart from pair and gradient
+alarms. Every event goes to a hash-chained audit store, which is verified at the end.
 """
 
 from __future__ import annotations
@@ -19,23 +22,15 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard.bounds import weights_sha256
 from lipguard.monitor import EVENT_KINDS, AuditStore, EventKind, LipschitzMonitor
-from lipguard.nn import DiagonalAffine
 from lipguard.pipeline.config import RunConfig
 from lipguard.pipeline.results import MonitorResult, TimelineRow
 from lipguard.pipeline.rewards import RewardData
 from lipguard.rl import RewardModel, reward_features
 
-#: the event kinds that count as alarms
-ALARMS: tuple[EventKind, ...] = ("violation", "gradient", "weights_changed")
-
-
-def corrupt(model: RewardModel, scale: float) -> None:
-    """Multiply the reward model's output scale in place (the planted fault)."""
-    output = model[-1]
-    if not isinstance(output, DiagonalAffine):
-        raise TypeError(f"a reward model ends with a DiagonalAffine, not {type(output).__name__}")
-    with torch.no_grad():
-        output.scale.mul_(scale)
+#: alarms raised by what the monitor observed (pairs of observations, input gradients)
+OBSERVED_ALARMS: tuple[EventKind, ...] = ("violation", "gradient")
+#: the alarm raised by the weight hash
+HASH_ALARM: EventKind = "weights_changed"
 
 
 def monitor_with_fault(
@@ -71,9 +66,10 @@ def monitor_with_fault(
     actions: list[np.ndarray] = []
     timeline: list[TimelineRow] = []
     events = []
+    input_scale = 1.0  # the serving path's feature conversion: correct until the fault
     for step in range(config.monitor_steps):
         if step == config.fault_step:
-            corrupt(deployed, config.fault_scale)
+            input_scale = config.fault_scale
         action, _ = policy.predict(observations, deterministic=True)
         noisy = observations + rng.normal(0.0, config.observation_noise, observations.shape)
         states.append(noisy[0])
@@ -83,26 +79,28 @@ def monitor_with_fault(
         if len(states) == config.monitor_batch:
             features = reward_features(np.stack(states), np.stack(actions))
             with torch.no_grad():
-                rewards = deployed(features)
+                rewards = deployed(features * input_scale)
             found = monitor.observe(features, rewards).events
             events += found
             counts = Counter(event.kind for event in found)
             timeline.append(TimelineRow(step + 1, {kind: counts[kind] for kind in EVENT_KINDS}))
             states, actions = [], []
     env.close()
-    alarms = [event.step for event in events if event.kind in ALARMS]
+    alarms = [event.step for event in events if event.kind in (*OBSERVED_ALARMS, HASH_ALARM)]
     before = [s for s in alarms if s < config.fault_step]
-    after = [s for s in alarms if s >= config.fault_step]
+    observed = [e.step for e in events if e.kind in OBSERVED_ALARMS and e.step >= config.fault_step]
+    hashed = [e.step for e in events if e.kind == HASH_ALARM and e.step >= config.fault_step]
     report = store.verify()
     count, head = store.head()
     totals = Counter(e.kind for e in events)
     return MonitorResult(
         fault_step=config.fault_step,
         false_alarms_before_fault=len(before),
-        alarms_after_fault=len(after),
-        first_alarm_after_fault=min(after) if after else None,
-        detection_delay=(min(after) - config.fault_step) if after else None,
-        fault_detected=bool(after),
+        alarms_after_fault=len(observed),
+        first_alarm_after_fault=min(observed) if observed else None,
+        detection_delay=(min(observed) - config.fault_step) if observed else None,
+        fault_detected=bool(observed),
+        first_hash_alarm_after_fault=min(hashed) if hashed else None,
         events={kind: totals[kind] for kind in EVENT_KINDS},
         timeline=tuple(timeline),
         audit_path=str(audit_path),

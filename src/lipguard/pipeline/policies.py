@@ -49,6 +49,7 @@ def train_and_report(
             own_reward=reward,
             eps=config.policy_eps,
             tau=config.tau,
+            curve_eps=config.discontinuity_eps,
             episodes=config.episodes,
             seed=config.seed,
         )

@@ -108,6 +108,22 @@ def price_plot(results: RunResults) -> str:
     return _png(figure)
 
 
+def discontinuity_plot(results: RunResults) -> str:
+    """Each policy's discontinuity rate along the observation budget ε (the curve)."""
+    figure, ax = plt.subplots(figsize=(5.0, 3.2))
+    epsilons = results.config.discontinuity_eps
+    for name, policy in results.policies.items():
+        ax.plot(epsilons, policy.discontinuity_curve, "o-", color=COLOURS.get(name), label=name)
+    taus = sorted({policy.tau for policy in results.policies.values()})
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("ℓ∞ budget ε on observations")
+    ax.set_ylabel(f"states whose action moves > τ = {', '.join(f'{t:g}' for t in taus)}")
+    ax.set_title("Policies: discontinuity along ε")
+    ax.legend(fontsize=7)
+    return _png(figure)
+
+
 def timeline_plot(results: RunResults) -> str:
     """The monitor's events per batch along the rollout, with the planted fault marked."""
     monitor = results.monitor
@@ -137,11 +153,12 @@ def timeline_plot(results: RunResults) -> str:
 
 @dataclass(frozen=True)
 class Plots:
-    """The report's four plots, base64 PNG."""
+    """The report's plots, base64 PNG."""
 
     robustness: str
     lipschitz: str
     price: str
+    discontinuity: str
     timeline: str
 
 
@@ -151,6 +168,7 @@ def plots(results: RunResults) -> Plots:
         robustness=robustness_plot(results),
         lipschitz=lipschitz_plot(results),
         price=price_plot(results),
+        discontinuity=discontinuity_plot(results),
         timeline=timeline_plot(results),
     )
 

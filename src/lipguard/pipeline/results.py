@@ -106,14 +106,18 @@ class StressResult(_Record):
 class PolicyResult(_Record):
     """Stage 4, the policy trained on one reward (``policies.<name>``, ``true`` included): its
     true return, own-reward return and their gap (``None`` on the true reward), the largest
-    reward gradient on the states it visited, its discontinuity rate and its true return under
-    random noise, MAD and a reward attack (``None`` for discrete actions)."""
+    reward gradient on the states it visited, the action change ``tau`` that counts as a
+    discontinuity, its discontinuity rate at ``policy_eps`` and at each ``discontinuity_eps``
+    (the curve), and its true return under random noise, MAD and a reward attack (``None`` for
+    discrete actions)."""
 
     true_return: float
     own_reward_return: float | None
     reward_gap: float | None
     max_reward_gradient: float
+    tau: float
     discontinuity_rate: float
+    discontinuity_curve: tuple[float, ...]
     return_random: float
     return_mad: float
     return_reward_attack: float | None
@@ -141,10 +145,12 @@ class TimelineRow:
 
 @dataclass(frozen=True)
 class MonitorResult(_Record):
-    """Stage 5 (``monitor``): alarms before and after the planted fault at ``fault_step``, the
-    first alarm after it and its delay (``None`` if it was missed), event totals by kind and per
-    batch, and the audit log: its path, record count, whether its chain verifies, and its head
-    ``SEQ:HASH``."""
+    """Stage 5 (``monitor``): alarms before the planted fault at ``fault_step`` (any kind); after
+    it, the alarms raised by what the monitor observed (pair violations, input gradients), the
+    first one and its delay (``None`` if the fault was missed: ``fault_detected`` counts these
+    only), and apart from them the first weight-hash alarm (``None`` while the weights are
+    unchanged, as the planted fault leaves them); event totals by kind and per batch; and the
+    audit log: its path, record count, whether its chain verifies, and its head ``SEQ:HASH``."""
 
     fault_step: int
     false_alarms_before_fault: int
@@ -152,6 +158,7 @@ class MonitorResult(_Record):
     first_alarm_after_fault: int | None
     detection_delay: int | None
     fault_detected: bool
+    first_hash_alarm_after_fault: int | None
     events: Mapping[str, int]
     timeline: tuple[TimelineRow, ...]
     audit_path: str

@@ -57,11 +57,16 @@ def checks(results: RunResults) -> Report:
     ratios = [(shift / (bound * eps), eps) for eps, shift in curve if bound * eps > 0]
     worst = f"max |Δr| / (L·ε) = {max(ratios)[0]:.3g} at ε = {max(ratios)[1]:g}" if ratios else ""
     monitor = results.monitor
+    hashed = (
+        "the weight hash unchanged"
+        if monitor.first_hash_alarm_after_fault is None
+        else f"a weight-hash alarm at step {monitor.first_hash_alarm_after_fault}"
+    )
     found = (
-        f"first alarm at step {monitor.first_alarm_after_fault}, "
-        f"{monitor.detection_delay} steps after the fault"
+        f"first pair or gradient alarm at step {monitor.first_alarm_after_fault}, "
+        f"{monitor.detection_delay} steps after the fault; {hashed}"
         if monitor.fault_detected
-        else f"no alarm after step {monitor.fault_step}"
+        else f"no pair or gradient alarm after step {monitor.fault_step}; {hashed}"
     )
     return Report.of(
         [
@@ -85,7 +90,11 @@ def checks(results: RunResults) -> Report:
                 monitor.false_alarms_before_fault == 0,
                 f"{monitor.false_alarms_before_fault} alarms before step {monitor.fault_step}",
             ),
-            Check.of("the monitor found the planted fault", monitor.fault_detected, found),
+            Check.of(
+                "the monitor found the planted fault from what it observed",
+                monitor.fault_detected,
+                found,
+            ),
             Check.of(
                 "the audit log verifies",
                 monitor.audit_verified,

@@ -8,7 +8,14 @@ the behavioral discontinuity rate, the reward-hacking gap and the return under a
 """
 
 from lipguard.rl.data import Transitions, collect_transitions, preference_pairs, reward_features
-from lipguard.rl.metrics import EvaluationResult, discontinuity_rate, evaluate, policy_report
+from lipguard.rl.metrics import (
+    EvaluationResult,
+    action_range,
+    discontinuity_curve,
+    discontinuity_rate,
+    evaluate,
+    policy_report,
+)
 from lipguard.rl.oracle import AdaptiveLipschitz, EnsembleReward, PessimisticReward
 from lipguard.rl.policy import (
     ActionNetwork,
@@ -45,8 +52,10 @@ __all__ = [
     "SegmentReturn",
     "Transitions",
     "action_network",
+    "action_range",
     "build_reward_model",
     "collect_transitions",
+    "discontinuity_curve",
     "discontinuity_rate",
     "evaluate",
     "fit_preferences",

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -78,6 +79,48 @@ def discontinuity_rate(
         raise RuntimeError("the attack returned no clean outputs")
     change = (found.outputs - found.clean_outputs).flatten(1).norm(dim=1)
     return float((change > tau).float().mean())
+
+
+def discontinuity_curve(
+    policy: torch.nn.Module,
+    states: torch.Tensor,
+    epsilons: Sequence[float],
+    *,
+    tau: float = 0.1,
+    kind: ActionKind = "continuous",
+    norm: NormLike = LINF,
+    steps: int = 20,
+    restarts: int = 2,
+    seed: int = 0,
+) -> tuple[float, ...]:
+    """:func:`discontinuity_rate` at each budget of ``epsilons``: where along ε a policy's
+    actions start to jump is what tells policies apart, not the rate at one budget (which is
+    near 0% or near 100% for most policies at most budgets)."""
+    return tuple(
+        discontinuity_rate(
+            policy,
+            states,
+            eps,
+            tau=tau,
+            kind=kind,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            seed=seed,
+        )
+        for eps in epsilons
+    )
+
+
+def action_range(model: BaseAlgorithm) -> float:
+    """The widest ``high - low`` of a policy's Box action space (1.0 for discrete actions,
+    whose action change is a flip)."""
+    space = model.action_space
+    if not isinstance(space, gym.spaces.Box):
+        return 1.0
+    width = np.asarray(space.high, dtype=np.float64) - np.asarray(space.low, dtype=np.float64)
+    finite = width[np.isfinite(width)]
+    return float(finite.max()) if finite.size else 1.0
 
 
 @dataclass(frozen=True)
@@ -154,16 +197,19 @@ def policy_report(
     critic: torch.nn.Module,
     own_reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     eps: float = 0.1,
-    tau: float = 1.0,
+    tau: float | None = None,
+    curve_eps: Sequence[float] = (),
     episodes: int = 10,
     attack_steps: int = 10,
     seed: int = 0,
-) -> dict[str, float | None]:
+) -> dict[str, float | tuple[float, ...] | None]:
     """Task performance and stability of a trained policy in one dictionary (SPEC F5):
     ``true_return``, ``own_reward_return`` and ``reward_gap`` (under ``own_reward``, the reward
     it was trained on, if learned), ``max_reward_gradient`` of ``critic`` (a differentiable reward
-    of state and action) over the visited pairs, ``discontinuity_rate`` (ℓ∞ ``eps``, torque
-    change above ``tau``, on up to 400 visited states), and the true return under random noise,
+    of state and action) over the visited pairs, ``discontinuity_rate`` (ℓ∞ ``eps``, action
+    change above ``tau``, on up to 400 visited states; ``tau=None``: a tenth of the widest action
+    range, reported as ``tau``) and ``discontinuity_curve`` (the same at each of ``curve_eps``),
+    and the true return under random noise,
     MAD and a reward attack guided by ``critic`` (``return_random``, ``return_mad``,
     ``return_reward_attack``; continuous actions only), all ℓ∞ ``eps`` on observations."""
     policy = action_network(model)
@@ -171,12 +217,17 @@ def policy_report(
     clean = evaluate(model, env_id, episodes=episodes, reward=own_reward, seed=10_000 + seed)
     features = reward_features(clean.states, clean.actions)
     visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
-    row: dict[str, float | None] = {
+    tau = 0.1 * action_range(model) if tau is None else tau
+    row: dict[str, float | tuple[float, ...] | None] = {
         "true_return": clean.true_return,
         "own_reward_return": clean.learned_return,
         "reward_gap": clean.reward_gap,
         "max_reward_gradient": max_reward_gradient(critic, features),
+        "tau": tau,
         "discontinuity_rate": discontinuity_rate(policy, visited, eps, tau=tau, kind=kind),
+        "discontinuity_curve": discontinuity_curve(
+            policy, visited, curve_eps, tau=tau, kind=kind, seed=seed
+        ),
     }
     attacks = {
         "random": random_perturbation(eps, seed=seed),
