@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,12 +98,15 @@ def test_quick_run_keeps_every_promise(quick_run):
         assert (out / "certificates" / f"{name}.json").is_file()
     assert set(results["policies"]) == {"true", "unconstrained", "lipschitz"}
     assert "the monitor found the planted fault from what it observed" in output
+    # not on a terminal: one line as each stage starts and ends, with the elapsed time
+    for stage in ("collect transitions", "certify", "train policies", "report"):
+        assert re.search(rf"\[ *[0-9.]+ s\] {stage}: done in [0-9.]+ s", output), stage
 
 
 def test_report_holds_the_story_and_renders_in_chromium(quick_run, tmp_path):
     out, _, _ = quick_run
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 5
     for heading in ("Verdict", "Reward models", "Policies", "Runtime monitor"):
         assert heading in page
     if find_browser() is None:

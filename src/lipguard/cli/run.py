@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from lipguard.errors import LipguardError
 
 if TYPE_CHECKING:
     from lipguard.pipeline.results import RunResults
+    from lipguard.pipeline.run import Tracker
 
 
 def run_command(
@@ -55,19 +57,7 @@ def run_command(
         f"[bold]lipguard run[/bold] on {settings.env}: reward target L = {settings.lipschitz:g}, "
         f"{settings.algorithm} {settings.timesteps} steps per policy → {out}"
     )
-    columns = (
-        TextColumn("{task.description:<26}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-
-        @contextmanager
-        def track(description: str, total: int) -> Iterator[Callable[[], None]]:
-            task = progress.add_task(description, total=total)
-            yield lambda: progress.advance(task)
-
+    with _tracker() as track:
         results = run_pipeline(settings, out, track, overwrite=overwrite)
     console.print(_summary(results))
     for check in results.checks.checks:
@@ -81,6 +71,42 @@ def run_command(
     )
     if not results.checks.ok:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _tracker() -> Iterator[Tracker]:
+    """Progress of the stages: live bars on a terminal; elsewhere (CI, ``| tee``, a log file)
+    one line when a stage starts and one when it ends, each with the run's elapsed time."""
+    if console.is_terminal:
+        columns = (
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+
+            @contextmanager
+            def bar(description: str, total: int) -> Iterator[Callable[[], None]]:
+                task = progress.add_task(description, total=total)
+                yield lambda: progress.advance(task)
+
+            yield bar
+        return
+    started = time.perf_counter()
+
+    def stamp() -> str:
+        return f"[{time.perf_counter() - started:7.1f} s]"
+
+    @contextmanager
+    def lines(description: str, total: int) -> Iterator[Callable[[], None]]:
+        began = time.perf_counter()
+        console.print(f"{stamp()} {description} …", highlight=False)
+        yield lambda: None
+        took = time.perf_counter() - began
+        console.print(f"{stamp()} {description}: done in {took:.1f} s", highlight=False)
+
+    yield lines
 
 
 #: how each verdict of the run's checks is printed

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import lipguard
+from lipguard._threads import small_network_threads
 from lipguard.errors import InvalidArgumentError
 from lipguard.pipeline import report
 from lipguard.pipeline.config import Reward, RunConfig
@@ -112,8 +113,11 @@ def run_pipeline(
 
     Nothing is lost: a non-empty ``out`` is refused unless ``overwrite``; the run writes into a
     fresh folder beside ``out`` and only a finished run replaces ``out`` (a run that fails or is
-    killed half-way leaves the previous results as they were)."""
-    with staged_folder(out, overwrite) as staging:
+    killed half-way leaves the previous results as they were).
+
+    The stages run on one torch thread (``LIPGUARD_THREADS=n`` for n): their networks are small,
+    and on a 2-core machine torch's default threads made SB3 several times slower."""
+    with staged_folder(out, overwrite) as staging, small_network_threads():
         results = _run(config, staging, track)
         monitor = dataclasses.replace(results.monitor, audit_path=str(out / "audit.db"))
         results = dataclasses.replace(results, monitor=monitor)
