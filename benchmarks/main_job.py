@@ -60,11 +60,15 @@ def run_once(quick: bool, threads: str, busy: bool) -> dict[str, float | bool]:
     return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "passed": child.returncode == 0}
 
 
-def measure(runs: list[str], loads: list[str], repeats: int) -> list[dict[str, Any]]:
+def measure(
+    runs: list[str], loads: list[str], repeats: int, peer_on: list[str]
+) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         for load in loads:
             for name, threads in THREADS.items():
+                if name == "torch default" and run not in peer_on:
+                    continue
                 samples = []
                 for repeat in range(repeats):
                     sample = run_once(run == "quick", threads, load == "busy")
@@ -118,9 +122,14 @@ def main() -> None:
     parser.add_argument("--runs", default="quick,full", help="quick, full or both")
     parser.add_argument("--loads", default="idle,busy", help="idle, busy or both")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--peer-on", default="quick,full", help="runs also measured on torch's default threads"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
-    rows = measure(args.runs.split(","), args.loads.split(","), args.repeats)
+    rows = measure(
+        args.runs.split(","), args.loads.split(","), args.repeats, args.peer_on.split(",")
+    )
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

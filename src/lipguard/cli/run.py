@@ -38,7 +38,7 @@ def run_command(
     overwrite: Annotated[
         bool, typer.Option(help="Replace the results in --out (only once the new run finishes).")
     ] = False,
-    quick: Annotated[bool, typer.Option(help="A short run (under 3 minutes on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option(help="A short run (about 35 s on 2 cores).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
 ) -> None:
     """Learn, certify, attack, smooth, train policies on and monitor reward models, end to end,
