@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/price_of_robustness.py
 	$(BIN)/python benchmarks/monitor.py
 	$(BIN)/python benchmarks/rl_reward_hacking.py
+	$(BIN)/python benchmarks/main_job.py --peer-on quick
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .hypothesis
