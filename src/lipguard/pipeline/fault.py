@@ -26,6 +26,7 @@ from lipguard.pipeline.config import RunConfig
 from lipguard.pipeline.results import MonitorResult, TimelineRow
 from lipguard.pipeline.rewards import RewardData
 from lipguard.rl import RewardModel, reward_features
+from lipguard.rl.data import flat_observations
 
 #: alarms raised by what the monitor observed (pairs of observations, input gradients)
 OBSERVED_ALARMS: tuple[EventKind, ...] = ("violation", "gradient")
@@ -59,7 +60,13 @@ def monitor_with_fault(
         store=store,
         pairs="worst",  # one audit record per offending observation, not per pair
     )
-    env = make_vec_env(config.env, n_envs=1, seed=config.seed + 777)
+    env = make_vec_env(
+        config.env,
+        n_envs=1,
+        seed=config.seed + 777,
+        env_kwargs=copy.deepcopy(config.env_kwargs),
+        wrapper_class=flat_observations,
+    )
     rng = np.random.default_rng(config.seed)
     observations = np.asarray(env.reset())
     states: list[np.ndarray] = []

@@ -7,11 +7,13 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from lipguard.pipeline import presets
 from lipguard.pipeline.config import Reward, RunConfig
 from lipguard.pipeline.results import PolicyResult
 from lipguard.rl import RewardModel, policy_report, train_policy
 
-#: SB3 settings that learn Pendulum-v1 in a few thousand steps on 2 cores
+#: SB3 settings that learn Pendulum-v1 in a few thousand steps on 2 cores (an environment with a
+#: preset uses the preset's: :func:`lipguard.pipeline.presets.hyperparameters`)
 HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "SAC": {"learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64, 64]}},
     "PPO": {"n_steps": 512, "batch_size": 128, "gamma": 0.9, "learning_rate": 1e-3},
@@ -39,8 +41,11 @@ def train_and_report(
             timesteps=config.timesteps,
             reward=reward,
             seed=config.seed,
-            hyperparameters=HYPERPARAMETERS[config.algorithm],
+            hyperparameters=presets.hyperparameters(
+                config.env, config.algorithm, HYPERPARAMETERS[config.algorithm]
+            ),
             progress=False,
+            env_kwargs=config.env_kwargs,
         )
         report = policy_report(
             policy,
@@ -52,6 +57,7 @@ def train_and_report(
             curve_eps=config.discontinuity_eps,
             episodes=config.episodes,
             seed=config.seed,
+            env_kwargs=config.env_kwargs,
         )
         reports[name] = PolicyResult.from_dict(report)
         policies[name] = policy

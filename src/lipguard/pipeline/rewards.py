@@ -54,7 +54,11 @@ def collect(config: RunConfig) -> RewardData:
     """Stage 1's data: ``config.transitions`` steps of uniformly random actions, as reward
     features and observed rewards, 80% for training and 20% held out (a seeded shuffle)."""
     transitions = collect_transitions(
-        config.env, config.transitions, seed=config.seed, progress=False
+        config.env,
+        config.transitions,
+        seed=config.seed,
+        progress=False,
+        env_kwargs=config.env_kwargs,
     )
     features = reward_features(transitions.observations, transitions.actions)
     rewards = torch.as_tensor(transitions.rewards, dtype=torch.float32)

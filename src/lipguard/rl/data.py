@@ -10,9 +10,10 @@ synthetic-labeller protocol of preference-based RL; ties are dropped).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -42,6 +43,23 @@ class Transitions:
         return len(self.rewards)
 
 
+def flat_observations(env: gym.Env) -> gym.Env:
+    """``env`` with a Box observation of more than one dimension (highway-env's vehicles ×
+    features table, say) flattened into a vector, the form reward features and observation
+    attacks take; any other environment as it is. SB3's ``MlpPolicy`` flattens observations
+    anyway, so a policy trained either way acts the same."""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Box) and len(space.shape) > 1:
+        return gym.wrappers.FlattenObservation(env)
+    return env
+
+
+def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)`` (a copy of them: environments may keep and change
+    their configuration), behind :func:`flat_observations`."""
+    return flat_observations(gym.make(env_id, **copy.deepcopy(dict(env_kwargs or {}))))
+
+
 def _flat_action(action: ArrayLike) -> np.ndarray:
     return np.asarray(action, dtype=np.float64).reshape(-1)
 
@@ -53,11 +71,13 @@ def collect_transitions(
     policy: Callable[[np.ndarray], np.ndarray] | None = None,
     seed: int = 0,
     progress: bool = True,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> Transitions:
-    """``steps`` transitions of ``env`` (an id or an instance) under ``policy`` (observation →
-    action; default uniformly random actions from the action space, seeded)."""
+    """``steps`` transitions of ``env`` under ``policy`` (observation → action; default
+    uniformly random actions from the action space, seeded). ``env`` is an instance, or an id
+    that :func:`make_env` makes with ``env_kwargs`` (``gym.make``'s keyword arguments)."""
     _checks.positive_int("steps", steps)
-    env = gym.make(env) if isinstance(env, str) else env
+    env = make_env(env, env_kwargs) if isinstance(env, str) else env
     env.action_space.seed(seed)
     observation, _ = env.reset(seed=seed)
     observations: list[np.ndarray] = []

@@ -16,7 +16,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from lipguard import _checks
 from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
 from lipguard.attacks.objectives import ActionKind
 from lipguard.norm import LINF, NormLike
-from lipguard.rl.data import FeatureInputs, reward_features
+from lipguard.rl.data import FeatureInputs, flat_observations, reward_features
 from lipguard.rl.policy import action_network, max_reward_gradient
 from lipguard.rl.wrappers import (
     Perturbation,
@@ -153,13 +154,23 @@ def evaluate(
     reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reward_inputs: FeatureInputs = "state_action",
     seed: int = 10_000,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
-    """Run ``episodes`` seeded episodes in parallel (one environment each) with the
-    deterministic policy, which sees ``perturb(observation)`` when given; sums the true rewards
-    and, with ``reward``, the learned reward of each true state (``reward_inputs="state"``) or
-    state and action (``"state_action"``)."""
+    """Run ``episodes`` seeded episodes in parallel (one environment each, made with
+    ``gym.make``'s keyword arguments ``env_kwargs``; observations flattened as
+    :func:`~lipguard.rl.train_policy` trains, unless ``model`` takes them unflattened) with
+    the deterministic policy, which sees ``perturb(observation)`` when given; sums the true
+    rewards and, with ``reward``, the learned reward of each true state (``reward_inputs="state"``)
+    or state and action (``"state_action"``)."""
     _checks.positive_int("episodes", episodes)
-    env = make_vec_env(env_id, n_envs=episodes, seed=seed)
+    flat = len(model.observation_space.shape or ()) == 1
+    env = make_vec_env(
+        env_id,
+        n_envs=episodes,
+        seed=seed,
+        env_kwargs=copy.deepcopy(dict(env_kwargs or {})),
+        wrapper_class=flat_observations if flat else None,
+    )
     observations = _as_array(env.reset())
     running = np.ones(episodes, dtype=bool)
     true_total, learned_total = np.zeros(episodes), np.zeros(episodes)
@@ -202,6 +213,7 @@ def policy_report(
     episodes: int = 10,
     attack_steps: int = 10,
     seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, float | tuple[float, ...] | None]:
     """Task performance and stability of a trained policy in one dictionary (SPEC F5):
     ``true_return``, ``own_reward_return`` and ``reward_gap`` (under ``own_reward``, the reward
@@ -211,10 +223,18 @@ def policy_report(
     range, reported as ``tau``) and ``discontinuity_curve`` (the same at each of ``curve_eps``),
     and the true return under random noise,
     MAD and a reward attack guided by ``critic`` (``return_random``, ``return_mad``,
-    ``return_reward_attack``; continuous actions only), all ℓ∞ ``eps`` on observations."""
+    ``return_reward_attack``; continuous actions only), all ℓ∞ ``eps`` on observations.
+    ``env_kwargs``: ``gym.make``'s keyword arguments (:func:`evaluate`)."""
     policy = action_network(model)
     kind: ActionKind = "categorical" if policy.kind == "categorical" else "continuous"
-    clean = evaluate(model, env_id, episodes=episodes, reward=own_reward, seed=10_000 + seed)
+    clean = evaluate(
+        model,
+        env_id,
+        episodes=episodes,
+        reward=own_reward,
+        seed=10_000 + seed,
+        env_kwargs=env_kwargs,
+    )
     features = reward_features(clean.states, clean.actions)
     visited = torch.as_tensor(clean.states[:: max(1, len(clean.states) // 400)])
     tau = 0.1 * action_range(model) if tau is None else tau
@@ -238,6 +258,13 @@ def policy_report(
     else:
         row["return_reward_attack"] = None
     for name, perturb in attacks.items():
-        attacked = evaluate(model, env_id, episodes=episodes, perturb=perturb, seed=10_000 + seed)
+        attacked = evaluate(
+            model,
+            env_id,
+            episodes=episodes,
+            perturb=perturb,
+            seed=10_000 + seed,
+            env_kwargs=env_kwargs,
+        )
         row[f"return_{name}"] = attacked.true_return
     return row

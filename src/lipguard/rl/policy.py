@@ -9,7 +9,9 @@ discrete actions) as a differentiable ``nn.Module`` for attacks and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +29,7 @@ from lipguard._gradients import input_gradient_norms
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError
 from lipguard.norm import L2, NormLike
+from lipguard.rl.data import flat_observations
 from lipguard.rl.wrappers import LearnedRewardVecEnv, RewardInputs
 
 ALGORITHMS = {"PPO": PPO, "SAC": SAC}
@@ -152,14 +155,22 @@ def train_policy(
     hyperparameters: dict | None = None,
     callbacks: Sequence[BaseCallback] = (),
     progress: bool = True,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> BaseAlgorithm:
     """Train an SB3 ``algorithm`` for ``timesteps`` on the true reward (``reward=None``) or on
-    ``reward`` (a :class:`LearnedRewardVecEnv` around the environments). Seeded; single-threaded
-    PyTorch inside SB3 is left to the caller (``torch.set_num_threads``)."""
+    ``reward`` (a :class:`LearnedRewardVecEnv` around the environments), made with ``gym.make``'s
+    keyword arguments ``env_kwargs`` (observations flattened: :func:`flat_observations`).
+    Seeded; single-threaded PyTorch inside SB3 is left to the caller (``torch.set_num_threads``)."""
     if algorithm not in ALGORITHMS:
         raise InvalidArgumentError(f"algorithm must be one of {tuple(ALGORITHMS)}")
     _checks.positive_int("timesteps", timesteps)
-    env = make_vec_env(env_id, n_envs=_checks.positive_int("n_envs", n_envs), seed=seed)
+    env = make_vec_env(
+        env_id,
+        n_envs=_checks.positive_int("n_envs", n_envs),
+        seed=seed,
+        env_kwargs=copy.deepcopy(dict(env_kwargs or {})),
+        wrapper_class=flat_observations,
+    )
     if reward is not None:
         env = LearnedRewardVecEnv(env, reward, reward_inputs)
     model = ALGORITHMS[algorithm]("MlpPolicy", env, seed=seed, **(hyperparameters or {}))
