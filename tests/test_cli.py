@@ -40,3 +40,10 @@ def test_a_bad_budget_is_one_line_under_either_spelling(verb, tmp_path):
         assert len(lines) == 1, result.output
         assert lines[0].startswith("error:"), result.output
         assert "'--eps'" in lines[0], result.output
+
+
+def test_an_error_message_keeps_its_square_brackets(capsys):
+    from lipguard.cli._io import _print_error
+
+    _print_error("pip install 'lipguard[envs]'")
+    assert "lipguard[envs]" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 from typer.core import TyperCommand, TyperGroup
 
@@ -102,7 +103,8 @@ class Command(TyperCommand):
 
 
 def _print_error(message: str) -> None:
-    errors.print(f"[red]error:[/red] {' '.join(message.split())}", markup=True)
+    text = escape(" ".join(message.split()))  # a message's own [brackets] are not markup
+    errors.print(f"[red]error:[/red] {text}", markup=True)
 
 
 def fail(message: Exception | str) -> NoReturn:
