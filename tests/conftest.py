@@ -7,6 +7,7 @@ to search with fresh randomness and more examples.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,24 @@ def shuffled_digits() -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.tensor(data.target)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     return x[order], y[order]
+
+
+def check_rendered_report(out: Path, tmp_path: Path) -> None:
+    """A run's report.html holds its five plots and sections and, where Chromium is installed,
+    renders as a full, non-blank page (skipped with its reason otherwise)."""
+    from lipguard.pipeline.screenshot import find_browser, screenshot
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5
+    for heading in ("Verdict", "Reward models", "Policies", "Runtime monitor"):
+        assert heading in page
+    if find_browser() is None:
+        pytest.skip("no Chromium here (apt-get install chromium): the screenshot is not checked")
+    png = screenshot(out / "report.html", tmp_path / "report.png")
+    from matplotlib import image
+
+    pixels = image.imread(png)
+    assert pixels.shape[0] >= 2000
+    assert pixels.shape[1] > 1000
+    assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and plots
+    assert (pixels[..., :3].mean(-1) < 0.5).mean() > 0.01  # dark pixels: text and axes
