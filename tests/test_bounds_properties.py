@@ -19,7 +19,8 @@ from lipguard.bounds import (
 )
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.graph import to_operators
-from lipguard.bounds.norms import conv_spectral_norm, operator_norm
+from lipguard.bounds.norms import operator_norm
+from lipguard.convolution import conv_spectral_norm
 from lipguard.linalg import prove_psd
 from lipguard.nn import MaxMin
 

@@ -10,7 +10,7 @@ programme is a product ``P(i, j) = W_j c_j W_{j-1} ⋯ c_{i+1} W_i`` scaled by `
 so only the norms ``||P(i, j)||`` are needed. Each is bounded by the smaller of:
 
 - the product of its factors' norms (convolutions through their frequency responses,
-  :func:`~lipguard.bounds.norms.conv_spectral_norm`), split at the best layer;
+  :func:`~lipguard.convolution.conv_spectral_norm`), split at the best layer;
 - where the block has at most :data:`MAX_BLOCK_ENTRIES` entries, the norm of the block itself:
   the identity on its output pulled back through every operator's adjoint (a convolution's by
   its exact transposed convolution, computed by autograd as sums of at most

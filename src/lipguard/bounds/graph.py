@@ -46,11 +46,13 @@ from lipguard.bounds.ops import (
     Activation,
     Conv,
     Dense,
+    Gather,
     Operator,
     Scale,
     Shape,
     Skip,
     Sort,
+    index_map,
 )
 from lipguard.errors import (
     InvalidArgumentError,
@@ -61,6 +63,7 @@ from lipguard.errors import (
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
+from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.linear_model import LipschitzLinearModel
 from lipguard.nn.mlp import LipschitzMLP
 from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
@@ -357,37 +360,132 @@ def _conv(module: nn.Conv1d | nn.Conv2d, shape: Shape, path: str) -> tuple[list[
         raise UnsupportedModuleError(
             f"{path}: padding_mode={module.padding_mode!r} is not supported (only 'zeros')"
         )
-    weight = module.weight.detach().to(torch.float64)
-    bias = (
-        torch.zeros(module.out_channels, dtype=torch.float64, device=weight.device)
-        if module.bias is None
-        else module.bias.detach().to(torch.float64)
-    )
     padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
-    functional = F.conv1d if spatial == 1 else F.conv2d
+    operator = _conv_operator(
+        module.weight.detach(),
+        module.bias,
+        tuple(module.stride),
+        padding,
+        tuple(module.dilation),
+        module.groups,
+        shape,
+    )
+    return [operator], operator.out_shape
+
+
+def _conv_operator(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...] | str,
+    dilation: tuple[int, ...],
+    groups: int,
+    shape: Shape,
+) -> Conv:
+    """The engine's convolution for a kernel applied with zero padding to inputs of ``shape``."""
+    weight = weight.detach().to(torch.float64)
+    bias64 = (
+        torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+        if bias is None
+        else bias.detach().to(torch.float64)
+    )
+    functional = F.conv1d if len(shape) == 2 else F.conv2d
     with warnings.catch_warnings():  # padding='same' with even kernels warns about a copy
         warnings.simplefilter("ignore", UserWarning)
         probe = functional(
             torch.zeros(1, *shape, dtype=torch.float64, device=weight.device),
             weight,
             None,
-            module.stride,
+            stride,
             padding,
-            module.dilation,
-            module.groups,
+            dilation,
+            groups,
         )
     out_shape = tuple(probe.shape[1:])
-    operator = Conv(
-        weight,
-        bias,
-        tuple(module.stride),
-        padding,
-        tuple(module.dilation),
-        module.groups,
-        shape,
-        out_shape,
+    return Conv(weight, bias64, stride, padding, dilation, groups, shape, out_shape)
+
+
+def _lipguard_conv(
+    module: LipschitzConv2d, shape: Shape, path: str
+) -> tuple[list[Operator], Shape]:
+    if len(shape) != 3 or shape[0] != module.in_channels:
+        raise ShapeError(
+            f"{path} ({type(module).__name__}) needs inputs of shape (channels="
+            f"{module.in_channels}, height, width), gets {shape}"
+        )
+    if isinstance(module, SpectralConv2d) and (
+        shape[1] > module.input_size[0] or shape[2] > module.input_size[1]
+    ):
+        raise ShapeError(
+            f"{path} (SpectralConv2d) is proven for inputs of up to {module.input_size} pixels, "
+            f"gets {shape}"
+        )
+    with torch.no_grad():
+        kernel = module.effective_weight()
+    _check_finite(module, path, kernel, module.bias)
+    operator = _conv_operator(kernel, module.bias, module.stride, module.padding, (1, 1), 1, shape)
+    return [operator], operator.out_shape
+
+
+def _sll(module: SLLConv2d, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
+    """``x - 2·convᵀ(t⁻¹ ⊙ relu(conv(x) + b))`` as a residual chain; the adjoint of a stride-1
+    ``'same'`` convolution is the convolution with the flipped, channel-transposed kernel."""
+    if len(shape) != 3 or shape[0] != module.channels:
+        raise ShapeError(
+            f"{path} (SLLConv2d) needs inputs of shape (channels={module.channels}, height, "
+            f"width), gets {shape}"
+        )
+    with torch.no_grad():
+        inverse = module.inverse_t().detach().to(torch.float64)
+    kernel = module.weight.detach()
+    _check_finite(module, path, kernel, module.bias)
+    padding = (module.padding, module.padding)
+    inner = _conv_operator(kernel, module.bias, (1, 1), padding, (1, 1), 1, shape)
+    pixels = math.prod(inner.out_shape[1:])
+    scale = Scale(
+        Enclosure.exact(-2.0 * inverse.repeat_interleave(pixels)),
+        Enclosure.exact(torch.zeros(inner.out_shape[0] * pixels, dtype=torch.float64)),
+        inner.out_shape,
     )
-    return [operator], out_shape
+    adjoint = kernel.transpose(0, 1).flip(2, 3)
+    outer = _conv_operator(adjoint, None, (1, 1), padding, (1, 1), 1, inner.out_shape)
+    body: list[Operator] = [inner, Activation(act.RELU, inner.out_shape), scale, outer]
+    return [Skip(tuple(body), shape)], shape
+
+
+def _check_finite(
+    module: nn.Module, path: str, kernel: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    for label, tensor in (("weight", kernel), ("bias", bias)):
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            raise UnsupportedModuleError(
+                f"{path} ({type(module).__name__}): its effective {label} holds NaN or infinity"
+            )
+
+
+def _pixel_shuffle(
+    module: nn.PixelShuffle | nn.PixelUnshuffle, shape: Shape, path: str
+) -> tuple[list[Operator], Shape]:
+    """A re-indexing (every entry copied once): norm 1 in every ℓp."""
+    if len(shape) != 3:
+        raise ShapeError(f"{path} ({type(module).__name__}) needs (C, H, W) inputs, gets {shape}")
+    if isinstance(module, nn.PixelShuffle):
+        factor = module.upscale_factor
+
+        def function(t: torch.Tensor) -> torch.Tensor:
+            return F.pixel_shuffle(t, factor)
+    else:
+        factor = module.downscale_factor
+
+        def function(t: torch.Tensor) -> torch.Tensor:
+            return F.pixel_unshuffle(t, factor)
+
+    try:
+        out_shape = tuple(function(torch.zeros(1, *shape)).shape[1:])
+    except RuntimeError as error:
+        raise ShapeError(f"{path} ({type(module).__name__}): {error}") from None
+    index = index_map(function, [shape])
+    return [Gather(index, None, (math.prod(shape),), out_shape)], out_shape
 
 
 def _activation(spec: act.ActivationSpec) -> Handler:
@@ -430,17 +528,30 @@ def _gelu(module: nn.GELU, shape: Shape, path: str) -> tuple[list[Operator], Sha
 
 
 def _group_sort(module: GroupSort, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
-    if module.dim % (len(shape) + 1) != len(shape):
+    """Sorting along the last dimension, or along the channels of an image (moved last and
+    back by two permutations of the entries, each of norm 1)."""
+    dim = module.dim % (len(shape) + 1) if isinstance(module.dim, int) else -1
+    if dim not in (len(shape), 1):
         raise UnsupportedModuleError(
             f"{path}: {type(module).__name__}(dim={module.dim}) on features of shape {shape}; "
-            "only sorting along the last feature dimension is supported"
+            "only sorting along the last feature dimension or the channels is supported"
         )
-    if shape[-1] % module.group_size:
+    if shape[dim - 1] % module.group_size:
         raise ShapeError(
-            f"{path}: group size {module.group_size} does not divide the last dimension of "
+            f"{path}: group size {module.group_size} does not divide dimension {module.dim} of "
             f"features of shape {shape}"
         )
-    return [Sort(module.group_size, module.descending, shape)], shape
+    if dim == len(shape):
+        return [Sort(module.group_size, module.descending, shape)], shape
+    moved = (*shape[1:], shape[0])
+    size = math.prod(shape)
+    to_last = index_map(lambda t: t.movedim(1, -1), [shape])
+    back = index_map(lambda t: t.movedim(-1, 1), [moved])
+    return [
+        Gather(to_last, None, (size,), moved),
+        Sort(module.group_size, module.descending, moved),
+        Gather(back, None, (size,), shape),
+    ], shape
 
 
 def _flatten(module: nn.Flatten, shape: Shape, path: str) -> tuple[list[Operator], Shape]:
@@ -488,6 +599,11 @@ register_module(SVDLinear, _lipguard_linear)
 register_module(LipschitzLinearModel, _lipguard_linear)
 register_module(nn.Conv1d, _conv)
 register_module(nn.Conv2d, _conv)
+register_module(SpectralConv2d, _lipguard_conv)
+register_module(AOLConv2d, _lipguard_conv)
+register_module(SLLConv2d, _sll)
+register_module(nn.PixelUnshuffle, _pixel_shuffle)
+register_module(nn.PixelShuffle, _pixel_shuffle)
 register_module(nn.ReLU, _activation(act.RELU))
 register_module(nn.Tanh, _activation(act.TANH))
 register_module(nn.Sigmoid, _activation(act.SIGMOID))

@@ -1,4 +1,4 @@
-"""Lipschitz-constrained layers and model builders (SPEC A1–A4).
+"""Lipschitz-constrained layers (dense and convolutional) and model builders (SPEC A1–A4).
 
 Every layer here guarantees its bound at every call, rounding included; the bound is proven
 by :func:`lipguard.linalg.spectral_norm_certificate`, not estimated.
@@ -7,6 +7,7 @@ by :func:`lipguard.linalg.spectral_norm_certificate`, not estimated.
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
+from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.export import vanilla
 from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
 from lipguard.nn.mlp import LipschitzMLP, split_lipschitz
@@ -16,15 +17,19 @@ from lipguard.nn.residual import Residual
 from lipguard.nn.spectral import SpectralLinear
 
 __all__ = [
+    "AOLConv2d",
     "DiagonalAffine",
     "GroupSort",
+    "LipschitzConv2d",
     "LipschitzLinear",
     "LipschitzLinearModel",
     "LipschitzMLP",
     "MaxMin",
     "OrthogonalLinear",
     "Residual",
+    "SLLConv2d",
     "SVDLinear",
+    "SpectralConv2d",
     "SpectralLinear",
     "gradient_penalty",
     "project_rows",
