@@ -7,6 +7,7 @@ by :func:`lipguard.linalg.spectral_norm_certificate`, not estimated.
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
+from lipguard.nn.cnn import LipschitzCNN
 from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.export import vanilla
 from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
@@ -20,6 +21,7 @@ __all__ = [
     "AOLConv2d",
     "DiagonalAffine",
     "GroupSort",
+    "LipschitzCNN",
     "LipschitzConv2d",
     "LipschitzLinear",
     "LipschitzLinearModel",

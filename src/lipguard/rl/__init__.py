@@ -17,6 +17,7 @@ from lipguard.rl.metrics import (
     policy_report,
 )
 from lipguard.rl.oracle import AdaptiveLipschitz, EnsembleReward, PessimisticReward
+from lipguard.rl.pixels import PixelRewardModel, build_pixel_reward_model, fit_pixel_reward
 from lipguard.rl.policy import (
     ActionNetwork,
     RewardMetricsCallback,
@@ -47,17 +48,20 @@ __all__ = [
     "LearnedRewardVecEnv",
     "ObservationPerturbation",
     "PessimisticReward",
+    "PixelRewardModel",
     "RewardMetricsCallback",
     "RewardModel",
     "SegmentReturn",
     "Transitions",
     "action_network",
     "action_range",
+    "build_pixel_reward_model",
     "build_reward_model",
     "collect_transitions",
     "discontinuity_curve",
     "discontinuity_rate",
     "evaluate",
+    "fit_pixel_reward",
     "fit_preferences",
     "fit_reward",
     "max_reward_gradient",

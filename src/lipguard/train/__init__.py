@@ -3,6 +3,14 @@
 
 from lipguard.errors import DivergenceError
 from lipguard.train.active import Ensemble, RandomFeatureRidge, active_learning, random_sampling
+from lipguard.train.certified import (
+    CertifiedAccuracy,
+    certified_hinge_loss,
+    certified_margins,
+    fit_certified,
+    lipschitz_certified_accuracy,
+    offset_cross_entropy,
+)
 from lipguard.train.dro import dual_norm_regularizer, robust_linear_loss
 from lipguard.train.regularizers import (
     AAJR,
@@ -32,6 +40,7 @@ __all__ = [
     "AAJR",
     "REGULARIZERS",
     "TRADES",
+    "CertifiedAccuracy",
     "Classification",
     "DivergenceError",
     "Ensemble",
@@ -52,10 +61,15 @@ __all__ = [
     "Task",
     "active_learning",
     "at_matched",
+    "certified_hinge_loss",
+    "certified_margins",
     "dual_norm_regularizer",
     "fit",
+    "fit_certified",
+    "lipschitz_certified_accuracy",
     "make_regularizer",
     "make_task",
+    "offset_cross_entropy",
     "oscillation",
     "pareto_front",
     "plot_price_of_robustness",
