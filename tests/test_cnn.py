@@ -286,3 +286,34 @@ def test_pixel_reward_bad_arguments():
         model(obs[:, :, :4])
     with pytest.raises(ShapeError):
         PixelRewardModel(LipschitzCNN((1, 8, 8), 2, (4,)), 0.0, 1.0)
+
+
+def test_layer_product_refuses_a_subclass_that_computes_something_else():
+    """A MaxMin subclass that scales by 10 must not be multiplied in as 1-Lipschitz: the layer
+    product refuses it by name, and the model's bound is either refused too or covers the
+    gradient the model really has."""
+
+    class Louder(MaxMin):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 10 * super().forward(x)
+
+    torch.manual_seed(0)
+    model = LipschitzCNN((1, 8, 8), 3, channels=(4,), lipschitz=1.0).eval()
+    index = next(i for i, child in enumerate(model) if type(child) is MaxMin)
+    model[index] = Louder(dim=1)
+    with pytest.raises(UnsupportedModuleError):
+        model.layer_product()
+    x = torch.randn(16, 1, 8, 8, requires_grad=True)
+    jacobian_norm = torch.autograd.grad(model(x)[:, 0].sum(), x)[0].flatten(1).norm(dim=1).max()
+    try:
+        bound = model.certified_lipschitz().value
+    except UnsupportedModuleError:
+        return  # refused: the engine cannot read the subclass either
+    assert bound >= float(jacobian_norm)
+
+
+def test_layer_product_refuses_hooks():
+    model = LipschitzCNN((1, 8, 8), 3, channels=(4,), lipschitz=1.0).eval()
+    model[0].register_forward_hook(lambda module, args, out: out * 100)
+    with pytest.raises(UnsupportedModuleError, match="hook"):
+        model.layer_product()

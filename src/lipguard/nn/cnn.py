@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.mlp import LipschitzMLP, split_lipschitz
+from lipguard.nn.orthogonal import OrthogonalLinear, SVDLinear
 from lipguard.nn.spectral import SpectralLinear
 from lipguard.results import LipschitzBound
 
@@ -32,8 +33,11 @@ CONV_ACTIVATIONS: tuple[ConvActivation, ...] = get_args(ConvActivation)
 DOWNSAMPLES: tuple[Downsample, ...] = get_args(Downsample)
 BOUND_METHODS: tuple[BoundMethod, ...] = get_args(BoundMethod)
 
-#: children that are 1-Lipschitz in ℓ2 by construction (permutations, sorting, reshapes)
-_ONE_LIPSCHITZ = (GroupSort, nn.PixelUnshuffle, nn.Flatten, nn.Identity)
+#: children that are 1-Lipschitz in ℓ2 by construction (permutations, sorting, reshapes), by
+#: exact type: a subclass may compute something else
+_ONE_LIPSCHITZ = (GroupSort, MaxMin, nn.PixelUnshuffle, nn.Flatten, nn.Identity, nn.ReLU)
+#: children whose ``certified_lipschitz()`` proves their own bound, by exact type
+_OWN_BOUND = (AOLConv2d, SpectralConv2d, SLLConv2d, SpectralLinear, OrthogonalLinear, SVDLinear)
 
 
 def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -203,17 +207,23 @@ class LipschitzCNN(nn.Sequential):
         Raises:
             UnsupportedModuleError: a child (or a head layer) with no proven bound of its own.
         """
+        from lipguard.bounds.graph import to_operators
+
+        # the engine's reading refuses hooks, forward overrides, replaced class forwards and
+        # unknown modules by name; the product then trusts only these exact types
+        to_operators(self, self.input_shape)
         value = 1.0
         for name, child in self.named_children():
-            parts = list(child) if isinstance(child, LipschitzMLP) else [child]
+            parts = list(child) if type(child) is LipschitzMLP else [child]
             for part in parts:
-                if isinstance(part, (*_ONE_LIPSCHITZ, nn.ReLU)):
+                if type(part) in _ONE_LIPSCHITZ:
                     continue
-                if not isinstance(part, LipschitzConv2d | LipschitzLinear | SLLConv2d):
+                if type(part) not in _OWN_BOUND:
                     raise UnsupportedModuleError(
                         f"child {name} ({type(part).__name__}) has no proven bound of its own"
                     )
-                value = mul_up(value, part.certified_lipschitz().value)
+                bound = cast(LipschitzConv2d | LipschitzLinear | SLLConv2d, part)
+                value = mul_up(value, bound.certified_lipschitz().value)
         return LipschitzBound(value=value, norm=2.0, method="layer-product")
 
     def certified_lipschitz(self, method: BoundMethod = "best") -> LipschitzBound:
