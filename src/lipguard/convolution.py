@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from lipguard.errors import InvalidArgumentError
 from lipguard.linalg import U64, gamma, max_gram_eigenvalue_bound, up
 
 #: Gram entries per batch of frequency responses (memory: 8 bytes each)
@@ -57,6 +58,16 @@ def conv_spectral_norm(conv: ConvGeometry) -> float:
     """A sound ``||conv||₂`` from the polyphase frequency responses on the smallest exact grid
     (see the module docstring), batched over frequencies and groups."""
     kernel = conv.weight  # (out, in / groups, *taps)
+    # the proof's rounding model needs finite entries within 2^±400 (as max_spectral_norm
+    # checks): a Gram entry beyond float64's range made eigh fail with an unrelated message
+    magnitude_max = float(kernel.detach().abs().max()) if kernel.numel() else 0.0
+    if not math.isfinite(magnitude_max):
+        raise InvalidArgumentError("the convolution kernel holds NaN or infinity")
+    if magnitude_max > 2.0**400 or 0.0 < magnitude_max < 2.0**-400:
+        raise InvalidArgumentError(
+            f"convolution kernels with largest entry {magnitude_max:.3g} (beyond 2^±400) are not "
+            "supported by the frequency-domain bound"
+        )
     poly = _polyphase(conv)
     frequencies = _half_spectrum(poly.grid)
     # Rounding: each entry sums at most len(taps) products, each with a cos/sin off by a few
@@ -82,7 +93,8 @@ def conv_spectral_norm(conv: ConvGeometry) -> float:
         real = real.reshape(-1, groups, rows, columns).flatten(0, 1)
         imag = imag.reshape(-1, groups, rows, columns).flatten(0, 1)
         gram, inner = _real_form_gram(real, imag)
-        level = max(level, max_gram_eigenvalue_bound(gram, inner))
+        value = max_gram_eigenvalue_bound(gram, inner)
+        level = value if not value <= level else level  # a NaN is kept, never dropped by max()
     return up((level + error_fro) * (1 + 4 * U64))
 
 

@@ -62,6 +62,16 @@ def schur_row_sums(kernel: torch.Tensor, weights: torch.Tensor | None = None) ->
     error = per_out.T @ (per_out @ w)  # (c_in,)
     terms = gram.shape[1] * gram.shape[2] * gram.shape[3]
     total = gram.sum(dim=(2, 3)) @ w + gamma(length) * error
+    # Products that land in float64's subnormal range err by up to 2⁻¹⁰⁷⁵ *absolutely*, which
+    # the relative γ terms miss (a kernel or weights near 1e-160 made the Gram underflow and the
+    # bound come out 0, or too small by a whole subnormal ulp). Each G entry has <= `length`
+    # such products, weighted by w over the shifts, plus one per product of the sums above.
+    # A channel whose kernel slice is zero has r_j = 0 exactly (all products are exact zeros).
+    shifts = gram.shape[2] * gram.shape[3]
+    underflow = (
+        length * shifts * float(w.sum()) + exact.shape[0] + exact.shape[1] + 4
+    ) * 2.0**-1073
+    total = total + (per_out.sum(dim=0) > 0).to(torch.float64) * underflow
     return total * (1.0 + gamma(terms + exact.shape[0] + 2) + 4 * U64)
 
 
@@ -74,7 +84,10 @@ def schur_bound(kernel: torch.Tensor, weights: torch.Tensor | None = None) -> fl
         else weights.detach().double()
     )
     rows = schur_row_sums(kernel, w) / w
-    return up(float(rows.max()) ** 0.5 * (1.0 + 4 * U64)) if rows.numel() else 0.0
+    if not rows.numel():
+        return 0.0
+    # + 2⁻¹⁰⁷⁴: the division errs absolutely (not relatively) when its result is subnormal
+    return up((float(rows.max()) + 2.0**-1074) ** 0.5 * (1.0 + 4 * U64))
 
 
 def absolute_bound(kernel: torch.Tensor) -> float:
@@ -86,7 +99,8 @@ def absolute_bound(kernel: torch.Tensor) -> float:
     columns = float(magnitude.sum(dim=(0, 2, 3)).max())
     rows = float(magnitude.sum(dim=(1, 2, 3)).max())
     count = max(magnitude.shape[0], magnitude.shape[1]) * magnitude.shape[2] * magnitude.shape[3]
-    return up((columns * rows) ** 0.5 * (1.0 + gamma(count + 4)))
+    # √c·√r, not √(c·r): the product of two small sums underflows (to 0 below ~1e-162 each)
+    return up(up(columns**0.5 * rows**0.5) * (1.0 + gamma(count + 4)))
 
 
 def fit_kernel(
@@ -122,9 +136,15 @@ def fit_kernel(
         if not normalize:
             scale = min(1.0, scale)
     for _ in range(_FIT_TRIES):
-        stored = kernel.detach() if scale == 1.0 else (kernel.detach() * scale)
+        # the product is formed in float64 and rounded once to the dtype: a scale beyond the
+        # dtype's range (a tiny or zero kernel) would otherwise become inf in it, and inf·0 NaN
+        stored = kernel.detach() if scale == 1.0 else (exact * scale).to(kernel.dtype)
         rounding = stored.to(torch.float64) - exact * scale
-        slack = absolute_bound(rounding.abs() * (1 + 4 * U64) + 2 * U64 * (exact * scale).abs())
+        # the float64 reference ``exact·scale`` is itself off by <= u64 relative, and by up to
+        # 2⁻¹⁰⁷⁵ absolutely where it is subnormal (then `rounding` measures nothing: it is 0)
+        slack = absolute_bound(
+            rounding.abs() * (1 + 4 * U64) + 2 * U64 * (exact * scale).abs() + 2.0**-1074
+        )
         proven = up(up(scale * bound * (1.0 + 2 * U64)) + slack)
         if prove is not None and proven > lipschitz:
             proven = min(proven, prove(stored))
