@@ -276,7 +276,8 @@ class SpectralConv2d(LipschitzConv2d):
 
         # torch.func.vjp, not autograd.grad: the step stays valid inside torch.func transforms
         # of the caller (jacrev/vmap over inputs while the weight requires grad)
-        out, pull_back = torch.func.vjp(convolve, vector)
+        linearised = torch.func.vjp(convolve, vector)
+        out, pull_back = linearised[0], linearised[1]
         u = (out / out.norm().clamp_min(1e-30)).detach()
         (adjoint,) = pull_back(u)
         self._vector = (adjoint / adjoint.norm().clamp_min(1e-30)).detach()
