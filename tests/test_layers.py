@@ -223,3 +223,175 @@ class TestErrors:
             clone.weight.mul_(7)
         assert true_sigma(clone.effective_weight()) <= 0.5 * (1 + 1e-6)
         assert true_sigma(layer.effective_weight()) <= 0.5 * (1 + 1e-6)
+
+
+class TestAmortisedCertificates:
+    """SpectralLinear's amortised bound ``b_c + ||W - W_c||_F`` between full certificates."""
+
+    @staticmethod
+    def _counting(monkeypatch):
+        """Count the full certificates the guard computes, by wrapping the function itself."""
+        import lipguard.nn._guard as guard
+
+        calls = []
+        original = guard.spectral_norm_certificate
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(guard, "spectral_norm_certificate", counted)
+        return calls
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+    def test_bound_holds_at_every_step_with_adversarial_steps_and_edits(self, dtype):
+        """A loose tolerance (the amortised path is taken whenever it can be), Adam pulling the
+        norm up, and every 7th step a ``.data`` edit that makes the norm jump up (aligned rank
+        one) or shrinks the weight into the subnormal range."""
+        lipschitz = 0.75
+        layer = SpectralLinear(24, 16, lipschitz=lipschitz, dtype=dtype, recertify_tolerance=0.5)
+        generator = torch.Generator().manual_seed(3)
+        target = torch.randn(16, 24, generator=generator) * 30
+        inputs = torch.randn(64, 24, generator=generator)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=5e-3)
+        tiny = 1e-3 if dtype == torch.float16 else 1e-30 if dtype != torch.float64 else 1e-300
+        for step in range(84):
+            weight = layer.effective_weight()
+            assert true_sigma(weight) <= lipschitz * (1 + 1e-12), step
+            output = F.linear(inputs, weight.float(), layer.bias.float())
+            loss = ((output - inputs @ target.T) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 7 == 3:
+                with torch.no_grad():
+                    w = layer.weight.detach().double()
+                    u, s, vh = torch.linalg.svd(w)
+                    jump = 0.2 * float(s[0]) * torch.outer(u[:, 0], vh[0])
+                    layer.weight.data.add_(jump.to(dtype))  # σ_max rises by ~20%
+            if step % 14 == 5:
+                layer.weight.data.mul_(tiny)
+            if step % 14 == 6:
+                layer.weight.data.div_(tiny)
+        assert true_sigma(layer.effective_weight()) <= lipschitz * (1 + 1e-12)
+        assert layer._guard.amortised_certificates > 0
+
+    def test_small_steps_skip_full_certificates(self, monkeypatch):
+        calls = self._counting(monkeypatch)
+        lipschitz = 2.0
+        layer = SpectralLinear(32, 20, lipschitz=lipschitz)  # default tolerance
+        generator = torch.Generator().manual_seed(4)
+        inputs = torch.randn(64, 32, generator=generator)
+        target = torch.randn(64, 20, generator=generator)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-5)
+        ratios = []
+        steps = 60
+        for _ in range(steps):
+            optimizer.zero_grad()
+            ((layer(inputs) - target) ** 2).mean().backward()
+            optimizer.step()
+            ratios.append(true_sigma(layer.effective_weight()) / lipschitz)
+        assert max(ratios) <= 1 + 1e-12
+        assert min(ratios) >= 1 - 3 * layer.recertify_tolerance
+        assert len(calls) == layer._guard.full_certificates
+        assert len(calls) < steps / 3
+        assert layer._guard.amortised_certificates > steps / 2
+
+    def test_tightness_returns_after_a_full_certificate(self):
+        lipschitz = 1.0
+        layer = SpectralLinear(30, 30, lipschitz=lipschitz, recertify_tolerance=0.05)
+        assert true_sigma(layer.effective_weight()) >= 1 - 1e-5
+        generator = torch.Generator().manual_seed(5)
+        with torch.no_grad():  # a change well inside the tolerance: amortised, a little loose
+            noise = torch.randn(30, 30, generator=generator)
+            layer.weight.add_(noise * 0.01 * layer._guard.certificate(layer.weight).upper / 30)
+        loose = true_sigma(layer.effective_weight())
+        assert layer._guard._certificate.method == "amortised"
+        assert loose < 1 - 1e-4
+        assert loose <= lipschitz
+        layer.recertify_tolerance = 0.0  # every change in full from now on
+        with torch.no_grad():
+            layer.weight.mul_(1.5)
+        assert true_sigma(layer.effective_weight()) == pytest.approx(lipschitz, rel=1e-5)
+        assert layer._guard._certificate.method != "amortised"
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    def test_data_edit_raising_the_norm_inside_the_tolerance(self, dtype):
+        """The worst edit for the amortised bound: rank one along the top singular pair, so
+        ``σ_max`` rises by exactly the edit's Frobenius norm."""
+        layer = SpectralLinear(20, 14, lipschitz=1.0, dtype=dtype, recertify_tolerance=0.1)
+        with torch.no_grad():
+            layer(torch.randn(2, 20).to(dtype))
+            for _ in range(3):
+                u, s, vh = torch.linalg.svd(layer.weight.double())
+                layer.weight.add_((0.03 * float(s[0]) * torch.outer(u[:, 0], vh[0])).to(dtype))
+                assert true_sigma(layer.effective_weight()) <= 1.0
+                assert layer._guard._certificate.method == "amortised"
+            layer.weight.mul_(1.2)  # beyond the tolerance: a full certificate, tight again
+            from lipguard.linalg import cast_margin
+
+            tight = 1e-5 + cast_margin(dtype, 14)  # the room left for rounding to dtype
+            assert true_sigma(layer.effective_weight()) == pytest.approx(1.0, rel=tight)
+        assert layer._guard.full_certificates == 2
+
+    def test_frozen_weights_reuse_the_amortised_certificate(self):
+        layer = SpectralLinear(12, 12, recertify_tolerance=0.1).eval()
+        with torch.no_grad():
+            layer(torch.randn(2, 12))
+            layer.weight.add_(1e-5)
+            first = layer(torch.randn(2, 12))
+            counts = (layer._guard.full_certificates, layer._guard.amortised_certificates)
+            for _ in range(3):
+                layer(torch.randn(2, 12))
+        assert counts == (1, 1)
+        assert (layer._guard.full_certificates, layer._guard.amortised_certificates) == counts
+        assert first.shape == (2, 12)
+
+    def test_gradient_and_lipschitz_changes_on_the_amortised_path(self):
+        layer = SpectralLinear(6, 5, lipschitz=2.0, recertify_tolerance=0.5).double()
+        layer(torch.randn(3, 6, dtype=torch.float64))
+        with torch.no_grad():
+            layer.weight.add_(1e-4)
+        x = torch.randn(3, 6, dtype=torch.float64)
+        layer(x).pow(2).sum().backward()
+        assert layer._guard._certificate.method == "amortised"
+        weight = layer.weight.detach().clone().requires_grad_(True)
+        reference = x @ (2.0 * weight / torch.linalg.matrix_norm(weight, 2)).T + layer.bias
+        reference.pow(2).sum().backward()
+        # the direction of spectral normalisation's gradient, from slightly stale vectors
+        cosine = F.cosine_similarity(layer.weight.grad.flatten(), weight.grad.flatten(), dim=0)
+        assert float(cosine) > 0.999
+        layer.lipschitz = 0.5
+        assert true_sigma(layer.effective_weight()) <= 0.5
+
+    @pytest.mark.parametrize("bad", [-1e-3, math.nan, math.inf, "x"])
+    def test_tolerance_must_be_finite_and_non_negative(self, bad):
+        with pytest.raises(InvalidArgumentError, match="recertify_tolerance"):
+            SpectralLinear(3, 3, recertify_tolerance=bad)
+
+    @given(
+        seed=st.integers(0, 10_000),
+        exponent=st.sampled_from([-1074, -1060, -300, -20, 0, 30, 300]),
+        dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
+    )
+    def test_drift_bound_is_an_upper_bound(self, seed, exponent, dtype):
+        """Against the exact Frobenius norm (rational arithmetic), subnormals included."""
+        from fractions import Fraction
+
+        from lipguard.nn._amortised import drift_bound
+
+        generator = torch.Generator().manual_seed(seed)
+        info = torch.finfo(dtype)
+        scale = min(max(2.0**exponent, info.smallest_normal * info.eps), info.max / 64)
+        a = (torch.randn(5, 4, generator=generator, dtype=torch.float64) * scale).to(dtype)
+        b = (a.double() + torch.randn(5, 4, generator=generator, dtype=torch.float64) * scale).to(
+            dtype
+        )
+        exact = sum(
+            (Fraction(x) - Fraction(y)) ** 2
+            for x, y in zip(
+                a.double().flatten().tolist(), b.double().flatten().tolist(), strict=True
+            )
+        )
+        bound = drift_bound(a.double(), b.double())
+        assert Fraction(bound) ** 2 >= exact

@@ -5,7 +5,9 @@ product, ...), and :class:`SpectralGuard` turns a proven bound ``σ_max(W) <= b`
 ``s`` such that the weight the layer uses, ``W·s`` (rounded to the weight's dtype), has spectral
 norm ``<= lipschitz``. The certificate is cached together with an exact copy of the matrix it was
 computed for and reused while ``torch.equal`` says the matrix is unchanged; any change, through
-an optimiser, ``.data`` or ``load_state_dict``, triggers a new certificate.
+an optimiser, ``.data`` or ``load_state_dict``, triggers a new certificate: a full one, or, when
+the guard has a ``tolerance`` and the matrix moved little since the last full one, the cheaper
+proven bound ``b_c + ||W - W_c||_F``.
 """
 
 from __future__ import annotations
@@ -22,32 +24,88 @@ from lipguard.linalg import (
     spectral_norm_certificate,
     underflow_margin,
 )
+from lipguard.nn._amortised import amortised_certificate, drift_bound
 from lipguard.nn.base import LipschitzLinear
+
+#: at most this many changes between two drift tests while they keep failing
+_MAX_BACKOFF = 32
 
 
 class SpectralGuard:
-    """Caches the spectral-norm certificate of one weight matrix."""
+    """Caches the spectral-norm certificate of one weight matrix and keeps it sound as the matrix
+    changes.
 
-    def __init__(self) -> None:
-        self._snapshot: torch.Tensor | None = None
-        self._certificate: SpectralNormCertificate | None = None
+    Every call to :meth:`certificate` returns a certificate whose ``upper`` bounds ``σ_max`` of
+    the matrix *as it is at that call*, whatever changed it (an optimiser, ``.data``,
+    ``load_state_dict``, a dtype conversion):
+
+    * unchanged since the last call (``torch.equal`` with an exact copy): the same certificate;
+    * otherwise, with ``W_c`` the matrix of the last *full* certificate ``b_c`` (an exact
+      float64 copy is kept): ``σ_max(W) <= b_c + ||W - W_c||_F`` (triangle inequality, the
+      Frobenius norm proven by :func:`~lipguard.nn._amortised.drift_bound`). If that slack is at
+      most ``tolerance · b_c``, this *amortised* certificate is returned (one pass over the
+      weight, no factorisation);
+    * else a full certificate (:func:`~lipguard.linalg.spectral_norm_certificate`, warm-started
+      from the previous witness) becomes the new ``W_c``.
+
+    When a single change already exceeds the tolerance (large optimiser steps), the drift test
+    would be wasted work: after consecutive failed tests the next 0, 1, 3, 7, ... (at most
+    ``_MAX_BACKOFF - 1``) changes are certified in full without it. This only decides *which*
+    sound certificate is computed, never whether one is.
+
+    ``tolerance = 0`` certifies every change in full. The amortised bound is sound but looser
+    than a full one: ``b_c + drift <= (1 + tolerance)·b_c`` while
+    ``σ_max(W) >= σ_max(W_c) - drift``, so a layer that normalises by it keeps
+    ``σ_max >= lipschitz·(1 - 2·tolerance)/(1 + tolerance)`` (about ``1 - 3·tolerance``;
+    typically much closer, as the drift rarely lowers ``σ_max``).
+
+    Attributes:
+        tolerance: relative slack accepted before a full certificate (``>= 0``).
+        full_certificates: how many full certificates were computed (monitoring, tests).
+        amortised_certificates: how many changes were certified by the drift bound instead.
+    """
+
+    def __init__(self, tolerance: float = 0.0) -> None:
+        self.tolerance = tolerance
+        self.full_certificates = 0
+        self.amortised_certificates = 0
+        self._snapshot: torch.Tensor | None = None  # exact copy of the last matrix seen
+        self._certificate: SpectralNormCertificate | None = None  # ... and its certificate
+        self._base: tuple[torch.Tensor, SpectralNormCertificate] | None = None  # W_c (f64), b_c
         self._vectors: tuple[SpectralNormCertificate, torch.Tensor, torch.Tensor] | None = None
+        self._backoff = 0  # after failed drift tests, skip the next 1, 2, 4, ... changes
+        self._skip = 0
 
     def certificate(self, weight: torch.Tensor) -> SpectralNormCertificate:
-        """A sound certificate for ``weight`` as it is now (recomputed only if it changed)."""
+        """A sound certificate for ``weight`` as it is now (see the class docstring)."""
         matrix = weight.detach()
         snapshot = self._snapshot
         if (
             snapshot is not None
             and self._certificate is not None
-            and snapshot.shape == matrix.shape
-            and snapshot.dtype == matrix.dtype
-            and snapshot.device == matrix.device
+            and _same_layout(snapshot, matrix)
             and torch.equal(snapshot, matrix)
         ):
             return self._certificate
-        warm = self._certificate.right_vector if self._certificate is not None else None
-        certificate = spectral_norm_certificate(matrix, warm_start=warm)
+        certificate = None
+        base = self._base
+        if self._skip > 0:
+            self._skip -= 1
+        elif self.tolerance > 0.0 and base is not None and _same_layout(base[0], matrix, False):
+            current = matrix.to(torch.float64)  # non-finite entries: drift is inf
+            drift = drift_bound(current, base[0])
+            if drift <= self.tolerance * base[1].upper:
+                certificate = amortised_certificate(base[1], drift, current)
+                self.amortised_certificates += 1
+                self._backoff = 0
+            else:  # steps too large for the tolerance: test less often (a cost heuristic only)
+                self._backoff = min(2 * self._backoff or 1, _MAX_BACKOFF)
+                self._skip = self._backoff - 1
+        if certificate is None:
+            warm = self._certificate.right_vector if self._certificate is not None else None
+            certificate = spectral_norm_certificate(matrix, warm_start=warm)
+            self.full_certificates += 1
+            self._base = (matrix.to(torch.float64, copy=True), certificate)
         self._snapshot = matrix.clone()
         self._certificate = certificate
         return certificate
@@ -67,6 +125,10 @@ class SpectralGuard:
             cached = (certificate, left, certificate.right_vector.to(dtype))
             self._vectors = cached
         return cached[1], cached[2]
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor, dtype: bool = True) -> bool:
+    return a.shape == b.shape and a.device == b.device and (not dtype or a.dtype == b.dtype)
 
 
 def safe_scale(
