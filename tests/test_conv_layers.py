@@ -23,7 +23,7 @@ from torch import nn
 from lipguard.bounds import lipschitz_bound
 from lipguard.convolution import _polyphase
 from lipguard.errors import InvalidArgumentError, ShapeError
-from lipguard.nn import vanilla
+from lipguard.nn import OrthogonalLinear, SpectralLinear, vanilla
 from lipguard.nn._kernel_proofs import absolute_bound, schur_bound
 from lipguard.nn.conv import AOLConv2d, SLLConv2d, SpectralConv2d
 
@@ -461,3 +461,24 @@ def test_bound_engine_accepts_conv_models(method):
         )
         stride, padding = layer.stride, layer.padding
         assert single.value >= true_norm(layer.effective_weight(), 8, stride, padding)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SpectralLinear(6, 5),
+        lambda: OrthogonalLinear(6, 5),
+        lambda: SpectralConv2d(2, 3, 3, input_size=5, padding=1),
+        lambda: AOLConv2d(2, 3, 3, padding=1),
+    ],
+    ids=["spectral-linear", "orthogonal-linear", "spectral-conv", "aol-conv"],
+)
+def test_editing_the_weight_handed_out_does_not_change_what_the_layer_applies(build):
+    """``effective_weight()`` returns the cached tensor: an in-place edit of it must not reach
+    the next forward call (the cache checks the tensor's version counter)."""
+    torch.manual_seed(0)
+    layer = build().eval()
+    with torch.no_grad():
+        before = layer.effective_weight().clone()
+        layer.effective_weight().mul_(10.0)
+        assert torch.equal(layer.effective_weight(), before)

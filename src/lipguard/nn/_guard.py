@@ -180,14 +180,15 @@ class EffectiveWeightCache:
         self._sources: tuple[torch.Tensor, ...] = ()
         self._settings: tuple[object, ...] = ()
         self._weight: torch.Tensor | None = None
+        self._version = 0
 
     def lookup(
         self, sources: tuple[torch.Tensor, ...], settings: tuple[object, ...] = ()
     ) -> torch.Tensor | None:
         if self._weight is None or len(sources) != len(self._sources):
             return None
-        if settings != self._settings:
-            return None
+        if settings != self._settings or self._weight._version != self._version:
+            return None  # other settings, or the weight handed out was edited in place
         for cached, current in zip(self._sources, sources, strict=True):
             if (
                 cached.shape != current.shape
@@ -207,6 +208,7 @@ class EffectiveWeightCache:
         self._sources = tuple(source.detach().clone() for source in sources)
         self._settings = settings
         self._weight = weight.detach()
+        self._version = self._weight._version
         return self._weight
 
 

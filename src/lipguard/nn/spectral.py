@@ -69,8 +69,8 @@ class SpectralLinear(GuardedLinear):
             change in full). Trades tightness for cost, never soundness.
     """
 
-    #: the scaled weight while the parameter is frozen: (certificate, scale, weight)
-    _frozen: tuple[object, float, torch.Tensor] | None = None
+    #: the scaled weight while the parameter is frozen: (certificate, scale, weight, its version)
+    _frozen: tuple[object, float, torch.Tensor, int] | None = None
 
     def __init__(
         self,
@@ -125,8 +125,14 @@ class SpectralLinear(GuardedLinear):
             sigma_hat = u @ (self.weight.to(dtype) @ v)
             return self.weight * scale * (sigma_hat.detach() / sigma_hat)
         frozen = self._frozen
-        if frozen is None or frozen[0] is not certificate or frozen[1] != scale:
+        if (
+            frozen is None
+            or frozen[0] is not certificate
+            or frozen[1] != scale
+            or frozen[2]._version != frozen[3]  # the weight handed out was edited in place
+        ):
             with torch.no_grad():
-                frozen = (certificate, scale, self.weight.detach() * scale)
+                weight = self.weight.detach() * scale
+            frozen = (certificate, scale, weight, weight._version)
             self._frozen = frozen
         return frozen[2]
