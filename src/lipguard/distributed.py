@@ -82,9 +82,9 @@ def shard(count: int) -> range:
 def gather(items: Sequence[T]) -> list[T]:
     """Every rank's :func:`shard` results, concatenated in rank (hence item) order, on every
     rank. Items must be picklable; tensors are moved to the CPU first."""
-    local = [item.detach().cpu() if isinstance(item, torch.Tensor) else item for item in items]
     if world_size() == 1:
-        return list(local)
+        return list(items)
+    local = [item.detach().cpu() if isinstance(item, torch.Tensor) else item for item in items]
     parts: list[list[T] | None] = [None] * world_size()
     dist.all_gather_object(parts, local)
     return [item for part in parts if part is not None for item in part]
