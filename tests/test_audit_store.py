@@ -396,8 +396,41 @@ def postgres_url():
     admin.dispose()
 
 
-def test_four_concurrent_writers_on_postgresql(postgres_url):
-    _concurrent_writers(postgres_url)
+def test_four_writers_of_ten_thousand_events_on_postgresql(postgres_url):
+    """Many monitors, one chain: 4 processes × 10,000 events (batches of 100) into one store."""
+    _concurrent_writers(postgres_url, writers=4, batches=100, size=100)
+
+
+def test_kill_minus_nine_of_concurrent_postgresql_writers_loses_no_committed_record(postgres_url):
+    """Four writers append to one PostgreSQL chain; two are killed with SIGKILL mid-stream, the
+    others after them. The chain verifies and holds every record a writer saw committed."""
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, postgres_url], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    committed = [0] * len(writers)
+
+    def read_until(deadline: float, alive: list[int]) -> None:
+        while time.monotonic() < deadline:
+            for index in alive:
+                line = writers[index].stdout.readline()
+                if line:
+                    committed[index] = max(committed[index], int(line))
+
+    read_until(time.monotonic() + 3.0, [0, 1, 2, 3])
+    for index in (0, 1):
+        os.kill(writers[index].pid, signal.SIGKILL)
+        writers[index].wait()
+    read_until(time.monotonic() + 1.5, [2, 3])
+    for index in (2, 3):
+        os.kill(writers[index].pid, signal.SIGKILL)
+        writers[index].wait()
+    report = AuditStore(postgres_url).verify()
+    assert report.ok, report.problems[:3]
+    assert min(committed) > 0
+    assert report.records >= max(committed)
 
 
 def test_postgresql_detects_edits_and_keys(postgres_url):
