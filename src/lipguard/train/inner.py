@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from lipguard.attacks.threat import ThreatModel
+from lipguard.train._parallel import per_sample
 
 
 def adversary_path(
@@ -29,6 +30,9 @@ def adversary_path(
     """Projected ascent on ``loss`` (per-sample values at a batch of points) from ``start`` (or a
     random point of the threat set, or ``x``); returns ``[x + δ_0, …, x + δ_K]``.
 
+    The random start is drawn per sample for the whole global batch under data-parallel
+    :func:`~lipguard.train.fit` (``torchrun``), so each sample starts where it would in one process.
+
     ``unrolled=True`` keeps the graph through every step (``create_graph``), so a loss on the
     iterates can be differentiated through the adversary; otherwise the iterates are detached.
     """
@@ -36,7 +40,7 @@ def adversary_path(
     if start is not None:
         current = threat.project(x, start.detach())
     elif random_start:
-        current = threat.random_start(x, generator)
+        current = per_sample(lambda points: threat.random_start(points, generator), x)
     else:
         current = x.clone()
     path = [current]

@@ -17,6 +17,12 @@ batch (what to minimise) and its parts. By name (:func:`make_regularizer`):
   outputs), ``x'`` maximising that divergence from ``x + 0.001·N(0, I)``;
 - ``aajr`` — Adversarially-Aligned Jacobian Regularization (below).
 
+Under data-parallel :func:`~lipguard.train.fit` (``torchrun``) ``model`` is the DDP-wrapped
+model and ``x``, ``y`` this rank's share of the global batch; every random draw with a row per
+sample is made for the whole global batch and sliced, so each rank computes exactly its rows of
+what one process computes. All seven regularizers work there (double backward and
+``torch.func.jvp`` run through DDP's forward; DDP averages the parameter gradients).
+
 **AAJR** (arXiv 2603.04378; the definition lipguard adopts). Run the adversary's PGD on any
 attack objective, ``δ_{k+1} = Π(δ_k + α·s(∇_δ ℓ_adv))``, record its steps
 ``u_k = (δ_{k+1} - δ_k)/max(||δ_{k+1} - δ_k||₂, η)`` and penalise how much the model moves along
@@ -52,6 +58,7 @@ from lipguard.attacks.threat import Bounds, ThreatModel
 from lipguard.errors import InvalidArgumentError
 from lipguard.nn.penalties import gradient_penalty_from_outputs
 from lipguard.norm import L2, LINF, Norm, NormLike
+from lipguard.train._parallel import per_sample
 from lipguard.train.inner import adversary_path
 from lipguard.train.tasks import Task, TaskModel
 
@@ -186,7 +193,10 @@ class JacobianPenalty(Regularizer):
                 total = total + row.flatten(1).pow(2).sum(1)
             return total
         for _ in range(self.projections):
-            v = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype)
+            v = per_sample(
+                lambda rows: torch.randn(rows.shape, generator=generator, dtype=rows.dtype),
+                outputs,
+            )
             v = (v / v.norm(dim=1, keepdim=True)).to(outputs.device)
             (row,) = torch.autograd.grad(
                 (outputs * v).sum(), points, create_graph=create_graph, retain_graph=True
@@ -275,7 +285,9 @@ class TRADES(_Adversarial):
     ) -> RegularizedLoss:
         clean_outputs = task.forward(model, x)
         reference = clean_outputs.detach()
-        noise = 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = per_sample(
+            lambda rows: 0.001 * torch.randn(rows.shape, generator=generator, dtype=rows.dtype), x
+        ).to(x.device)
         path = adversary_path(
             lambda p: _divergence(task, reference, task.forward(model, p)),
             x,
