@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipguard import distributed
 from lipguard._progress import progress_bar
 from lipguard.attacks.base import Attack
 from lipguard.attacks.objectives import Objective
@@ -55,22 +56,29 @@ def robustness_curve(
 ) -> RobustnessCurve:
     """Run every attack (built by its factory from the threat model at each ε) and record the
     success rate and loss statistics. ``threat`` supplies the norm, box and mask (its ε is
-    replaced)."""
+    replaced). Under ``torchrun`` the ``(attack, ε)`` runs are shared out over the ranks and every
+    rank gets the whole curve, identical to a single process's."""
     base = threat if threat is not None else ThreatModel(0.0)
     grid = np.asarray(sorted(float(e) for e in epsilons))
     curve = RobustnessCurve(grid)
-    with progress_bar(len(grid) * len(attacks), "robustness curve", progress) as advance:
-        for name, factory in attacks.items():
-            rates, means, maxima = [], [], []
-            for eps in grid:
-                result = factory(base.with_eps(float(eps)))(model, x, objective)
-                rates.append(result.success_rate)
-                means.append(float(result.loss.mean()))
-                maxima.append(float(result.loss.max()))
-                advance(1)
-            curve.success_rate[name] = np.asarray(rates)
-            curve.mean_loss[name] = np.asarray(means)
-            curve.max_loss[name] = np.asarray(maxima)
+    # one cell per (attack, ε), each a fresh attack seeded by its own seed: under torchrun the
+    # cells are shared out over the ranks and gathered in order, bit-identical to one process
+    cells = [(name, float(eps)) for name in attacks for eps in grid]
+    mine = distributed.shard(len(cells))
+    rows: list[tuple[float, float, float]] = []
+    enabled = progress and distributed.is_main()
+    with progress_bar(len(mine), "robustness curve", enabled) as advance:
+        for name, eps in cells[mine.start : mine.stop]:
+            result = attacks[name](base.with_eps(eps))(model, x, objective)
+            rows.append((result.success_rate, float(result.loss.mean()), float(result.loss.max())))
+            advance(1)
+    everything = distributed.gather(rows)
+    for position, name in enumerate(attacks):
+        values = np.asarray(everything[position * len(grid) : (position + 1) * len(grid)])
+        values = values.reshape(len(grid), 3)
+        curve.success_rate[name] = values[:, 0].copy()
+        curve.mean_loss[name] = values[:, 1].copy()
+        curve.max_loss[name] = values[:, 2].copy()
     return curve
 
 

@@ -14,6 +14,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from lipguard import distributed
 from lipguard._progress import progress_bar
 from lipguard.cli._io import (
     ModelArgument,
@@ -93,6 +94,7 @@ def attack_command(
     """Attack every input of a data file and report the success rate."""
     from lipguard.attacks import ThreatModel
 
+    distributed.initialise()
     for target in (out, save_adversarial):
         refuse_existing(target, overwrite)
     if objective not in OBJECTIVES:
@@ -103,14 +105,21 @@ def attack_command(
     threat = ThreatModel(eps, norm.p, bounds=parse_range(bounds, "--bounds", "0,1"))
     runner = _attack(attack, threat, steps, seed)
     started = time.perf_counter()
-    results = []
-    with progress_bar(x.shape[0], f"{attack} ε = {eps:g}", True) as advance:
-        for start in range(0, x.shape[0], batch_size):
+    # chunks of batch_size inputs, each attacked by a fresh generator from --seed: under torchrun
+    # the chunks are shared out over the ranks and gathered in order (identical to one process)
+    starts = range(0, x.shape[0], batch_size)
+    mine = distributed.shard(len(starts))
+    local = []
+    with progress_bar(x.shape[0], f"{attack} ε = {eps:g}", distributed.is_main()) as advance:
+        for start in starts[mine.start : mine.stop]:
             chunk = slice(start, start + batch_size)
             labels = None if y is None else y[chunk]
-            results.append(runner(network, x[chunk], _objective(objective, labels)))
-            advance(x[chunk].shape[0])
+            local.append(runner(network, x[chunk], _objective(objective, labels)))
+            advance(x[chunk].shape[0] * distributed.world_size())
+    results = distributed.gather(local)
     seconds = time.perf_counter() - started
+    if not distributed.is_main():
+        return
     success = torch.cat([r.success for r in results])
     loss = torch.cat([r.loss for r in results])
     table = Table(title=f"{attack} on {model.name} ({data.name})", box=box.SIMPLE_HEAD)

@@ -14,6 +14,7 @@ from rich import box
 from rich.table import Table
 from torch import nn
 
+from lipguard import distributed
 from lipguard.cli._io import (
     ModelArgument,
     OverwriteOption,
@@ -34,7 +35,16 @@ def certify_command(
     model: ModelArgument,
     data: Annotated[Path, typer.Option(help=".npz (x, optional y), .npy or .csv inputs.")],
     sigma: Annotated[float, typer.Option(help="Standard deviation of the Gaussian noise.")],
-    n: Annotated[int, typer.Option(help="Estimation samples per input.", min=1)] = 100_000,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--samples",
+            help="Estimation samples per input (--samples under torchrun, whose own "
+            "options --n would abbreviate).",
+            min=1,
+        ),
+    ] = 100_000,
     n0: Annotated[
         int, typer.Option(help="Selection samples per input (classifiers).", min=1)
     ] = 100,
@@ -63,6 +73,7 @@ def certify_command(
     """Certify every input of a data file with Gaussian randomized smoothing."""
     from lipguard.smoothing import SmoothedClassifier, SmoothedRegressor
 
+    distributed.initialise()  # under torchrun: the inputs are shared out over the ranks
     refuse_existing(out, overwrite)
     value_range = parse_range(output_range, "--output-range", "-1,1")
     network, x, y = load_model_and_samples(model, data, label_column, input_shape)
@@ -81,6 +92,8 @@ def certify_command(
         radii = classifier.certify(x, n0, n, alpha, batch_size, progress=True)
         payload = _classification_rows(radii, y, table)
     seconds = time.perf_counter() - started
+    if not distributed.is_main():
+        return
     table.add_row("time", f"{seconds:.1f} s ({x.shape[0] * n / seconds:,.0f} samples/s)")
     console.print(table)
     if out is not None:

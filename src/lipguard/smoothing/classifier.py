@@ -24,6 +24,7 @@ at the price of slightly smaller radii (``α/K`` instead of ``α``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lipguard import _checks
+from lipguard import _checks, distributed
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import run_noisy
+from lipguard.smoothing._sampling import gather_rows, local_rows, run_noisy
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
 ABSTAIN = -1
@@ -115,19 +116,31 @@ class SmoothedClassifier:
         sigma: the noise: a standard deviation (``N(0, σ²I)``) or a fixed
             :class:`~lipguard.smoothing.noise.GaussianNoise` (diagonal, low-rank, DCT, ...).
             A noise chosen per input is refused (:class:`PerInputNoiseError`).
-        seed: seed of the noise generator (results are reproducible given the seed).
+        seed: seed of the noise: each noise block is drawn from a stream derived from the seed,
+            the phase (selection, estimation round, prediction) and the block's index only (and
+            the input's index ``i`` in the data set with ``per_input_noise``), so results are
+            reproducible given the seed and identical for every ``torchrun`` world size and
+            batch composition (``docs/scaling.md``).
+        per_input_noise: draw every input's noise from its own stream ``(seed, i)`` (independent
+            across inputs) instead of sharing each noise block across the inputs (faster where
+            drawing noise costs as much as the forward pass; see
+            :mod:`lipguard.smoothing._sampling`).
     """
 
     def __init__(
-        self, base: nn.Module, num_classes: int, sigma: float | GaussianNoise, *, seed: int = 0
+        self,
+        base: nn.Module,
+        num_classes: int,
+        sigma: float | GaussianNoise,
+        *,
+        seed: int = 0,
+        per_input_noise: bool = False,
     ) -> None:
         self.base = base
         self.num_classes = _checks.positive_int("num_classes", num_classes)
         self.noise = as_noise(sigma)
         self.seed = seed
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.seed)
+        self.per_input_noise = per_input_noise
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         _checks.finite_tensor("x", x)
@@ -141,13 +154,23 @@ class SmoothedClassifier:
         x: torch.Tensor,
         count: int,
         batch_size: int = 10_000,
-        generator: torch.Generator | None = None,
+        *,
+        phase: str = "votes",
+        indices: Sequence[int] | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """``(N, num_classes)`` vote counts of the base classifier over ``count`` noisy samples
-        per input (counted on the device)."""
+        per input (counted on the device).
+
+        The noise of ``x[i]`` comes from its own stream, determined by the seed, ``phase`` and
+        its index ``indices[i]`` in the data set (default ``i``), so its votes do not depend on
+        the other inputs. Under ``torchrun`` every rank counts its share of the inputs and every
+        rank gets all counts.
+        """
         x = self._check(x)
         _checks.positive_int("batch_size", batch_size)
+        if indices is not None and len(indices) != x.shape[0]:
+            raise ShapeError(f"indices needs one entry per input ({x.shape[0]})")
         counts = torch.zeros(x.shape[0] * self.num_classes, dtype=torch.long, device=x.device)
         classes = self.num_classes
 
@@ -161,13 +184,28 @@ class SmoothedClassifier:
             owner = owner.repeat_interleave(labels.numel() // (rows.stop - rows.start))
             counts.index_add_(0, owner * classes + labels, torch.ones_like(labels))
 
-        generator = generator or self._generator(x.device)
         with (
             _checks.evaluating(self.base),
-            progress_bar(x.shape[0] * count, "noisy samples", progress) as advance,
+            progress_bar(
+                len(local_rows(x.shape[0])) * count,
+                "noisy samples",
+                progress and distributed.is_main(),
+            ) as advance,
         ):
-            run_noisy(self.base, x, self.noise, count, batch_size, generator, consume, advance)
-        return counts.view(x.shape[0], classes).cpu()
+            rows = run_noisy(
+                self.base,
+                x,
+                self.noise,
+                count,
+                batch_size,
+                self.seed,
+                phase,
+                consume,
+                advance,
+                indices,
+                self.per_input_noise,
+            )
+        return gather_rows(counts.view(x.shape[0], classes), rows).cpu()
 
     def predict(
         self,
@@ -181,7 +219,7 @@ class SmoothedClassifier:
         differs from ``g(x)`` with probability at most ``alpha``."""
         _checks.positive_int("n", n)
         alpha = _checks.probability("alpha", alpha)
-        counts = self.votes(x, n, batch_size, progress=progress)
+        counts = self.votes(x, n, batch_size, phase="predict", progress=progress)
         top2 = counts.topk(min(2, self.num_classes), dim=1)
         n1 = top2.values[:, 0]
         n2 = top2.values[:, 1] if self.num_classes > 1 else torch.zeros_like(n1)
@@ -209,8 +247,7 @@ class SmoothedClassifier:
         alpha = _checks.probability("alpha", alpha)
         if looks > 1 and n < 2 ** (looks - 1):
             raise InvalidArgumentError(f"n = {n} is too small for {looks} looks")
-        generator = self._generator(x.device)
-        selection = self.votes(x, n0, batch_size, generator).argmax(1)
+        selection = self.votes(x, n0, batch_size, phase="selection").argmax(1)
         level = alpha / looks
         schedule = [math.ceil(n / 2 ** (looks - 1 - k)) for k in range(looks)]
         size = x.shape[0]
@@ -220,13 +257,19 @@ class SmoothedClassifier:
         target = None
         if target_radius is not None:
             target = _checks.positive_float("target_radius", target_radius) / self.noise.min_std()
-        with progress_bar(size * n, "certifying", progress) as advance:
+        with progress_bar(size * n, "certifying", progress and distributed.is_main()) as advance:
             for look, total in enumerate(schedule):
                 index = active.nonzero().squeeze(1)
                 if index.numel() == 0:
                     break
                 extra = total - (schedule[look - 1] if look else 0)
-                counts = self.votes(x[index.to(x.device)], extra, batch_size, generator)
+                counts = self.votes(
+                    x[index.to(x.device)],
+                    extra,
+                    batch_size,
+                    phase=f"estimation-{look}",
+                    indices=index.tolist(),
+                )
                 votes[index] += counts.gather(1, selection[index, None]).squeeze(1)
                 used[index] = total
                 advance(int(index.numel()) * extra)

@@ -25,6 +25,7 @@ perturbation ``(δ_a, δ_b)``) the smoothed preference cannot change.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -33,12 +34,12 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lipguard import _checks
+from lipguard import _checks, distributed
 from lipguard._deprecation import renamed_keyword
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import Consumer, run_noisy
+from lipguard.smoothing._sampling import Consumer, gather_rows, local_rows, run_noisy
 from lipguard.smoothing.classifier import ClassifierCertificates, SmoothedClassifier
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
@@ -67,26 +68,52 @@ def _whitened(noise: GaussianNoise, eps: float) -> float:
 class _Smoothed:
     """What the smoothed regressors share: the base model, the noise, seeded sampling."""
 
-    def __init__(self, base: nn.Module, sigma: float | GaussianNoise, seed: int) -> None:
+    def __init__(
+        self, base: nn.Module, sigma: float | GaussianNoise, seed: int, per_input_noise: bool
+    ) -> None:
         self.base = base
         self.noise = as_noise(sigma)
         self.seed = seed
+        self.per_input_noise = per_input_noise
 
     def _sample(
-        self, x: torch.Tensor, n: int, batch_size: int, consume: Consumer, progress: bool
-    ) -> None:
+        self,
+        x: torch.Tensor,
+        n: int,
+        batch_size: int,
+        consume: Consumer,
+        progress: bool,
+        phase: str,
+        accumulators: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Run the noisy samples of this rank's inputs through ``consume`` (input ``i``'s noise
+        from the stream ``(seed, phase, i)``), then return the ``accumulators`` (one row per
+        input) with every rank's rows."""
         _checks.finite_tensor("x", x)
         if not x.is_floating_point() or x.dim() < 2:
             raise ShapeError("x must be a floating-point batch of shape (N, *input_shape)")
         check_fixed(self.noise, x)
         _checks.positive_int("n", n)
         _checks.positive_int("batch_size", batch_size)
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
         with (
             _checks.evaluating(self.base),
-            progress_bar(x.shape[0] * n, "noisy samples", progress) as advance,
+            progress_bar(
+                len(local_rows(x.shape[0])) * n, "noisy samples", progress and distributed.is_main()
+            ) as advance,
         ):
-            run_noisy(self.base, x, self.noise, n, batch_size, generator, consume, advance)
+            rows = run_noisy(
+                self.base,
+                x,
+                self.noise,
+                n,
+                batch_size,
+                self.seed,
+                phase,
+                consume,
+                advance,
+                per_input=self.per_input_noise,
+            )
+        return [gather_rows(tensor, rows) for tensor in accumulators]
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,8 @@ class SmoothedRegressor(_Smoothed):
         base: maps a batch to one value per input (``(batch,)`` or ``(batch, 1)``).
         sigma: a standard deviation or a fixed :class:`GaussianNoise`.
         output_range: ``(a, b)``; the base output is clipped into it.
+        seed, per_input_noise: the noise's streams, as for
+            :class:`~lipguard.smoothing.SmoothedClassifier`.
     """
 
     def __init__(
@@ -134,8 +163,9 @@ class SmoothedRegressor(_Smoothed):
         output_range: tuple[float, float],
         *,
         seed: int = 0,
+        per_input_noise: bool = False,
     ) -> None:
-        super().__init__(base, sigma, seed)
+        super().__init__(base, sigma, seed, per_input_noise)
         a, b = (float(v) for v in output_range)
         if not (np.isfinite(a) and np.isfinite(b) and a < b):
             raise InvalidArgumentError(
@@ -169,7 +199,7 @@ class SmoothedRegressor(_Smoothed):
             total[rows] += values.sum(1)
             squares[rows] += (values * values).sum(1)
 
-        self._sample(x, n, batch_size, consume, progress)
+        total, squares = self._sample(x, n, batch_size, consume, progress, "mean", [total, squares])
         shifted = (total / n).cpu()
         mean = a + shifted
         width = b - a
@@ -241,8 +271,9 @@ class SmoothedQuantile(_Smoothed):
         quantile: float = 0.5,
         *,
         seed: int = 0,
+        per_input_noise: bool = False,
     ) -> None:
-        super().__init__(base, sigma, seed)
+        super().__init__(base, sigma, seed, per_input_noise)
         self.quantile = _checks.probability("quantile", quantile)
 
     def certify(
@@ -260,7 +291,7 @@ class SmoothedQuantile(_Smoothed):
         def consume(rows: slice, samples: slice, values: torch.Tensor) -> None:
             outputs[rows, samples] = _scalar_outputs(values).view(rows.stop - rows.start, -1)
 
-        self._sample(x, n, batch_size, consume, progress)
+        (outputs,) = self._sample(x, n, batch_size, consume, progress, "quantile", [outputs])
         if not bool(torch.isfinite(outputs).all()):
             raise InvalidArgumentError("the base model returned NaN or infinite outputs")
         ordered = outputs.sort(dim=1).values.cpu()
