@@ -58,7 +58,7 @@ def child(task: str, out: Path) -> None:
     torch.manual_seed(0)
     if task == "fit":
         model = nn.Sequential(
-            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+            nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
         )
         epochs = 5
         distributed.barrier()
@@ -80,10 +80,10 @@ def child(task: str, out: Path) -> None:
 
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
         smoothed = SmoothedClassifier(model, num_classes=10, sigma=0.25, seed=0)
-        inputs = x[:64]
+        inputs = x[:256]
         distributed.barrier()
         started = time.perf_counter()
-        smoothed.certify(inputs, n0=100, n=2000, alpha=0.001, batch_size=1000)
+        smoothed.certify(inputs, n0=100, n=10_000, alpha=0.001, batch_size=2000)
         distributed.barrier()
         seconds = time.perf_counter() - started
         items = len(inputs)
@@ -135,10 +135,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
-        "- **fit**: `lipguard.train.fit` under DDP, MLP 64-256-256-10 on digits with AAJR, "
+        "- **fit**: `lipguard.train.fit` under DDP, MLP 64-512-512-10 on digits with AAJR, "
         "5 epochs, global batch 256 (samples/s).",
-        "- **certify**: `SmoothedClassifier.certify` on 64 digits, n0 = 100, "
-        "n = 2,000, σ = 0.25 (inputs/s); results are bit-identical for every world size.",
+        "- **certify**: `SmoothedClassifier.certify` on 256 digits, n0 = 100, "
+        "n = 10,000, σ = 0.25 (inputs/s); results are bit-identical for every world size.",
         "- **efficiency**: throughput / (ranks × single-rank throughput).",
         "",
         "| task | ranks | seconds | throughput | speed-up | efficiency |",
