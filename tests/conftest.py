@@ -7,6 +7,7 @@ to search with fresh randomness and more examples.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,16 @@ def lipsdp_fixture(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Se
         if index < len(matrices) - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small convolutions run fastest on one thread (and do not oversubscribe a busy machine);
+    the previous thread count is restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

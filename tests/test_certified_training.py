@@ -43,13 +43,7 @@ def antipodal(d: int = 5) -> tuple[Linear, torch.Tensor]:
     return Linear(torch.stack([w, -w]), torch.tensor([0.3, -0.1])), w
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run fastest on one thread (and do not oversubscribe a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- closed forms ----------------------------------------------------------------------------

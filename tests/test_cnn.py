@@ -22,7 +22,7 @@ from lipguard.nn import (
     split_lipschitz,
     vanilla,
 )
-from lipguard.rl import PixelRewardModel, build_pixel_reward_model, fit_pixel_reward
+from lipguard.rl import PixelRewardModel, build_pixel_reward_model, fit_reward
 
 
 def jacobian_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,13 +57,7 @@ def scramble(model: nn.Module, steps: int = 8) -> None:
         optimizer.step()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run fastest on one thread (and do not oversubscribe a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- closed forms ----------------------------------------------------------------------------
@@ -236,7 +230,7 @@ def test_pixel_reward_model_fits_and_its_bound_holds():
     model = build_pixel_reward_model(obs, rewards, lipschitz=4.0, channels=(8,))
     assert isinstance(model, PixelRewardModel)
     assert model(obs).shape == (len(obs),)
-    fit_pixel_reward(model, obs, rewards, epochs=10, batch_size=32, learning_rate=1e-2)
+    fit_reward(model, obs, rewards, epochs=10, batch_size=32, learning_rate=1e-2, progress=False)
     model.eval()
     with torch.no_grad():
         mse = float((model(obs) - rewards).pow(2).mean())

@@ -14,7 +14,24 @@ from lipguard.linalg import spectral_norm_certificate
 from lipguard.results import LipschitzBound
 
 
-class LipschitzLinear(nn.Module, metaclass=abc.ABCMeta):
+class LipschitzSetting:
+    """The ``lipschitz`` attribute shared by lipguard's constrained layers."""
+
+    _lipschitz: float
+
+    @property
+    def lipschitz(self) -> float:
+        """The guaranteed bound (``σ_max`` of a dense layer's effective weight, the operator norm
+        of a convolution); may be changed at any time (validated: finite and > 0), and the next
+        call applies the new bound."""
+        return self._lipschitz
+
+    @lipschitz.setter
+    def lipschitz(self, value: float) -> None:
+        self._lipschitz = _checks.positive_float("lipschitz", value)
+
+
+class LipschitzLinear(LipschitzSetting, nn.Module, metaclass=abc.ABCMeta):
     """An affine map ``x ↦ W x + b`` whose weight satisfies ``σ_max(W) <= lipschitz``.
 
     Subclasses define :meth:`effective_weight`, the weight the layer really applies; the
@@ -42,16 +59,6 @@ class LipschitzLinear(nn.Module, metaclass=abc.ABCMeta):
             nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
-
-    @property
-    def lipschitz(self) -> float:
-        """The guaranteed bound on ``σ_max`` of the effective weight; may be changed at any time
-        (validated: finite and > 0), and the next call applies the new bound."""
-        return self._lipschitz
-
-    @lipschitz.setter
-    def lipschitz(self, value: float) -> None:
-        self._lipschitz = _checks.positive_float("lipschitz", value)
 
     @abc.abstractmethod
     def effective_weight(self) -> torch.Tensor:

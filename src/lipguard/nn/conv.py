@@ -29,6 +29,7 @@ from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.linalg import U64, unit_roundoff
 from lipguard.nn._guard import EffectiveWeightCache
 from lipguard.nn._kernel_proofs import fit_kernel, gram_blocks, schur_bound, schur_row_sums
+from lipguard.nn.base import LipschitzSetting
 from lipguard.results import LipschitzBound
 
 Padding = int | tuple[int, int] | str
@@ -65,7 +66,7 @@ def _with_gradient_of(value: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
     return value + (graph - graph.detach()).to(value.dtype)
 
 
-class LipschitzConv2d(nn.Module, metaclass=abc.ABCMeta):
+class LipschitzConv2d(LipschitzSetting, nn.Module, metaclass=abc.ABCMeta):
     """A 2-D convolution ``x ↦ conv2d(x, K) + b`` (zero padding) whose operator norm is proven
     ``<= lipschitz`` in ℓ2, for the kernel ``K = effective_weight()`` exactly as stored.
 
@@ -115,16 +116,6 @@ class LipschitzConv2d(nn.Module, metaclass=abc.ABCMeta):
         else:
             self.register_parameter("bias", None)
         self._cache = EffectiveWeightCache()
-
-    @property
-    def lipschitz(self) -> float:
-        """The guaranteed bound on the operator norm; may be changed at any time (validated:
-        finite and > 0), and the next call applies the new bound."""
-        return self._lipschitz
-
-    @lipschitz.setter
-    def lipschitz(self, value: float) -> None:
-        self._lipschitz = _checks.positive_float("lipschitz", value)
 
     @abc.abstractmethod
     def effective_weight(self) -> torch.Tensor:

@@ -17,7 +17,7 @@ from lipguard.rl.metrics import (
     policy_report,
 )
 from lipguard.rl.oracle import AdaptiveLipschitz, EnsembleReward, PessimisticReward
-from lipguard.rl.pixels import PixelRewardModel, build_pixel_reward_model, fit_pixel_reward
+from lipguard.rl.pixels import PixelRewardModel, build_pixel_reward_model
 from lipguard.rl.policy import (
     ActionNetwork,
     RewardMetricsCallback,
@@ -61,7 +61,6 @@ __all__ = [
     "discontinuity_curve",
     "discontinuity_rate",
     "evaluate",
-    "fit_pixel_reward",
     "fit_preferences",
     "fit_reward",
     "max_reward_gradient",

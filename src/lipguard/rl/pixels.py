@@ -32,7 +32,6 @@ from lipguard.linalg import down, mul_up
 from lipguard.nn import DiagonalAffine, LipschitzCNN
 from lipguard.nn.cnn import ConvKind
 from lipguard.results import LipschitzBound
-from lipguard.train import FitResult, fit
 
 
 class PixelRewardModel(nn.Sequential):
@@ -143,29 +142,3 @@ def build_pixel_reward_model(
         head_hidden=head_hidden,
     )
     return PixelRewardModel(cnn, mean, std, reward_mean, reward_scale)
-
-
-def fit_pixel_reward(
-    model: PixelRewardModel,
-    observations: torch.Tensor,
-    rewards: torch.Tensor,
-    *,
-    epochs: int = 30,
-    batch_size: int = 64,
-    learning_rate: float = 3e-3,
-    seed: int = 0,
-    progress: bool = False,
-) -> FitResult:
-    """Regress ``model`` on observed rewards (mean squared error; 20% held out)."""
-    if rewards.shape != (len(observations),):
-        raise ShapeError("need one reward per observation")
-    return fit(
-        model,
-        (observations.float(), rewards.float()),
-        "regression",
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        progress=progress,
-    )

@@ -147,7 +147,7 @@ class SegmentReturn(nn.Module):
 
 
 def fit_reward(
-    model: RewardModel,
+    model: nn.Module,
     features: torch.Tensor,
     rewards: torch.Tensor,
     *,
@@ -159,7 +159,9 @@ def fit_reward(
     seed: int = 0,
     progress: bool = True,
 ) -> FitResult:
-    """Regress ``model`` on observed rewards (mean squared error; 20% held out)."""
+    """Regress ``model`` (a :class:`RewardModel` on feature rows, or a
+    :class:`~lipguard.rl.PixelRewardModel` on images) on observed rewards (mean squared error;
+    20% held out)."""
     if rewards.shape != (len(features),):
         raise ShapeError("need one reward per feature row")
     return fit(
