@@ -380,6 +380,35 @@ def test_concurrent_single_record_writers_on_sqlite(tmp_path):
     _concurrent_writers(tmp_path / "audit.db", writers=3, batches=150, size=1)
 
 
+def test_a_fresh_log_being_created_by_another_writer_is_joined_not_refused(tmp_path):
+    # The state a concurrent creator leaves between switching to WAL mode and its first
+    # commit: a non-empty SQLite file with no schema yet (CI saw a writer refuse it).
+    path = tmp_path / "audit.db"
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    assert path.stat().st_size > 0
+    store = AuditStore(path)
+    store.append([("event", {"i": 1})])
+    connection.close()
+    assert AuditStore(path, create=False).verify().ok
+
+
+@pytest.mark.parametrize("vacuum", [False, True])
+def test_a_writer_refuses_a_log_whose_table_was_dropped(tmp_path, vacuum):
+    path = tmp_path / "audit.db"
+    _filled(path)
+    _sql(path, "DROP TABLE audit_records")
+    if vacuum:
+        _sql(path, "VACUUM")
+    with pytest.raises(AuditError, match="not an audit log"):
+        AuditStore(path)
+    assert not sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()
+
+
+def test_writers_starting_together_on_a_new_file_share_one_chain(tmp_path):
+    _concurrent_writers(tmp_path / "audit.db", writers=4, batches=1, size=1)
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh database on CI's PostgreSQL server (skipped without one)."""

@@ -293,6 +293,8 @@ class AuditStore:
 
     def _create(self) -> None:
         with self._writing() as connection:
+            if self.url.startswith("sqlite") and (problem := _foreign_schema(connection)):
+                raise AuditError(f"{self.url} is not an audit log ({problem})")
             self.table.metadata.create_all(connection)
             if self._last(connection) is None:
                 header = {
@@ -604,20 +606,38 @@ def _transient(error: DBAPIError) -> bool:
 
 def _refuse_foreign(path: str, reader_url: str) -> None:
     """Refuse to write into an existing SQLite file that is not an audit log (someone else's
-    database, or a log whose table was dropped), checked read-only so nothing changes."""
+    database, or a log whose table was dropped), checked read-only so nothing changes.
+
+    A file that holds the audit table passes, and so does a never-used database (schema version
+    0, no schema objects): that is what a concurrent writer's brand-new log looks like between
+    its switch to WAL mode and its first commit. A dropped table leaves the schema version
+    above 0, so a log whose table was dropped is still refused.
+    """
     engine = create_engine(reader_url)
     event.listen(engine, "connect", _sqlite_reader)
     try:
-        present = inspect(engine).has_table(TABLE)
+        with engine.connect() as connection:
+            problem = _foreign_schema(connection)
     except SQLAlchemyError as error:
         raise AuditError(f"{path} is not an audit log: {_reason(error)}") from None
     finally:
         engine.dispose()
-    if not present:
+    if problem is not None:
         raise AuditError(
-            f"{path} is not an audit log (no audit table); lipguard writes its log only into "
-            "a new file or an existing log"
+            f"{path} is not an audit log ({problem}); lipguard writes its log only into a new "
+            "file or an existing log"
         )
+
+
+def _foreign_schema(connection: Connection) -> str | None:
+    """Why this SQLite database is not an audit log lipguard may write into, or None."""
+    if inspect(connection).has_table(TABLE):
+        return None
+    objects = connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one()
+    version = connection.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    if objects or version:
+        return "no audit table"
+    return None
 
 
 def _reason(error: SQLAlchemyError) -> str:
