@@ -51,6 +51,15 @@ SCRIPT = textwrap.dedent(
     result["regressor"] = [bounds.mean.tolist(), bounds.lower.tolist(), bounds.upper.tolist()]
     quantile = SmoothedQuantile(reward, 0.3, per_input_noise=True).certify(x, 500)
     result["quantile"] = quantile.sorted_outputs.tolist()
+    # fewer inputs than ranks: the sample blocks are shared out instead (7 uneven blocks)
+    one = x[:1]
+    few = SmoothedClassifier(model, 3, 0.5, seed=4, per_input_noise=True)
+    result["few-certify"] = few.certify(one, 50, 2000, 0.01, batch_size=300).to_dict()
+    result["few-votes"] = few.votes(x[:1], 2000, batch_size=300).tolist()
+    mean = SmoothedRegressor(reward, 0.3, (-1.0, 1.0), seed=6).certify(one, 2000, batch_size=300)
+    result["few-regressor"] = [mean.mean.tolist(), mean.lower.tolist(), mean.upper.tolist()]
+    few_quantile = SmoothedQuantile(reward, 0.3, seed=6).certify(one, 700, batch_size=300)
+    result["few-quantile"] = few_quantile.sorted_outputs.tolist()
     attacks = {
         "pgd": lambda t: PGD(t, steps=5, seed=2),
         "random": lambda t: RandomNoise(t, samples=10, seed=2),
@@ -150,7 +159,8 @@ def test_an_inputs_noise_does_not_depend_on_the_batch():
         def consume(rows, samples, outputs):
             store[rows, samples] = outputs.view(rows.stop - rows.start, -1, 3)
 
-        run_noisy(nn.Identity(), inputs, noise, 8, batch_size, 7, "t", consume, None, indices, True)
+        same = nn.Identity()
+        run_noisy(same, inputs, noise, 8, batch_size, 7, "t", same, consume, None, indices, True)
         return store - inputs[:, None]
 
     everything = noisy(x, None, 40)

@@ -13,6 +13,7 @@ ranks and :func:`gather` puts the per-item results back in item order on every r
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from typing import TypeVar
@@ -50,7 +51,15 @@ def initialise() -> bool:
         )
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
+    # leave the group before the interpreter tears down the backend's threads (without this,
+    # gloo now and then aborts a finished rank: "terminate called without an active exception")
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world_size() -> int:

@@ -20,18 +20,30 @@ index: not on the other inputs of the batch, nor on how the data set is split in
 passes or over ``torchrun`` ranks, which makes a data set's certificates bit-identical for every
 world size.
 
-Under ``torchrun`` (:mod:`lipguard.distributed`), :func:`run_noisy` evaluates only this rank's
-share of the inputs (:func:`~lipguard.distributed.shard`) and :func:`gather_rows` puts every
-rank's per-input results together, in input order, on every rank.
+Under ``torchrun`` (:mod:`lipguard.distributed`) the work is split over ranks in one of two
+ways, chosen by :func:`split`:
 
-The caller's ``consume`` reduces each forward pass's outputs on the device (counts, sums,
-stored samples), so nothing per sample goes through Python.
+- **by input** (at least as many inputs as ranks): each rank evaluates all samples of its share
+  of the inputs (:func:`~lipguard.distributed.shard`), and :func:`gather_rows` puts every rank's
+  per-input results together, in input order, on every rank;
+- **by sample block** (fewer inputs than ranks, e.g. one input certified with n = 100,000):
+  each rank evaluates its share of the blocks for every input, the per-sample values (a label
+  or a scalar each) are gathered on every rank, and every rank reduces all blocks in block
+  order, exactly as one process does.
+
+Either way the caller's ``consume`` sees the same calls for each input's samples in the same
+order, so floating-point sums come out bit for bit the same.
+
+The model's outputs are first reduced on the device to one value per sample (``summarise``:
+a label, a scalar), then handed to ``consume`` (counts, sums, stored samples), so nothing per
+sample goes through Python.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -40,6 +52,7 @@ from lipguard import distributed
 from lipguard.smoothing.noise import GaussianNoise
 
 Consumer = Callable[[slice, slice, torch.Tensor], None]
+Summariser = Callable[[torch.Tensor], torch.Tensor]
 
 
 def stream_seed(seed: int, phase: str, index: int, block: int) -> int:
@@ -48,15 +61,33 @@ def stream_seed(seed: int, phase: str, index: int, block: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
+Split = Literal["inputs", "blocks"]
+
+
+def split(size: int) -> Split:
+    """How ``size`` inputs are shared over the ranks: by input when every rank gets one."""
+    return "inputs" if size >= distributed.world_size() else "blocks"
+
+
+def local_samples(size: int, count: int, batch_size: int) -> int:
+    """How many noisy samples this rank evaluates (for its progress bar)."""
+    if split(size) == "inputs":
+        return len(distributed.shard(size)) * count
+    block = min(count, batch_size)
+    blocks = range(0, count, block)
+    return size * sum(min(block, count - blocks[b]) for b in distributed.shard(len(blocks)))
+
+
 def local_rows(size: int) -> range:
-    """The inputs ``0 … size-1`` this rank evaluates (all of them outside ``torchrun``)."""
-    return distributed.shard(size)
+    """The inputs ``0 … size-1`` whose results this rank holds after :func:`run_noisy`: its
+    share when split by input, all of them when split by sample block."""
+    return distributed.shard(size) if split(size) == "inputs" else range(size)
 
 
 def gather_rows(tensor: torch.Tensor, rows: range) -> torch.Tensor:
     """``tensor`` (one row per input, this rank's ``rows`` filled in) with every rank's rows,
-    bit for bit (a plain copy outside ``torchrun``)."""
-    if distributed.world_size() == 1:
+    bit for bit (unchanged when ``rows`` already covers every input)."""
+    if distributed.world_size() == 1 or len(rows) == tensor.shape[0]:
         return tensor
     parts = distributed.gather([tensor[rows.start : rows.stop].cpu()])
     return torch.cat(parts).to(tensor.device)
@@ -70,51 +101,95 @@ def run_noisy(
     batch_size: int,
     seed: int,
     phase: str,
+    summarise: Summariser,
     consume: Consumer,
     advance: Callable[[int], None] | None = None,
     indices: Sequence[int] | None = None,
     per_input: bool = False,
 ) -> range:
     """Evaluate ``model(inputs[i] + ε_ij)`` for ``count`` noise draws ``ε_ij`` of each input
-    of this rank's share; returns that share (rows of ``inputs``).
+    and hand them to ``consume``; returns the rows of ``inputs`` whose results this rank holds
+    (:func:`local_rows`).
 
     ``indices[i]`` is the index of ``inputs[i]`` in the data set (default ``i``): with
     ``per_input`` it, ``seed`` and ``phase`` alone determine the input's noise; without, the
     noise is shared by all inputs and determined by ``seed`` and ``phase``.
-    ``consume(input_slice, sample_slice, outputs)`` receives each forward pass: ``outputs``
-    has ``len(input_slice)·len(sample_slice)`` rows, input-major (all samples of the first
-    input, then the next).
+    ``summarise(outputs)`` turns a forward pass's outputs into one value per sample, and
+    ``consume(input_slice, sample_slice, values)`` receives them: ``len(input_slice)·
+    len(sample_slice)`` values, input-major (all samples of the first input, then the next),
+    each input's sample slices in increasing order.
     """
     size = inputs.shape[0]
     rows = local_rows(size)
-    if len(rows) == 0 or count == 0:
+    if size == 0 or count == 0:
         return rows
-    identity = list(range(size)) if indices is None else [int(i) for i in indices]
     block = min(count, batch_size)
-    group = max(1, batch_size // block)
-    buffer = torch.empty(
-        (min(group, len(rows)), block, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device
-    )
-    noise_rows = torch.empty_like(buffer[0]) if not per_input else buffer[0]
-    generator = torch.Generator(device=inputs.device)
+    starts = range(0, count, block)
+    evaluate = _Evaluator(model, inputs, noise, block, batch_size, seed, phase, indices, per_input)
     with torch.inference_mode():
-        for number, sample_start in enumerate(range(0, count, block)):
-            m = min(block, count - sample_start)
-            if not per_input:
-                generator.manual_seed(stream_seed(seed, phase, -1, number))
-                shared = noise.sample_(noise_rows[:m], generator)
-            for first in range(rows.start, rows.stop, group):
-                last = min(first + group, rows.stop)
-                batch = buffer[: last - first, :m]
-                if per_input:
-                    for offset in range(last - first):
-                        key = stream_seed(seed, phase, identity[first + offset], number)
-                        noise.sample_(batch[offset], generator.manual_seed(key))
-                    batch.add_(inputs[first:last].unsqueeze(1))
-                else:
-                    torch.add(inputs[first:last].unsqueeze(1), shared.unsqueeze(0), out=batch)
-                outputs = model(batch.flatten(0, 1))
-                consume(slice(first, last), slice(sample_start, sample_start + m), outputs)
+        if split(size) == "inputs":
+            for number, start in enumerate(starts):
+                m = min(block, count - start)
+                for first, last, outputs in evaluate(number, m, rows):
+                    consume(slice(first, last), slice(start, start + m), summarise(outputs))
+                    if advance is not None:
+                        advance((last - first) * m)
+            return rows
+        mine = []
+        for number in distributed.shard(len(starts)):
+            m = min(block, count - starts[number])
+            parts = []
+            for first, last, outputs in evaluate(number, m, rows):
+                parts.append(summarise(outputs))
                 if advance is not None:
                     advance((last - first) * m)
+            mine.append(torch.cat(parts))
+        for number, values in enumerate(distributed.gather(mine)):
+            start, m = starts[number], min(block, count - starts[number])
+            consume(slice(0, size), slice(start, start + m), values.to(inputs.device))
     return rows
+
+
+class _Evaluator:
+    """The forward passes of one sample block: the rows of ``inputs`` plus that block's noise,
+    as many inputs per pass as fit in ``batch_size`` rows."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        noise: GaussianNoise,
+        block: int,
+        batch_size: int,
+        seed: int,
+        phase: str,
+        indices: Sequence[int] | None,
+        per_input: bool,
+    ) -> None:
+        self.model, self.inputs, self.noise = model, inputs, noise
+        self.seed, self.phase, self.per_input = seed, phase, per_input
+        size = inputs.shape[0]
+        self.identity = list(range(size)) if indices is None else [int(i) for i in indices]
+        self.group = max(1, batch_size // block)
+        shape = (min(self.group, size), block, *inputs.shape[1:])
+        self.buffer = torch.empty(shape, dtype=inputs.dtype, device=inputs.device)
+        self.shared = torch.empty_like(self.buffer[0])
+        self.generator = torch.Generator(device=inputs.device)
+
+    def __call__(self, number: int, m: int, rows: range) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(first, last, outputs)`` for each forward pass over ``rows`` in block ``number``
+        (``m`` samples per input); the caller holds ``torch.inference_mode``."""
+        if not self.per_input:
+            self.generator.manual_seed(stream_seed(self.seed, self.phase, -1, number))
+            shared = self.noise.sample_(self.shared[:m], self.generator)
+        for first in range(rows.start, rows.stop, self.group):
+            last = min(first + self.group, rows.stop)
+            batch = self.buffer[: last - first, :m]
+            if self.per_input:
+                for offset in range(last - first):
+                    key = stream_seed(self.seed, self.phase, self.identity[first + offset], number)
+                    self.noise.sample_(batch[offset], self.generator.manual_seed(key))
+                batch.add_(self.inputs[first:last].unsqueeze(1))
+            else:
+                torch.add(self.inputs[first:last].unsqueeze(1), shared.unsqueeze(0), out=batch)
+            yield first, last, self.model(batch.flatten(0, 1))

@@ -36,7 +36,7 @@ from lipguard import _checks, distributed
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import gather_rows, local_rows, run_noisy
+from lipguard.smoothing._sampling import gather_rows, local_samples, run_noisy
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
 ABSTAIN = -1
@@ -164,8 +164,8 @@ class SmoothedClassifier:
 
         The noise of ``x[i]`` comes from its own stream, determined by the seed, ``phase`` and
         its index ``indices[i]`` in the data set (default ``i``), so its votes do not depend on
-        the other inputs. Under ``torchrun`` every rank counts its share of the inputs and every
-        rank gets all counts.
+        the other inputs. Under ``torchrun`` every rank counts its share of the inputs (or, for
+        fewer inputs than ranks, of the sample blocks) and every rank gets all counts.
         """
         x = self._check(x)
         _checks.positive_int("batch_size", batch_size)
@@ -174,12 +174,15 @@ class SmoothedClassifier:
         counts = torch.zeros(x.shape[0] * self.num_classes, dtype=torch.long, device=x.device)
         classes = self.num_classes
 
-        def consume(rows: slice, _: slice, outputs: torch.Tensor) -> None:
+        def summarise(outputs: torch.Tensor) -> torch.Tensor:
             labels = _labels(outputs, classes)
             if bool(((labels < 0) | (labels >= classes)).any()):
                 raise InvalidArgumentError(
                     f"the base classifier returned labels outside [0, {classes})"
                 )
+            return labels
+
+        def consume(rows: slice, _: slice, labels: torch.Tensor) -> None:
             owner = torch.arange(rows.start, rows.stop, device=labels.device)
             owner = owner.repeat_interleave(labels.numel() // (rows.stop - rows.start))
             counts.index_add_(0, owner * classes + labels, torch.ones_like(labels))
@@ -187,7 +190,7 @@ class SmoothedClassifier:
         with (
             _checks.evaluating(self.base),
             progress_bar(
-                len(local_rows(x.shape[0])) * count,
+                local_samples(x.shape[0], count, batch_size),
                 "noisy samples",
                 progress and distributed.is_main(),
             ) as advance,
@@ -200,6 +203,7 @@ class SmoothedClassifier:
                 batch_size,
                 self.seed,
                 phase,
+                summarise,
                 consume,
                 advance,
                 indices,

@@ -39,7 +39,7 @@ from lipguard._deprecation import renamed_keyword
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import Consumer, gather_rows, local_rows, run_noisy
+from lipguard.smoothing._sampling import Consumer, gather_rows, local_samples, run_noisy
 from lipguard.smoothing.classifier import ClassifierCertificates, SmoothedClassifier
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
@@ -98,7 +98,9 @@ class _Smoothed:
         with (
             _checks.evaluating(self.base),
             progress_bar(
-                len(local_rows(x.shape[0])) * n, "noisy samples", progress and distributed.is_main()
+                local_samples(x.shape[0], n, batch_size),
+                "noisy samples",
+                progress and distributed.is_main(),
             ) as advance,
         ):
             rows = run_noisy(
@@ -109,6 +111,7 @@ class _Smoothed:
                 batch_size,
                 self.seed,
                 phase,
+                _scalar_outputs,
                 consume,
                 advance,
                 per_input=self.per_input_noise,
@@ -194,7 +197,7 @@ class SmoothedRegressor(_Smoothed):
         squares = torch.zeros_like(total)
 
         def consume(rows: slice, _: slice, outputs: torch.Tensor) -> None:
-            values = _scalar_outputs(outputs).to(torch.float64).clamp(a, b) - a  # in [0, b - a]
+            values = outputs.to(torch.float64).clamp(a, b) - a  # in [0, b - a]
             values = values.view(rows.stop - rows.start, -1)
             total[rows] += values.sum(1)
             squares[rows] += (values * values).sum(1)
@@ -289,7 +292,7 @@ class SmoothedQuantile(_Smoothed):
         outputs = torch.empty(x.shape[0], n, dtype=torch.float64, device=x.device)
 
         def consume(rows: slice, samples: slice, values: torch.Tensor) -> None:
-            outputs[rows, samples] = _scalar_outputs(values).view(rows.stop - rows.start, -1)
+            outputs[rows, samples] = values.view(rows.stop - rows.start, -1)
 
         (outputs,) = self._sample(x, n, batch_size, consume, progress, "quantile", [outputs])
         if not bool(torch.isfinite(outputs).all()):
