@@ -17,6 +17,7 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._deprecation import renamed_keyword
+from lipguard._placement import placement
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi, sdp
 from lipguard.bounds.chain import as_chain, chain_bound
@@ -80,15 +81,14 @@ def read_model(model: nn.Module, shapes: Shapes) -> Graph:
     that may overflow the dtype are not compared). A model whose calls compute something else —
     whatever the reason — is refused."""
     graph = to_graph(model, shapes)
-    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    where = placement(model)
+    dtype = where.dtype
     generator = torch.Generator().manual_seed(0x11B)
     probes = [
-        torch.randn((FORWARD_PROBES, *shape), generator=generator).to(dtype).to(device)
+        torch.randn((FORWARD_PROBES, *shape), generator=generator).to(where.device, dtype)
         for shape in shapes
     ]
-    joint = torch.cat([probe.reshape(FORWARD_PROBES, -1) for probe in probes], dim=1)
+    joint = torch.cat([probe.reshape(FORWARD_PROBES, -1).cpu() for probe in probes], dim=1)
     with torch.no_grad():
         try:
             output = model(*[probe.clone() for probe in probes])
@@ -102,7 +102,7 @@ def read_model(model: nn.Module, shapes: Shapes) -> Graph:
                 f"the model returns a {type(output).__name__}, not one tensor; bound a module "
                 "that returns the output you want bounded"
             )
-        actual = output.reshape(FORWARD_PROBES, -1).to(torch.float64)
+        actual = output.reshape(FORWARD_PROBES, -1).to("cpu", torch.float64)
         low, high = enclose(graph, joint.to(torch.float64))
         rounding = forward_error(graph, joint.to(torch.float64), dtype)
     if actual.shape != low.shape:
@@ -319,7 +319,8 @@ def _joint_points(inputs: torch.Tensor | Sequence[torch.Tensor], shapes: Shapes)
             )
     if len({len(tensor) for tensor in tensors}) != 1:
         raise ShapeError("every input needs the same number of samples")
-    return torch.cat([t.detach().to(torch.float64).reshape(len(t), -1) for t in tensors], dim=1)
+    flat = [t.detach().to("cpu", torch.float64).reshape(len(t), -1) for t in tensors]
+    return torch.cat(flat, dim=1)
 
 
 @renamed_keyword("radius", "eps")

@@ -27,8 +27,9 @@ class Enclosure:
 
     @staticmethod
     def exact(tensor: torch.Tensor) -> Enclosure:
-        """A float64 copy of ``tensor``; exact when ``tensor`` is float64 or narrower."""
-        return Enclosure(tensor.detach().to(torch.float64))
+        """A float64 copy of ``tensor`` on the CPU (where the engine proves everything); exact
+        when ``tensor`` is float64 or narrower."""
+        return Enclosure(tensor.detach().to("cpu", torch.float64))
 
     @property
     def T(self) -> Enclosure:

@@ -71,7 +71,7 @@ def relative_temperature(temperature: float, x: torch.Tensor) -> torch.Tensor:
 def enclose(graph: Graph, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[low, high]`` (float64, ``(N, outputs)``) containing the exact output of the graph at
     each joint input vector of ``points`` ``(N, ...)``; ``±inf`` where float64 overflows."""
-    x = points.reshape(points.shape[0], -1).to(torch.float64)
+    x = points.reshape(points.shape[0], -1).to("cpu", torch.float64)
     return propagate(graph, x, x.clone())[graph.output]
 
 

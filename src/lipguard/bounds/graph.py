@@ -383,17 +383,17 @@ def _conv_operator(
     shape: Shape,
 ) -> Conv:
     """The engine's convolution for a kernel applied with zero padding to inputs of ``shape``."""
-    weight = weight.detach().to(torch.float64)
+    weight = weight.detach().to("cpu", torch.float64)
     bias64 = (
-        torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+        torch.zeros(weight.shape[0], dtype=torch.float64)
         if bias is None
-        else bias.detach().to(torch.float64)
+        else bias.detach().to("cpu", torch.float64)
     )
     functional = F.conv1d if len(shape) == 2 else F.conv2d
     with warnings.catch_warnings():  # padding='same' with even kernels warns about a copy
         warnings.simplefilter("ignore", UserWarning)
         probe = functional(
-            torch.zeros(1, *shape, dtype=torch.float64, device=weight.device),
+            torch.zeros(1, *shape, dtype=torch.float64),
             weight,
             None,
             stride,
@@ -436,8 +436,8 @@ def _sll(module: SLLConv2d, shape: Shape, path: str) -> tuple[list[Operator], Sh
             f"width), gets {shape}"
         )
     with torch.no_grad():
-        inverse = module.inverse_t().detach().to(torch.float64)
-    kernel = module.weight.detach()
+        inverse = module.inverse_t().detach().to("cpu", torch.float64)
+    kernel = module.weight.detach().cpu()
     _check_finite(module, path, kernel, module.bias)
     padding = (module.padding, module.padding)
     inner = _conv_operator(kernel, module.bias, (1, 1), padding, (1, 1), 1, shape)

@@ -88,7 +88,7 @@ class Graph:
         """The graph's function in float64 on joint input vectors ``(N, input_size)``
         (differentiable); ``apply`` evaluates one operator (default: exactly)."""
         values: dict[int, torch.Tensor] = {}  # filled in topological order
-        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        flat = x.reshape(x.shape[0], -1).to("cpu", torch.float64)
         for index, part in zip(self.inputs, self.input_slices(), strict=True):
             values[index] = flat[:, part]
         for index, node in enumerate(self.nodes):

@@ -143,7 +143,7 @@ class _Target:
         try:
             graph = to_graph(model, shapes)
         except LipguardError:
-            split = _Split(copy.deepcopy(model).to(torch.float64).eval(), shapes)
+            split = _Split(copy.deepcopy(model).to("cpu", torch.float64).eval(), shapes)
             smooth_split = _Split(_surrogate(split.model, temperature), shapes)
             return _Target(split, temperature, smooth_split, None, shapes)
         exact = _Flat(GraphFunction(graph))
@@ -358,13 +358,13 @@ def lipschitz_lower_bound(
             )
     shapes = tuple(tuple(tensor.shape[1:]) for tensor in tensors)
     if len(tensors) > 1:
-        inputs = torch.cat([t.detach().to(torch.float64).flatten(1) for t in tensors], dim=1)
+        inputs = torch.cat([t.detach().to("cpu", torch.float64).flatten(1) for t in tensors], dim=1)
     else:
         inputs = tensors[0]
     target = _Target.of(model, shapes)
     exact = target.function
     generator = torch.Generator().manual_seed(seed)
-    base = inputs.detach().to(torch.float64)
+    base = inputs.detach().to("cpu", torch.float64)
     scale = float(base.std()) if base.numel() > 1 and float(base.std()) > 0 else 1.0
     noise = torch.randn(
         (restarts * base.shape[0], *base.shape[1:]), generator=generator, dtype=torch.float64

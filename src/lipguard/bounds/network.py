@@ -116,7 +116,7 @@ class Network:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate in float64 (rows of ``x`` are inputs)."""
-        h = x.to(torch.float64)
+        h = x.to("cpu", torch.float64)
         for weight, bias, layer in zip(
             self.weights, self.biases, (*self.hidden, None), strict=True
         ):

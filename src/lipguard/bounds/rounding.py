@@ -50,7 +50,7 @@ def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> tor
     ``dtype`` on the joint input ``x`` exactly as given (float64 ``(N, ...)`` points
     representable in ``dtype``); ``inf`` where no bound holds (a sum too long for ``dtype``, a
     value that may overflow it)."""
-    x = points.reshape(points.shape[0], -1).to(torch.float64)
+    x = points.reshape(points.shape[0], -1).to("cpu", torch.float64)
     units = _Units(dtype)
     intervals = propagate(graph, x, x.clone())
     errors: dict[int, torch.Tensor] = {}

@@ -45,6 +45,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
+from lipguard._placement import placement
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ir import Builder, Graph
 from lipguard.bounds.ops import (
@@ -74,10 +75,10 @@ Value: TypeAlias = Any
 def trace_graph(model: nn.Module, shapes: Sequence[Shape]) -> Graph:
     """The graph of ``model``'s traced computation for inputs of per-sample ``shapes``."""
     lowered = _lowered(model)
-    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    args = tuple(torch.randn(TRACE_BATCH, *shape, dtype=dtype, device=device) for shape in shapes)
+    where = placement(model)
+    args = tuple(
+        torch.randn(TRACE_BATCH, *shape, dtype=where.dtype, device=where.device) for shape in shapes
+    )
     batch = torch.export.Dim("batch", min=2)
     per_input = tuple({0: batch} for _ in shapes)
     # forward(*inputs): one entry holding them all

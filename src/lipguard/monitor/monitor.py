@@ -37,6 +37,7 @@ from torch import nn
 
 from lipguard import _checks
 from lipguard._gradients import input_gradient_norms
+from lipguard._placement import placement
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
 from lipguard.monitor.pairs import PairViolations, PoolIndex, find_violations
@@ -407,12 +408,12 @@ class LipschitzMonitor:
                         },
                     )
                 )
-        parameter = next(self.model.parameters(), None)
-        dtype = parameter.dtype if parameter is not None else torch.float32
-        points = torch.as_tensor(states, dtype=dtype).requires_grad_(True)
+        where = placement(self.model)
+        points = torch.as_tensor(states, dtype=where.dtype, device=where.device)
+        points.requires_grad_(True)
         with torch.enable_grad(), _checks.evaluating(self.model):
             outputs = self.model(points).reshape(len(states), -1)[:, 0]
-            norms = input_gradient_norms(outputs, points, self.norm).numpy()
+            norms = input_gradient_norms(outputs, points, self.norm).cpu().numpy()
         factor = self._slack.gradient_factor() if self._slack is not None else 0.0
         for i in np.nonzero(norms > bounds * (1 + factor) + self.tolerance)[0]:
             events.append(

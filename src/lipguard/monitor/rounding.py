@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipguard._placement import placement
 from lipguard.errors import LipguardError
 from lipguard.linalg import gamma, underflow_unit, unit_roundoff
 
@@ -42,8 +43,7 @@ def reward_dtype(values: object, model: nn.Module | None) -> torch.dtype:
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
-    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return parameter.dtype if parameter is not None else torch.float32
+    return placement(model).dtype
 
 
 class FloatingPointSlack:

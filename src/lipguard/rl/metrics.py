@@ -28,6 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
 from lipguard import _checks
+from lipguard._placement import to_model, to_numpy
 from lipguard.attacks import PGD, ActionChange, Margin, Objective, ThreatModel
 from lipguard.attacks.objectives import ActionKind
 from lipguard.norm import LINF, NormLike
@@ -184,7 +185,7 @@ def evaluate(
         if reward is not None:
             features = reward_features(observations, action, reward_inputs)
             with torch.no_grad():
-                scored = torch.as_tensor(reward(features)).double().numpy()
+                scored = to_numpy(torch.as_tensor(reward(to_model(reward, features))))
             learned_total += np.where(running, scored, 0.0)
         stepped, rewards, dones, _ = env.step(action)
         observations = _as_array(stepped)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lipguard import _checks
+from lipguard._placement import to_model, to_numpy
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.linalg import down, up
 from lipguard.norm import L2, NormLike, parse_norm
@@ -139,5 +140,5 @@ class AdaptiveLipschitz:
     def numpy(self, states: np.ndarray) -> np.ndarray:
         """The same on NumPy arrays (what :class:`~lipguard.monitor.LipschitzMonitor` calls)."""
         with torch.no_grad():
-            values = self(torch.as_tensor(states, dtype=torch.float32))
-        return values.double().numpy()
+            values = self(to_model(self, states))
+        return to_numpy(values)

@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from torch import nn
 
 from lipguard import _checks
+from lipguard._placement import to_model, to_numpy
 from lipguard.attacks import PGD, ActionChange, CustomObjective, ThreatModel
 from lipguard.attacks.objectives import ActionKind
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
@@ -123,8 +124,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             learned = self._score.numpy(features)
         else:
             with torch.inference_mode():
-                scored = self._score(torch.from_numpy(features))
-            learned = torch.as_tensor(scored).reshape(-1).double().numpy()
+                scored = self._score(to_model(self._score, features))
+            learned = to_numpy(torch.as_tensor(scored).reshape(-1))
         self._remember(features)
         self._learned_return += learned
         self._true_return += true_rewards
@@ -207,8 +208,8 @@ def policy_attack(
     objective = ActionChange(kind)
 
     def perturb(observations: np.ndarray) -> np.ndarray:
-        states = torch.as_tensor(observations, dtype=torch.float32)
-        return attack(policy, states, objective).x_adv.numpy().astype(observations.dtype)
+        states = to_model(policy, observations)
+        return to_numpy(attack(policy, states, objective).x_adv).astype(observations.dtype)
 
     return perturb
 
@@ -226,12 +227,12 @@ def reward_attack(
     attack = _pgd(eps, norm, steps, seed)
 
     def perturb(observations: np.ndarray) -> np.ndarray:
-        states = torch.as_tensor(observations, dtype=torch.float32)
+        states = to_model(policy, observations)
 
         def loss(actions: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
             return -reward(torch.cat([states, actions.reshape(len(states), -1)], dim=1))
 
         found = attack(policy, states, CustomObjective(loss))
-        return found.x_adv.numpy().astype(observations.dtype)
+        return to_numpy(found.x_adv).astype(observations.dtype)
 
     return perturb

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lipguard import _checks, distributed
 from lipguard._gradients import input_gradient_norms
+from lipguard._placement import placement
 from lipguard._progress import progress_bar
 from lipguard.attacks.gradient import PGD
 from lipguard.attacks.threat import ThreatModel
@@ -134,6 +135,8 @@ def fit(
     A non-finite or exploding loss (above ``divergence_factor`` × the first) raises
     :class:`DivergenceError` after restoring the weights of the last completed epoch.
     ``checkpoint``: write the trained weights (``state_dict``) there as safetensors at the end.
+    The data are moved to the model's device (put the model on the GPU to train there; under
+    ``torchrun`` with GPUs, on ``cuda:LOCAL_RANK``).
 
     **Under torchrun** (``torchrun --nproc_per_node=N script.py``; ``data_parallel=None``, the
     default, joins the process group automatically, ``False`` trains this process's model alone
@@ -166,6 +169,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     (x, y), (x_val, y_val) = _split(data, validation, validation_fraction, generator)
     _checks.finite_tensor("x", x)
+    device = placement(model).device
+    x, y, x_val, y_val = (tensor.to(device) for tensor in (x, y, x_val, y_val))
     trained: nn.Module = _parallel.wrap(model) if parallel else model
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     result = FitResult()
