@@ -1,4 +1,4 @@
-"""Lipschitz bounds: sound upper bounds, witnessed lower bounds, certificates (SPEC B1–B5).
+"""Lipschitz bounds: sound upper bounds, witnessed lower bounds, certificates (SPEC B1–B6).
 
 Upper bounds are :class:`LipschitzBound` values with ``sound=True``: they hold for every pair
 of inputs, floating-point rounding included. Lower bounds carry the witness inputs that realise
@@ -23,6 +23,19 @@ from lipguard.bounds.certificate import (
 )
 from lipguard.bounds.graph import register_module
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
+from lipguard.bounds.quadratic import (
+    DecisionCertificate,
+    ExtremeBound,
+    QuadraticBounds,
+    QuadraticForm,
+    QuadraticNetwork,
+    certify_decision,
+    margin_form,
+    quadratic_bounds,
+    quadratic_forms,
+    quadratic_minimum,
+    verify_lower_bound,
+)
 from lipguard.errors import CertificateError, CertificationError, SolverError
 from lipguard.results import LipschitzBound, Report
 
@@ -32,18 +45,29 @@ __all__ = [
     "Certificate",
     "CertificateError",
     "CertificationError",
+    "DecisionCertificate",
+    "ExtremeBound",
     "LipschitzBound",
     "LipschitzLowerBound",
     "Method",
+    "QuadraticBounds",
+    "QuadraticForm",
+    "QuadraticNetwork",
     "SolverError",
     "architecture_sha256",
     "block_lipschitz_bounds",
     "certify",
+    "certify_decision",
     "exact_lipschitz",
     "lipschitz_bound",
     "lipschitz_lower_bound",
     "local_lipschitz_bound",
+    "margin_form",
+    "quadratic_bounds",
+    "quadratic_forms",
+    "quadratic_minimum",
     "register_module",
+    "verify_lower_bound",
     "weights_sha256",
 ]
 

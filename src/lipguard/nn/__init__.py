@@ -8,6 +8,20 @@ from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
 from lipguard.nn.cnn import LipschitzCNN
+from lipguard.nn.codes import (
+    BlockHeads,
+    CodedClassifier,
+    OutputCode,
+    certified_blocks,
+    certified_flips,
+    decode_hard,
+    decode_soft,
+    fit_bits,
+    hadamard_code,
+    hard_bits,
+    lexicode,
+    random_code,
+)
 from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.export import vanilla
 from lipguard.nn.linear_model import LipschitzLinearModel, project_rows
@@ -19,6 +33,8 @@ from lipguard.nn.spectral import SpectralLinear
 
 __all__ = [
     "AOLConv2d",
+    "BlockHeads",
+    "CodedClassifier",
     "DiagonalAffine",
     "GroupSort",
     "LipschitzCNN",
@@ -28,13 +44,23 @@ __all__ = [
     "LipschitzMLP",
     "MaxMin",
     "OrthogonalLinear",
+    "OutputCode",
     "Residual",
     "SLLConv2d",
     "SVDLinear",
     "SpectralConv2d",
     "SpectralLinear",
+    "certified_blocks",
+    "certified_flips",
+    "decode_hard",
+    "decode_soft",
+    "fit_bits",
     "gradient_penalty",
+    "hadamard_code",
+    "hard_bits",
+    "lexicode",
     "project_rows",
+    "random_code",
     "split_lipschitz",
     "vanilla",
 ]
