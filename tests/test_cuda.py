@@ -185,3 +185,14 @@ def test_rl_numpy_boundaries_reach_a_gpu_model():
     assert perturbed.dtype == np.float32
     assert perturbed.shape == observations.shape
     assert np.abs(perturbed - observations).max() <= 0.1 + 1e-6
+
+
+def test_error_envelopes_of_a_gpu_model_contain_its_outputs():
+    from lipguard.bounds import error_envelope
+
+    model = _mlp().to(GPU)
+    x = _points().to(GPU)
+    envelope = error_envelope(model, x, 0.05, method="tightest", bound_method="compositional")
+    moved = x + 0.05 * torch.nn.functional.normalize(torch.randn_like(x), dim=1)
+    with torch.no_grad():
+        assert bool(envelope.contains(model(moved)).all())

@@ -21,6 +21,13 @@ from lipguard.bounds.certificate import (
     certify,
     weights_sha256,
 )
+from lipguard.bounds.envelope import (
+    ENVELOPE_METHODS,
+    EnvelopeMethod,
+    ErrorEnvelope,
+    error_envelope,
+    plot_envelope,
+)
 from lipguard.bounds.graph import register_module
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.bounds.quadratic import (
@@ -40,12 +47,15 @@ from lipguard.errors import CertificateError, CertificationError, SolverError
 from lipguard.results import LipschitzBound, Report
 
 __all__ = [
+    "ENVELOPE_METHODS",
     "METHODS",
     "BlockMethod",
     "Certificate",
     "CertificateError",
     "CertificationError",
     "DecisionCertificate",
+    "EnvelopeMethod",
+    "ErrorEnvelope",
     "ExtremeBound",
     "LipschitzBound",
     "LipschitzLowerBound",
@@ -58,11 +68,13 @@ __all__ = [
     "block_lipschitz_bounds",
     "certify",
     "certify_decision",
+    "error_envelope",
     "exact_lipschitz",
     "lipschitz_bound",
     "lipschitz_lower_bound",
     "local_lipschitz_bound",
     "margin_form",
+    "plot_envelope",
     "quadratic_bounds",
     "quadratic_forms",
     "quadratic_minimum",

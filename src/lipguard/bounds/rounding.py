@@ -45,14 +45,21 @@ SCALE_ROUNDINGS = 6
 _Interval = tuple[torch.Tensor, torch.Tensor]
 
 
-def forward_error(graph: Graph, points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def forward_error(
+    graph: Graph, points: torch.Tensor, dtype: torch.dtype, high: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per point and output, a bound on ``|f̂(x) - f(x)|`` where ``f̂`` evaluates the graph in
     ``dtype`` on the joint input ``x`` exactly as given (float64 ``(N, ...)`` points
     representable in ``dtype``); ``inf`` where no bound holds (a sum too long for ``dtype``, a
-    value that may overflow it)."""
+    value that may overflow it).
+
+    With ``high``, ``points`` and ``high`` are the corners of boxes and the bound holds for every
+    point of each box representable in ``dtype``: each operator's error bound depends on its
+    inputs only through their enclosures, which then cover the whole box."""
     x = points.reshape(points.shape[0], -1).to("cpu", torch.float64)
+    top = x.clone() if high is None else high.reshape(x.shape).to("cpu", torch.float64)
     units = _Units(dtype)
-    intervals = propagate(graph, x, x.clone())
+    intervals = propagate(graph, x, top)
     errors: dict[int, torch.Tensor] = {}
     for index, part in zip(graph.inputs, graph.input_slices(), strict=True):
         errors[index] = torch.zeros_like(x[:, part])
