@@ -8,6 +8,14 @@ the behavioral discontinuity rate, the reward-hacking gap and the return under a
 """
 
 from lipguard.rl.data import Transitions, collect_transitions, preference_pairs, reward_features
+from lipguard.rl.exploration import (
+    ConstraintViolations,
+    ExplorationScale,
+    LipschitzAwareExploration,
+    LipschitzAwareNoise,
+    exploration_scale,
+    torque_limit,
+)
 from lipguard.rl.metrics import (
     EvaluationResult,
     action_range,
@@ -43,9 +51,13 @@ from lipguard.rl.wrappers import (
 __all__ = [
     "ActionNetwork",
     "AdaptiveLipschitz",
+    "ConstraintViolations",
     "EnsembleReward",
     "EvaluationResult",
+    "ExplorationScale",
     "LearnedRewardVecEnv",
+    "LipschitzAwareExploration",
+    "LipschitzAwareNoise",
     "ObservationPerturbation",
     "PessimisticReward",
     "PixelRewardModel",
@@ -61,6 +73,7 @@ __all__ = [
     "discontinuity_curve",
     "discontinuity_rate",
     "evaluate",
+    "exploration_scale",
     "fit_preferences",
     "fit_reward",
     "max_reward_gradient",
@@ -70,5 +83,6 @@ __all__ = [
     "random_perturbation",
     "reward_attack",
     "reward_features",
+    "torque_limit",
     "train_policy",
 ]
