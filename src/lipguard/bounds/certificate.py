@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import lipguard
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi
 from lipguard.bounds.api import (
+    AUTO_LIPSDP_SIZE,
     METHODS,
     CertificationError,
     InputShape,
@@ -45,6 +47,7 @@ from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Operator, Sort, Sum
 from lipguard.errors import CertificateError, LipguardError
+from lipguard.linalg import spectral_norm_certificate
 from lipguard.norm import L2, Norm, NormLike
 from lipguard.results import Check, LipschitzBound, Report
 
@@ -159,6 +162,8 @@ class Certificate:
     lipguard_version: str
     torch_version: str
     created: str
+    #: proof data for the independent checker :mod:`lipguard.check` (``certify(checkable=True)``)
+    checkable: dict[str, Any] | None = None
 
     @property
     def gap(self) -> float:
@@ -182,6 +187,8 @@ class Certificate:
             "torch_version": self.torch_version,
             "created": self.created,
         }
+        if self.checkable is not None:
+            data["checkable"] = self.checkable
         data["claims_sha256"] = claims_sha256(data)
         return data
 
@@ -333,6 +340,7 @@ def _from_dict(data: dict[str, Any]) -> Certificate:
         lipguard_version=str(data["lipguard_version"]),
         torch_version=str(data["torch_version"]),
         created=str(data["created"]),
+        checkable=data.get("checkable"),
     )
 
 
@@ -350,15 +358,39 @@ def certify(
     input_shape: InputShape | None = None,
     lower_bound: bool = True,
     seed: int = 0,
+    checkable: bool = False,
 ) -> Certificate:
     """Prove an upper bound, search for a witnessed lower bound, and bind both to ``model``.
 
     ``inputs`` seeds the lower-bound search (a batch of typical inputs, one tensor per input for
     a model with several); without it, standard normal points of the input shape are used.
+
+    ``checkable``: also write the proof data that the independent checker :mod:`lipguard.check`
+    re-proves (a ``"checkable"`` section; ℓ2, ``nn.Sequential`` of ``nn.Linear`` and ReLU,
+    LeakyReLU, Tanh, Sigmoid or Identity, method ``product`` or ``lipsdp``; ``auto`` picks
+    ``lipsdp`` where it applies). The section is re-proven by the checker before it is written,
+    the upper bound loosened by at most a relative ``2^-13`` where the checker needs room.
     """
     p, shapes = _prepare(model, norm, input_shape)
     shape = shapes[0] if len(shapes) == 1 else shapes
+    section = None
+    if checkable:
+        layers = _checkable_layers(model)
+        if p != 2.0 or method not in ("auto", "product", "lipsdp"):
+            raise CertificationError(
+                "checkable certificates state ℓ2 bounds by method product or lipsdp (or auto); "
+                f"got norm {p}, method {method!r}"
+            )
+        if method == "auto":
+            plain = all(
+                item["activation"] is None or item["activation"]["kind"] != "identity"
+                for item in layers
+            )
+            rows = sum(int(w.shape[1]) for w in model.parameters() if w.dim() == 2)
+            method = "lipsdp" if plain and rows <= AUTO_LIPSDP_SIZE else "product"
     upper = lipschitz_bound(model, p, method, input_shape=shape)
+    if checkable:
+        upper, section = _checkable_proof(model, layers, upper)
     lower = None
     if lower_bound:
         if inputs is None:
@@ -383,4 +415,113 @@ def certify(
         lipguard_version=lipguard.__version__,
         torch_version=torch.__version__,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        checkable=section,
+    )
+
+
+_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.Identity: "identity",
+}
+
+
+def _checkable_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """The canonical chain of an ``nn.Sequential`` of ``nn.Linear`` layers with one activation
+    between consecutive ones; anything else is refused by name."""
+    from lipguard.check.checker import SLOPES
+
+    if type(model) is not nn.Sequential:
+        raise CertificationError(
+            f"checkable certificates cover nn.Sequential models, not {type(model).__name__}"
+        )
+    layers: list[dict[str, Any]] = []
+    children = [  # a reused activation module appears at each of its places
+        (name, module)
+        for name, module in model.named_modules(remove_duplicate=False)
+        if name and "." not in name
+    ]
+    for index, (name, module) in enumerate(children):
+        expect_linear = index % 2 == 0
+        if expect_linear != (type(module) is nn.Linear) or (
+            not expect_linear and type(module) not in _ACTIVATIONS
+        ):
+            raise CertificationError(
+                f"checkable certificates cover Linear, activation, …, Linear chains (activations "
+                f"{sorted(_ACTIVATIONS.values())}); module {name!r} is {type(module).__name__}"
+            )
+        if expect_linear:
+            bias = None if module.bias is None else f"{name}.bias"
+            layers.append({"weight": f"{name}.weight", "bias": bias, "activation": None})
+            continue
+        kind = _ACTIVATIONS[type(module)]
+        if kind == "leaky_relu":
+            slope = float(module.negative_slope)
+            if not 0.0 <= slope <= 1.0:
+                raise CertificationError(f"LeakyReLU slope {slope} is outside [0, 1]")
+            layers[-1]["activation"] = {"kind": kind, "slope": slope, "slopes": [slope, 1.0]}
+        else:
+            layers[-1]["activation"] = {"kind": kind, "slopes": list(SLOPES[kind])}
+    if not layers or layers[-1]["activation"] is not None:
+        raise CertificationError("checkable certificates cover chains that end with nn.Linear")
+    return layers
+
+
+def _float_up(value: Fraction) -> float:
+    """The least float >= ``value``."""
+    result = float(value)
+    return result if Fraction(result) >= value else math.nextafter(result, math.inf)
+
+
+#: relative increases of σ_i or ρ tried until the independent checker re-proves them
+_CHECK_LADDER = (0.0, 2.0**-30, 2.0**-20, 2.0**-13)
+
+
+def _checkable_proof(
+    model: nn.Module, layers: list[dict[str, Any]], upper: LipschitzBound
+) -> tuple[LipschitzBound, dict[str, Any]]:
+    """The ``checkable`` section for ``upper``, re-proven by :mod:`lipguard.check`, and the
+    upper bound it proves (``upper`` itself, or slightly larger where the checker needs it)."""
+    from lipguard.check import checker
+
+    tensors = {
+        name: tensor.detach().cpu().to(torch.float64).numpy()
+        for name, tensor in model.state_dict().items()
+    }
+    section: dict[str, Any] = {"format": checker.FORMAT, "layers": layers}
+    chain = checker.read_layers(section, tensors)
+    if upper.method == "product":
+        sigmas = [
+            spectral_norm_certificate(torch.from_numpy(layer.weight)).upper for layer in chain
+        ]
+    elif upper.method == "lipsdp-neuron" and upper.details is not None:
+        rho, multipliers = float(upper.details["rho"]), upper.details["multipliers"]
+        if [len(t) for t in multipliers] != [layer.weight.shape[0] for layer in chain[:-1]]:
+            raise CertificationError("LipSDP multipliers do not match the layers of the chain")
+        section["multipliers"] = multipliers
+    else:
+        raise CertificationError(f"method {upper.method!r} has no checkable proof")
+    for step in _CHECK_LADDER:
+        if upper.method == "product":
+            section["sigmas"] = [_float_up(Fraction(s) * (1 + Fraction(step))) for s in sigmas]
+            factors = [Fraction(s) for s in section["sigmas"]] + [x.slopes[1] for x in chain]
+            exact = math.prod(factors, start=Fraction(1))
+            details = upper.details
+        else:
+            section["rho"] = _float_up(Fraction(rho) * (1 + Fraction(step)))
+            root = math.sqrt(section["rho"])
+            while Fraction(root) ** 2 < Fraction(section["rho"]):
+                root = math.nextafter(root, math.inf)
+            exact = Fraction(root)
+            details = {"rho": section["rho"], "multipliers": multipliers}
+        value = max(upper.value, _float_up(exact))
+        if not checker.prove_upper(chain, section, upper.method, Fraction(value)):
+            bound = LipschitzBound(
+                value, 2.0, upper.method, upper.scope, True, upper.margin, details
+            )
+            return bound, section
+    raise CertificationError(
+        f"the independent checker could not re-prove the {upper.method} bound {upper.value:.9g}"
     )

@@ -63,6 +63,7 @@ from lipguard.errors import (
 from lipguard.nn.activations import GroupSort, MaxMin
 from lipguard.nn.affine import DiagonalAffine
 from lipguard.nn.base import LipschitzLinear
+from lipguard.nn.cnn import LipschitzCNN
 from lipguard.nn.conv import AOLConv2d, LipschitzConv2d, SLLConv2d, SpectralConv2d
 from lipguard.nn.linear_model import LipschitzLinearModel
 from lipguard.nn.mlp import LipschitzMLP
@@ -591,6 +592,7 @@ def _residual(module: Residual, shape: Shape, path: str) -> tuple[list[Operator]
 
 register_module(nn.Sequential, sequential_handler)
 register_module(LipschitzMLP, sequential_handler)
+register_module(LipschitzCNN, sequential_handler)  # its forward only checks the shape
 register_module(nn.Linear, _linear)
 register_module(DiagonalAffine, _diagonal_affine)
 register_module(SpectralLinear, _lipguard_linear)

@@ -41,6 +41,12 @@ def certify_command(
         typer.Option(help="Per-sample input shape, e.g. 3,32,32 (3,32,32;16 for two inputs)."),
     ] = None,
     lower: Annotated[bool, typer.Option(help="Also search for a witnessed lower bound.")] = True,
+    checkable: Annotated[
+        bool,
+        typer.Option(
+            "--checkable", help="Add the proof data of the independent checker (lipguard.check)."
+        ),
+    ] = False,
     save: Annotated[Path | None, typer.Option(help="Write the certificate JSON here.")] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the certificate as JSON.")
@@ -58,7 +64,12 @@ def certify_command(
     with quiet.status("proving the upper bound, searching for the lower bound"):
         # certify_model refuses a method it does not know, in one line
         certificate = certify_model(
-            network, norm, cast("Method", method), input_shape=shape, lower_bound=lower
+            network,
+            norm,
+            cast("Method", method),
+            input_shape=shape,
+            lower_bound=lower,
+            checkable=checkable,
         )
     seconds = time.perf_counter() - started
     if save is not None:

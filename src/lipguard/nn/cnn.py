@@ -255,12 +255,3 @@ class LipschitzCNN(nn.Sequential):
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, lipschitz={self.lipschitz:g}"
-
-
-def _register() -> None:
-    from lipguard.bounds.graph import register_module, sequential_handler
-
-    register_module(LipschitzCNN, sequential_handler)  # forward only checks the shape
-
-
-_register()
