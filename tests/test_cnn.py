@@ -139,6 +139,27 @@ def test_certified_is_the_smaller_of_layers_and_engine():
     assert model.certified_lipschitz().value == min(layers.value, engine.value)
 
 
+def test_a_layer_placed_twice_counts_twice():
+    # nn.Sequential calls a module once per place; named_children lists it once, and a product
+    # over named_children would leave a factor out (a bound that is too small)
+    torch.manual_seed(0)
+    model = LipschitzCNN((4, 8, 8), 3, (4,), lipschitz=8.0)
+    conv = model[0]
+    once = model.certified_lipschitz("layers").value
+    places = list(model._modules.items())
+    model._modules.clear()
+    for name, child in [places[0], ("again", conv), *places[1:]]:
+        model._modules[name] = child
+    twice = model.certified_lipschitz("layers").value
+    factor = conv.certified_lipschitz().value
+    assert twice >= once * factor * (1 - 1e-9)
+    engine = model.certified_lipschitz("engine").value
+    assert lower_bound(model.double(), (4, 8, 8), points=16) <= min(twice, engine)
+    act = nn.ReLU()
+    chain = nn.Sequential(nn.Linear(4, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 1))
+    assert lipschitz_bound(chain, 2, "product", input_shape=(4,)).sound  # was refused
+
+
 def test_vanilla_export_matches_and_engine_reads_both():
     torch.manual_seed(0)
     model = LipschitzCNN((1, 8, 8), 5, (4, 8), sll_blocks=1, head_hidden=(8,)).eval()

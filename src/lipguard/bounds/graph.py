@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lipguard._modules import placed_children
 from lipguard.bounds import activations as act
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ir import Builder, Graph
@@ -296,7 +297,7 @@ def sequential_handler(module: nn.Module, shape: Shape, path: str) -> tuple[list
     """The handler of ``nn.Sequential``: its children's operators in order. Register it for
     ``Sequential`` subclasses whose ``forward`` is the plain chain."""
     operators: list[Operator] = []
-    for name, child in module.named_children():
+    for name, child in placed_children(module):
         converted, shape = _convert(child, shape, f"{path}.{name}")
         operators += converted
     return operators, shape

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipguard import _checks
+from lipguard._modules import placed_children
 from lipguard._threads import on_idle_cores
 from lipguard.bounds.evaluate import GraphFunction, enclose, relative_temperature
 from lipguard.bounds.frontend import Shapes, to_graph
@@ -243,7 +244,7 @@ def _surrogate(model: nn.Module, temperature: list[float]) -> nn.Module:
     smooth = copy.deepcopy(model)
 
     def replace(module: nn.Module) -> None:
-        for name, child in module.named_children():
+        for name, child in placed_children(module):
             if type(child) is nn.ReLU:
                 setattr(module, name, _SmoothReLU(temperature))
             elif type(child) is nn.LeakyReLU:

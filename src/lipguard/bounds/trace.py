@@ -45,6 +45,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
+from lipguard._modules import placed_children
 from lipguard._placement import placement
 from lipguard.bounds.enclosure import Enclosure
 from lipguard.bounds.ir import Builder, Graph
@@ -141,7 +142,7 @@ def _lowered(model: nn.Module) -> nn.Module:
     copied = copy.deepcopy(model)  # modes as they are: a training-mode layer is refused
 
     def replace(module: nn.Module) -> None:
-        for name, child in module.named_children():
+        for name, child in placed_children(module):
             if isinstance(child, LipschitzLinear | LipschitzLinearModel):
                 with torch.no_grad():
                     weight = child.effective_weight().detach().clone()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lipguard import _checks
+from lipguard._modules import placed_children
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.linalg import mul_up
 from lipguard.nn.activations import GroupSort, MaxMin
@@ -213,8 +214,10 @@ class LipschitzCNN(nn.Sequential):
         # unknown modules by name; the product then trusts only these exact types
         to_operators(self, self.input_shape)
         value = 1.0
-        for name, child in self.named_children():
-            parts = list(child) if type(child) is LipschitzMLP else [child]
+        for name, child in placed_children(self):
+            parts = (
+                [c for _, c in placed_children(child)] if type(child) is LipschitzMLP else [child]
+            )
             for part in parts:
                 if type(part) in _ONE_LIPSCHITZ:
                     continue

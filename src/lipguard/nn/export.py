@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lipguard._modules import placed_children
 from lipguard.errors import UnsupportedModuleError
 from lipguard.nn.activations import GroupSort
 from lipguard.nn.base import LipschitzLinear
@@ -108,7 +109,7 @@ def _export(
                 features = None  # the width after an unknown module is unknown
         return nn.Sequential(*children).train(module.training)
     exported = copy.deepcopy(module)
-    for name, child in module.named_children():
+    for name, child in placed_children(module):
         setattr(exported, name, _export(child, expand, recorded, None))
     return exported
 
