@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import subprocess
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
+import lipguard.bounds.compositional as compositional
 from lipguard.bounds import certify
 from lipguard.check import check, claims_sha256
 from lipguard.check.__main__ import main
@@ -66,10 +68,28 @@ class Case:
         return check(weights or self.weights, path)
 
 
+def dp_case(model: nn.Module, folder: Path) -> Case:
+    """A compositional certificate whose bound is the DP's: lipguard's fast LipSDP-style
+    certificate switched off (as for networks above its size limit)."""
+    saved, compositional.FAST_LMI_ROWS = compositional.FAST_LMI_ROWS, 0
+    try:
+        return Case(model, "compositional", folder)
+    finally:
+        compositional.FAST_LMI_ROWS = saved
+
+
+#: the fixture certificates: lipguard's method names, and compositional's two proofs
+METHODS = ("product", "lipsdp", "lipsdp-layer", "compositional", "compositional-dp")
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     root = tmp_path_factory.mktemp("checker")
-    return {method: Case(dense("relu"), method, root / method) for method in ("product", "lipsdp")}
+    found = {m: Case(dense("relu"), m, root / m) for m in METHODS if m != "compositional-dp"}
+    found["compositional-dp"] = dp_case(dense("relu"), root / "dp")
+    assert "multipliers" in found["compositional"].data["checkable"]  # the fast LipSDP won
+    assert "block_norms" in found["compositional-dp"].data["checkable"]
+    return found
 
 
 @pytest.mark.parametrize(
@@ -96,16 +116,51 @@ def test_accepts_float64_weights_and_auto(tmp_path):
     assert case.run().accepted
 
 
+@pytest.mark.parametrize("kind", list(ACTIVATIONS))
+def test_accepts_compositional_and_lipsdp_layer_certificates(kind, tmp_path):
+    model = dense(kind, seed=4)
+    case = Case(model, "compositional", tmp_path / "c")
+    proof = "block_norms" if kind == "identity" else "multipliers"  # identity: no fast LipSDP
+    assert proof in case.data["checkable"], sorted(case.data["checkable"])
+    dp = dp_case(model, tmp_path / "dp")
+    assert "block_norms" in dp.data["checkable"]
+    tied = kind in ("leaky_relu", "sigmoid")  # α·β > 0 and β < 1 (relu: the fixture cases)
+    layer = Case(model, "lipsdp-layer", tmp_path / "l") if tied else None
+    for item in (case, dp, layer):
+        if item is not None:
+            result = item.run(rehash=False)
+            assert result.accepted, result.reasons
+            assert result.upper == item.data["upper"]["value"]
+            assert result.lower is True
+    assert case.data["upper"]["value"] <= dp.data["upper"]["value"] * (1 + 2.0**-13)
+    if layer is not None:
+        assert layer.data["upper"]["method"] == "lipsdp-layer"
+        assert all(len(set(t)) == 1 for t in layer.data["checkable"]["multipliers"])
+
+
 @pytest.mark.parametrize(
-    ("name", "method"),
-    [("random_weights", "lipsdp"), ("mnist_weights", "lipsdp"), ("random_weights", "product")],
+    ("name", "method", "published"),
+    [
+        ("random_weights", "lipsdp", 36.482),
+        ("mnist_weights", "lipsdp", 24.37),
+        ("random_weights", "product", 43.31),
+        ("random_weights", "lipsdp-layer", 39.839),
+        ("mnist_weights", "compositional", 24.5),
+    ],
 )
-def test_accepts_the_lipsdp_fixture_networks(name, method, tmp_path):
+def test_accepts_the_lipsdp_fixture_networks(name, method, published, tmp_path):
     case = Case(lipsdp_fixture(name), method, tmp_path)
     result = case.run(rehash=False)
     assert result.accepted, result.reasons
-    published = {"random_weights": 36.482 if method == "lipsdp" else 43.31, "mnist_weights": 24.37}
-    assert result.upper == pytest.approx(published[name], abs=0.01)
+    tolerance = 0.1 if method == "compositional" else 0.01  # a time-budgeted descent
+    assert result.upper == pytest.approx(published, abs=tolerance)
+
+
+def test_accepts_the_dp_of_the_mnist_fixture(tmp_path):
+    case = dp_case(lipsdp_fixture("mnist_weights"), tmp_path)
+    result = case.run(rehash=False)
+    assert result.accepted, result.reasons
+    assert result.upper == pytest.approx(27.765, abs=0.01)  # lipguard's DP: 27.7650
 
 
 def test_rejects_an_edit_without_rehash(cases):
@@ -139,17 +194,63 @@ def test_rejects_a_lowered_sigma(cases, factor):
     assert "||W_1||₂" in " ".join(result.reasons)
 
 
-def test_rejects_changed_multipliers(cases):
-    case = cases["lipsdp"]
+@pytest.mark.parametrize("method", ["lipsdp", "lipsdp-layer", "compositional"])
+def test_rejects_changed_multipliers(cases, method):
+    case = cases[method]
     for change in (lambda t: [0.0, *t[1:]], lambda t: [v / 2 for v in t]):
         data = copy.deepcopy(case.data)
         data["checkable"]["multipliers"][-1] = change(data["checkable"]["multipliers"][-1])
         result = case.run(data)
         assert not result.accepted
-        assert "matrix inequality" in " ".join(result.reasons)
+        untied = method == "lipsdp-layer" and len(set(data["checkable"]["multipliers"][-1])) > 1
+        reason = "must be equal" if untied else "matrix inequality"
+        assert reason in " ".join(result.reasons), result.reasons
     data = copy.deepcopy(case.data)
     data["checkable"]["rho"] *= 0.9
     assert not case.run(data).accepted
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 1 - 1e-6])
+def test_rejects_a_lowered_block_norm(cases, factor):
+    case = cases["compositional-dp"]
+    for j, row in enumerate(case.data["checkable"]["block_norms"]):
+        for i in range(len(row)):
+            data = copy.deepcopy(case.data)
+            data["checkable"]["block_norms"][j][i] *= factor
+            result = case.run(data)
+            assert not result.accepted
+            assert f"||W_{j}⋯W_{i}||₂" in " ".join(result.reasons), result.reasons
+
+
+def _cut_set_sum(norms: list[list[Fraction]], centre: Fraction, radius: Fraction) -> Fraction:
+    """The DP's value by brute force: the sum over every set of cut hidden layers of the product
+    of its blocks' ``c^(inner layers)·σ(i, j)`` and of ``g`` at each cut (one activation kind)."""
+    depth, total = len(norms) - 1, Fraction(0)
+    for mask in range(2**depth):
+        cuts = [k for k in range(depth) if mask >> k & 1]
+        starts, ends = [0, *(k + 1 for k in cuts)], [*cuts, depth]
+        term = radius ** len(cuts)
+        for i, j in zip(starts, ends, strict=True):
+            term *= centre ** (j - i) * norms[j][i]
+        total += term
+    return total
+
+
+def test_a_tight_dp_claim_is_accepted_and_one_ulp_less_is_not(cases, tmp_path):
+    for case in (cases["compositional-dp"], dp_case(lipsdp_fixture("random_weights"), tmp_path)):
+        data = copy.deepcopy(case.data)
+        norms = [[Fraction(s) for s in row] for row in data["checkable"]["block_norms"]]
+        exact = _cut_set_sum(norms, Fraction(1, 2), Fraction(1, 2))  # ReLU: [0, 1]
+        tight = float(exact)
+        tight = tight if Fraction(tight) >= exact else math.nextafter(tight, math.inf)
+        assert tight <= case.data["upper"]["value"]
+        data["upper"]["value"] = tight
+        data["lower"] = None
+        assert case.run(data).accepted
+        data["upper"]["value"] = math.nextafter(tight, 0.0)
+        result = case.run(data)
+        assert not result.accepted
+        assert "the DP's" in " ".join(result.reasons)
 
 
 def _edit_weight(case: Case, scale: float) -> tuple[Path, dict]:
@@ -166,7 +267,7 @@ def _edit_weight(case: Case, scale: float) -> tuple[Path, dict]:
     return path, data
 
 
-@pytest.mark.parametrize("method", ["product", "lipsdp"])
+@pytest.mark.parametrize("method", ["product", "lipsdp", "compositional-dp"])
 def test_a_changed_weight_is_refused_or_the_bound_still_holds(cases, method):
     case = cases[method]
     path, data = _edit_weight(case, 10.0)
@@ -192,7 +293,7 @@ def test_a_changed_weight_is_refused_or_the_bound_still_holds(cases, method):
         ("upper", lambda u: u.update(norm="inf"), "ℓ2"),
         ("upper", lambda u: u.update(scope="ball"), "global"),
         ("upper", lambda u: u.update(sound=False), "sound"),
-        ("upper", lambda u: u.update(method="compositional"), "not checkable"),
+        ("upper", lambda u: u.update(method="lipsdp-fast"), "not checkable"),
         ("checkable", lambda c: c.update(format="lipguard-checkable/0"), "nothing to check"),
         ("checkable", lambda c: c["layers"].pop(1), "architecture"),
         (
@@ -212,7 +313,7 @@ def test_a_changed_weight_is_refused_or_the_bound_still_holds(cases, method):
         ("lower", lambda w: w.update(x=w["y"]), "witnesses"),
     ],
 )
-@pytest.mark.parametrize("method", ["product", "lipsdp"])
+@pytest.mark.parametrize("method", METHODS)
 def test_rejects_relabelled_fields(cases, method, where, edit, reason):
     data = copy.deepcopy(cases[method].data)
     edit(data[where])
@@ -222,10 +323,21 @@ def test_rejects_relabelled_fields(cases, method, where, edit, reason):
 
 
 def test_rejects_relabelled_methods_and_sigmoid_slopes(cases, tmp_path):
-    for method, other in (("product", "lipsdp-neuron"), ("lipsdp", "product")):
+    relabelled = [
+        ("product", "lipsdp-neuron"),
+        ("lipsdp", "product"),
+        ("lipsdp", "lipsdp-layer"),  # per-neuron multipliers are not LipSDP-Layer's
+        ("lipsdp-layer", "product"),
+        ("compositional", "product"),
+        ("compositional-dp", "product"),
+        ("compositional-dp", "lipsdp-neuron"),
+        ("compositional-dp", "lipsdp-layer"),
+        ("product", "compositional"),
+    ]
+    for method, other in relabelled:
         data = copy.deepcopy(cases[method].data)
         data["upper"]["method"] = other
-        assert not cases[method].run(data).accepted
+        assert not cases[method].run(data).accepted, (method, other)
     case = Case(dense("sigmoid"), "product", tmp_path)
     data = copy.deepcopy(case.data)
     data["checkable"]["layers"][0]["activation"]["slopes"] = [0.0, 0.2]
@@ -256,6 +368,11 @@ def _true_claims(case: Case, data: dict) -> bool:
         for s, w in zip(section["sigmas"], weights, strict=True)
     ):
         return False
+    for j, row in enumerate(section.get("block_norms", [])):
+        for i, s in enumerate(row):
+            block = functools.reduce(np.matmul, weights[i : j + 1][::-1])  # W_j ⋯ W_i
+            if s < np.linalg.norm(block, 2) * (1 - 1e-9):
+                return False
 
     def f(x: np.ndarray) -> np.ndarray:
         for i, (name, value) in enumerate(case.model.state_dict().items()):
@@ -270,11 +387,11 @@ def _true_claims(case: Case, data: dict) -> bool:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 def test_fuzzed_mutations_are_accepted_only_when_still_true(cases, data):
-    method = data.draw(st.sampled_from(["product", "lipsdp"]))
+    method = data.draw(st.sampled_from(METHODS))
     case = cases[method]
     mutated = copy.deepcopy(case.data)
     paths = [

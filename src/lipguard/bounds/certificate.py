@@ -367,19 +367,20 @@ def certify(
 
     ``checkable``: also write the proof data that the independent checker :mod:`lipguard.check`
     re-proves (a ``"checkable"`` section; ℓ2, ``nn.Sequential`` of ``nn.Linear`` and ReLU,
-    LeakyReLU, Tanh, Sigmoid or Identity, method ``product`` or ``lipsdp``; ``auto`` picks
-    ``lipsdp`` where it applies). The section is re-proven by the checker before it is written,
-    the upper bound loosened by at most a relative ``2^-13`` where the checker needs room.
+    LeakyReLU, Tanh, Sigmoid or Identity, method ``product``, ``lipsdp``, ``lipsdp-layer`` or
+    ``compositional``; ``auto`` picks ``lipsdp`` where it applies, else ``product``). The
+    section is re-proven by the checker before it is written, its claimed norms or ``ρ`` raised
+    by at most a relative ``2^-13`` where the checker needs room (the stated bound with them).
     """
     p, shapes = _prepare(model, norm, input_shape)
     shape = shapes[0] if len(shapes) == 1 else shapes
     section = None
     if checkable:
         layers = _checkable_layers(model)
-        if p != 2.0 or method not in ("auto", "product", "lipsdp"):
+        if p != 2.0 or method not in ("auto", "product", "lipsdp", "lipsdp-layer", "compositional"):
             raise CertificationError(
-                "checkable certificates state ℓ2 bounds by method product or lipsdp (or auto); "
-                f"got norm {p}, method {method!r}"
+                "checkable certificates state ℓ2 bounds by method product, lipsdp, lipsdp-layer "
+                f"or compositional (or auto); got norm {p}, method {method!r}"
             )
         if method == "auto":
             plain = all(
@@ -492,19 +493,33 @@ def _checkable_proof(
     }
     section: dict[str, Any] = {"format": checker.FORMAT, "layers": layers}
     chain = checker.read_layers(section, tensors)
+    given = upper.details or {}
+    hidden = [layer.weight.shape[0] for layer in chain[:-1]]
+    # compositional's fast LipSDP certificate is about lipguard's normal form, which merges
+    # identity activations: where that is not the chain, the checker gets the DP instead
+    lipsdp = "multipliers" in given and [len(t) for t in given["multipliers"]] == hidden
     if upper.method == "product":
         sigmas = [
             spectral_norm_certificate(torch.from_numpy(layer.weight)).upper for layer in chain
         ]
-    elif upper.method == "lipsdp-neuron" and upper.details is not None:
-        rho, multipliers = float(upper.details["rho"]), upper.details["multipliers"]
-        if [len(t) for t in multipliers] != [layer.weight.shape[0] for layer in chain[:-1]]:
-            raise CertificationError("LipSDP multipliers do not match the layers of the chain")
+    elif upper.method == "compositional" and not lipsdp:
+        blocks = _block_norms([torch.from_numpy(layer.weight) for layer in chain])
+    elif upper.method in _MULTIPLIER_METHODS and lipsdp:
+        rho, multipliers = float(given["rho"]), given["multipliers"]
         section["multipliers"] = multipliers
     else:
-        raise CertificationError(f"method {upper.method!r} has no checkable proof")
+        raise CertificationError(
+            f"method {upper.method!r} has no checkable proof (LipSDP multipliers must match the "
+            f"hidden layers {hidden})"
+        )
     for step in _CHECK_LADDER:
-        if upper.method == "product":
+        if "multipliers" not in section and upper.method == "compositional":
+            raised = [
+                [_float_up(Fraction(s) * (1 + Fraction(step))) for s in row] for row in blocks
+            ]
+            section["block_norms"] = raised
+            exact, details = _dp_value(chain, raised), None
+        elif upper.method == "product":
             section["sigmas"] = [_float_up(Fraction(s) * (1 + Fraction(step))) for s in sigmas]
             factors = [Fraction(s) for s in section["sigmas"]] + [x.slopes[1] for x in chain]
             exact = math.prod(factors, start=Fraction(1))
@@ -525,3 +540,29 @@ def _checkable_proof(
     raise CertificationError(
         f"the independent checker could not re-prove the {upper.method} bound {upper.value:.9g}"
     )
+
+
+def _block_norms(weights: list[torch.Tensor]) -> list[list[float]]:
+    """``σ(i, j)``, a proven bound on ``||W_j ⋯ W_i||₂`` of the float64 product (the checker
+    encloses the exact product and needs the ladder's slack for the difference)."""
+    norms: list[list[float]] = []
+    for j in range(len(weights)):
+        product, row = weights[j], [0.0] * (j + 1)
+        for i in range(j, -1, -1):
+            product = product if i == j else product @ weights[i]
+            row[i] = spectral_norm_certificate(product).upper
+        norms.append(row)
+    return norms
+
+
+def _dp_value(chain: list[Any], norms: list[list[float]]) -> Fraction:
+    """The checker's cut/merge programme (:func:`lipguard.check.checker.prove_dp`) exactly."""
+    totals = [Fraction(1)]
+    for j in range(len(chain)):
+        total = Fraction(0)
+        for i in range(j + 1):
+            centres = [sum(layer.slopes) / 2 for layer in chain[i:j]]
+            total += totals[i] * math.prod(centres, start=Fraction(1)) * Fraction(norms[j][i])
+        alpha, beta = chain[j].slopes
+        totals.append(total * ((beta - alpha) / 2 if j < len(chain) - 1 else 1))
+    return totals[-1]

@@ -1,4 +1,4 @@
-"""An independent checker of lipguard certificates (milestone 1: dense ℓ2 networks).
+"""An independent checker of lipguard certificates (dense ℓ2 networks; milestones 1 and 2).
 
 It re-proves a certificate's Lipschitz upper bound and its witnessed lower bound from the weights
 file (safetensors) and the certificate's ``checkable`` section, with numpy, :mod:`fractions` and

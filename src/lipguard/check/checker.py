@@ -13,7 +13,9 @@ Claims checked, each failure reported with its reason:
   is proven for every ``x, y`` by ``product`` (``||W_i||₂ <= σ_i``, each proven by
   ``σ_i² I - W_iᵀW_i ⪰ 0``; then ``value >= Π σ_i · Π β_i`` exactly) or ``lipsdp-neuron``
   (Fazlyab et al., NeurIPS 2019, Theorem 2, with the multipliers stated: the matrix below ⪰ 0,
-  then ``value² >= ρ`` exactly);
+  then ``value² >= ρ`` exactly), ``lipsdp-layer`` (the same, one multiplier per layer) or
+  ``compositional`` (its cut/merge programme over proven block norms, :func:`prove_dp`, or
+  its fast LipSDP certificate, proven as ``lipsdp-neuron``);
 - the lower bound's witnesses ``x ≠ y`` satisfy ``||f(x) - f(y)||₂² >= lower²·||x - y||₂²``,
   evaluated exactly (rationals) or by outward-rounded interval arithmetic (``tanh``,
   ``sigmoid``), and ``lower <= upper``.
@@ -252,18 +254,16 @@ def prove_lipsdp(layers: list[Layer], section: dict[str, Any], value: Fraction) 
         not isinstance(given, list)
         or [len(t) if isinstance(t, list) else -1 for t in given] != sizes
     ):
-        return [f"lipsdp-neuron: multipliers for hidden layers of sizes {sizes} needed"]
+        return [f"LipSDP: multipliers for hidden layers of sizes {sizes} needed"]
     multipliers = [[Fraction(_number(t, "multiplier")) for t in layer] for layer in given]
     reasons = []
     if rho < 0 or any(t < 0 for layer in multipliers for t in layer):
-        return ["lipsdp-neuron: ρ and the multipliers must be >= 0"]
+        return ["LipSDP: ρ and the multipliers must be >= 0"]
     reason = psd.prove_psd(lipsdp_matrix(layers, multipliers, rho))
     if reason is not None:
-        reasons.append(f"lipsdp-neuron: the matrix inequality is not proven ({reason})")
+        reasons.append(f"LipSDP: the matrix inequality is not proven ({reason})")
     if value * value < rho:
-        reasons.append(
-            f"lipsdp-neuron: the stated bound {float(value)!r} < √ρ (ρ = {float(rho)!r})"
-        )
+        reasons.append(f"LipSDP: the stated bound {float(value)!r} < √ρ (ρ = {float(rho)!r})")
     return reasons
 
 
@@ -351,18 +351,75 @@ def check_lower(layers: list[Layer], lower: dict[str, Any], upper: Fraction) -> 
     return reasons
 
 
+def prove_dp(layers: list[Layer], norms: object, value: Fraction) -> list[str]:
+    """The cut/merge bound (Combettes & Pesquet 2020; lipguard's ``compositional`` DP), with
+    ``norms[j][i] = σ(i, j) >= ||W_j W_{j-1} ⋯ W_i||₂`` for ``0 <= i <= j <= k``.
+
+    Between ``x`` and ``y`` each neuron of hidden layer ``m`` (after ``W_m``) acts as a factor
+    ``d ∈ [α_m, β_m]`` (slope restriction), so ``f(x) - f(y) = W_k D_{k-1} ⋯ D_0 W_0 (x - y)``
+    with ``D_m = c_m I + g_m S_m``, ``c = (α + β)/2``, ``g = (β - α)/2``, ``S_m`` diagonal with
+    ``|S_m| <= 1``. The ranges are fixed per layer by the activation kind, so ``c_m``, ``g_m`` are
+    exact rational *scalars* and no square root of ``Γ`` is ever needed. Expanding the product
+    over the set of layers where ``S`` is taken ("cuts"), a term is a product of blocks
+    ``(Π_{i<=m<j} c_m) W_j ⋯ W_i`` separated by ``g_m S_m``; its norm is at most
+    ``Π blocks (Π c)·σ(i, j) · Π_cuts g_m``. The sum over all cut sets is the programme
+    ``G_0 = 1``, ``G_{j+1} = g_j Σ_{i<=j} G_i (Π_{i<=m<j} c_m) σ(i, j)``, bound ``= G_{k+1}``
+    without the last ``g``, evaluated in exact rationals. ``||P||₂ <= σ`` is proven by
+    ``[[σI, Pᵀ], [P, σI]] ⪰ 0`` (for unit ``v`` and ``u = Pv/||Pv||``, the form at ``(v, -u)`` is
+    ``2σ - 2||Pv||``), with ``P`` enclosed (:func:`psd.product`)."""
+    depth = len(layers) - 1
+    if not isinstance(norms, list) or [
+        len(row) if isinstance(row, list) else -1 for row in norms
+    ] != list(range(1, depth + 2)):
+        return [f"compositional: block norms σ(i, j) for 0 <= i <= j <= {depth} needed"]
+    sigma = [[Fraction(_number(s, "block norm")) for s in row] for row in norms]
+    if any(s < 0 for row in sigma for s in row):
+        return ["compositional: block norms must be >= 0"]
+    centre = [(a + b) / 2 for a, b in (layer.slopes for layer in layers)]
+    radius = [(b - a) / 2 for a, b in (layer.slopes for layer in layers)]
+    reasons, totals, blocks = [], [Fraction(1)], list[Enclosed]()
+    for j, layer in enumerate(layers):
+        blocks = [psd.product(layer.weight, block) for block in blocks]
+        blocks.append(psd.exact(layer.weight))
+        total = Fraction(0)
+        for i, block in enumerate(blocks):
+            s, (m, n) = sigma[j][i], block.value.shape
+            grid = [[psd.exact(float(s) * np.eye(n)), Enclosed(block.value.T, block.error.T)]]
+            reason = psd.prove_psd(psd.block([*grid, [block, psd.exact(float(s) * np.eye(m))]]))
+            if reason is not None:
+                reasons.append(f"compositional: ||W_{j}⋯W_{i}||₂ <= {float(s)!r} ({reason})")
+            total += totals[i] * math.prod(centre[i:j], start=Fraction(1)) * s
+        totals.append(total * (radius[j] if j < depth else 1))
+    if value < totals[-1]:
+        reasons.append(
+            f"compositional: the stated bound {float(value)!r} < the DP's {float(totals[-1])!r}"
+        )
+    return reasons
+
+
 def prove_upper(
     layers: list[Layer], section: dict[str, Any], method: str, value: Fraction
 ) -> list[str]:
-    """Reasons the upper bound ``value`` is not proven by ``method`` (empty: proven)."""
+    """Reasons the upper bound ``value`` is not proven by ``method`` (empty: proven).
+    ``compositional`` is proven by its DP (``block_norms``) or, where lipguard's fast
+    LipSDP-style certificate won, by the LipSDP-Neuron matrix (``rho``, ``multipliers``)."""
     try:
         if method == "product":
             return prove_product(layers, _get(section, "sigmas", "checkable"), value)
-        if method == "lipsdp-neuron":
+        if method == "compositional" and "block_norms" in section:
+            return prove_dp(layers, section["block_norms"], value)
+        if method in ("lipsdp-neuron", "lipsdp-layer", "compositional"):
+            given = _get(section, "multipliers", "checkable")
+            untied = isinstance(given, list) and any(
+                isinstance(t, list) and len(set(t)) > 1 for t in given
+            )
+            if method == "lipsdp-layer" and untied:
+                return ["lipsdp-layer: the multipliers of a layer must be equal"]
             return prove_lipsdp(layers, section, value)
     except CheckInputError as error:  # the proof data of another method, or none
         return [f"{method}: no proof ({error})"]
-    return [f"method {method!r} is not checkable in this milestone (product, lipsdp-neuron)"]
+    methods = "product, lipsdp-neuron, lipsdp-layer, compositional"
+    return [f"method {method!r} is not checkable in this milestone ({methods})"]
 
 
 def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult:
