@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,8 +38,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import lipguard
+sys.path.insert(0, str(Path(__file__).parent))
 import lipguard.bounds.compositional as compositional
+from layers import machine
 from lipguard.bounds import certify
 from lipguard.check import check
 
@@ -126,24 +127,6 @@ def measure(name: str, model: nn.Sequential, method: str, repeats: int, folder: 
         checking,
         checking / seconds,
     )
-
-
-def machine() -> dict[str, str | int]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lipguard": lipguard.__version__,
-    }
 
 
 def markdown(rows: list[Row], meta: dict) -> str:

@@ -160,7 +160,7 @@ def test_an_inputs_noise_does_not_depend_on_the_batch():
             store[rows, samples] = outputs.view(rows.stop - rows.start, -1, 3)
 
         same = nn.Identity()
-        run_noisy(same, inputs, noise, 8, batch_size, 7, "t", same, consume, None, indices, True)
+        run_noisy(same, inputs, noise, 8, batch_size, 7, "t", same, consume, indices, True)
         return store - inputs[:, None]
 
     everything = noisy(x, None, 40)

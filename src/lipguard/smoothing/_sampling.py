@@ -48,7 +48,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lipguard import distributed
+from lipguard import _checks, distributed
+from lipguard._progress import progress_bar
 from lipguard.smoothing.noise import GaussianNoise
 
 Consumer = Callable[[slice, slice, torch.Tensor], None]
@@ -103,9 +104,9 @@ def run_noisy(
     phase: str,
     summarise: Summariser,
     consume: Consumer,
-    advance: Callable[[int], None] | None = None,
     indices: Sequence[int] | None = None,
     per_input: bool = False,
+    progress: bool = False,
 ) -> range:
     """Evaluate ``model(inputs[i] + ε_ij)`` for ``count`` noise draws ``ε_ij`` of each input
     and hand them to ``consume``; returns the rows of ``inputs`` whose results this rank holds
@@ -117,7 +118,8 @@ def run_noisy(
     ``summarise(outputs)`` turns a forward pass's outputs into one value per sample, and
     ``consume(input_slice, sample_slice, values)`` receives them: ``len(input_slice)·
     len(sample_slice)`` values, input-major (all samples of the first input, then the next),
-    each input's sample slices in increasing order.
+    each input's sample slices in increasing order. The model runs in eval mode (restored
+    after); ``progress`` shows a bar of this rank's samples on rank 0.
     """
     size = inputs.shape[0]
     rows = local_rows(size)
@@ -126,14 +128,18 @@ def run_noisy(
     block = min(count, batch_size)
     starts = range(0, count, block)
     evaluate = _Evaluator(model, inputs, noise, block, batch_size, seed, phase, indices, per_input)
-    with torch.inference_mode():
+    shown = progress and distributed.is_main()
+    with (
+        _checks.evaluating(model),
+        progress_bar(local_samples(size, count, batch_size), "noisy samples", shown) as advance,
+        torch.inference_mode(),
+    ):
         if split(size) == "inputs":
             for number, start in enumerate(starts):
                 m = min(block, count - start)
                 for first, last, outputs in evaluate(number, m, rows):
                     consume(slice(first, last), slice(start, start + m), summarise(outputs))
-                    if advance is not None:
-                        advance((last - first) * m)
+                    advance((last - first) * m)
             return rows
         mine = []
         for number in distributed.shard(len(starts)):
@@ -141,8 +147,7 @@ def run_noisy(
             parts = []
             for first, last, outputs in evaluate(number, m, rows):
                 parts.append(summarise(outputs))
-                if advance is not None:
-                    advance((last - first) * m)
+                advance((last - first) * m)
             mine.append(torch.cat(parts))
         for number, values in enumerate(distributed.gather(mine)):
             start, m = starts[number], min(block, count - starts[number])

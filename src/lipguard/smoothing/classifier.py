@@ -36,7 +36,7 @@ from lipguard import _checks, distributed
 from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import gather_rows, local_samples, run_noisy
+from lipguard.smoothing._sampling import gather_rows, run_noisy
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
 ABSTAIN = -1
@@ -187,28 +187,20 @@ class SmoothedClassifier:
             owner = owner.repeat_interleave(labels.numel() // (rows.stop - rows.start))
             counts.index_add_(0, owner * classes + labels, torch.ones_like(labels))
 
-        with (
-            _checks.evaluating(self.base),
-            progress_bar(
-                local_samples(x.shape[0], count, batch_size),
-                "noisy samples",
-                progress and distributed.is_main(),
-            ) as advance,
-        ):
-            rows = run_noisy(
-                self.base,
-                x,
-                self.noise,
-                count,
-                batch_size,
-                self.seed,
-                phase,
-                summarise,
-                consume,
-                advance,
-                indices,
-                self.per_input_noise,
-            )
+        rows = run_noisy(
+            self.base,
+            x,
+            self.noise,
+            count,
+            batch_size,
+            self.seed,
+            phase,
+            summarise,
+            consume,
+            indices,
+            self.per_input_noise,
+            progress,
+        )
         return gather_rows(counts.view(x.shape[0], classes), rows).cpu()
 
     def predict(

@@ -34,12 +34,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lipguard import _checks, distributed
+from lipguard import _checks
 from lipguard._deprecation import renamed_keyword
-from lipguard._progress import progress_bar
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.smoothing import stats as confidence
-from lipguard.smoothing._sampling import Consumer, gather_rows, local_samples, run_noisy
+from lipguard.smoothing._sampling import Consumer, gather_rows, run_noisy
 from lipguard.smoothing.classifier import ClassifierCertificates, SmoothedClassifier
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
@@ -95,27 +94,19 @@ class _Smoothed:
         check_fixed(self.noise, x)
         _checks.positive_int("n", n)
         _checks.positive_int("batch_size", batch_size)
-        with (
-            _checks.evaluating(self.base),
-            progress_bar(
-                local_samples(x.shape[0], n, batch_size),
-                "noisy samples",
-                progress and distributed.is_main(),
-            ) as advance,
-        ):
-            rows = run_noisy(
-                self.base,
-                x,
-                self.noise,
-                n,
-                batch_size,
-                self.seed,
-                phase,
-                _scalar_outputs,
-                consume,
-                advance,
-                per_input=self.per_input_noise,
-            )
+        rows = run_noisy(
+            self.base,
+            x,
+            self.noise,
+            n,
+            batch_size,
+            self.seed,
+            phase,
+            _scalar_outputs,
+            consume,
+            per_input=self.per_input_noise,
+            progress=progress,
+        )
         return [gather_rows(tensor, rows) for tensor in accumulators]
 
 
