@@ -39,11 +39,7 @@ def reward_dtype(values: object, model: nn.Module | None) -> torch.dtype:
         return dtype
     if isinstance(dtype, np.dtype) and dtype in (np.float16, np.float32):
         return torch.float16 if dtype == np.float16 else torch.float32
-    return model_dtype(model) if model is not None else torch.float64
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    return placement(model).dtype
+    return placement(model).dtype if model is not None else torch.float64
 
 
 class FloatingPointSlack:
@@ -70,7 +66,7 @@ class FloatingPointSlack:
         model = self.model
         if model is None:  # observations() asks only when there is a model
             return np.zeros(len(states))
-        dtype = model_dtype(model)
+        dtype = placement(model).dtype
         exact = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float64))
         rounded = exact.to(dtype).to(torch.float64)
         try:
@@ -92,7 +88,7 @@ class FloatingPointSlack:
         from lipguard.bounds.ops import Conv, Dense
 
         assert self.model is not None
-        dtype = model_dtype(self.model)
+        dtype = placement(self.model).dtype
         u = unit_roundoff(dtype if dtype == torch.float64 else torch.float32)
         total = 64 * unit_roundoff(dtype)
         try:
