@@ -4,6 +4,7 @@ Build models whose Lipschitz constant is guaranteed (:mod:`lipguard.nn`), and ge
 typed, sound bounds for them (:mod:`lipguard.bounds`).
 """
 
+#: the package version (also ``lipguard --version``)
 __version__ = "0.1.0"
 
 import importlib

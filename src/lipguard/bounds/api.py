@@ -250,6 +250,7 @@ BOUNDS: dict[BoundMethod, Callable[[_Job], LipschitzBound]] = {
     "lipsdp": _lipsdp_variant("neuron"),
     "lipsdp-layer": _lipsdp_variant("layer"),
 }
+#: every ``method`` name :func:`lipschitz_bound` accepts
 METHODS: tuple[Method, ...] = ("auto", *BOUNDS)
 BLOCK_METHODS: tuple[BlockMethod, ...] = get_args(BlockMethod)
 

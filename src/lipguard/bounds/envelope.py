@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 #: a ``method`` of :func:`error_envelope`
 EnvelopeMethod = Literal["tightest", "global", "local", "interval"]
+#: every ``method`` name :func:`error_envelope` accepts
 ENVELOPE_METHODS: tuple[EnvelopeMethod, ...] = get_args(EnvelopeMethod)
 #: the methods ``"tightest"`` intersects, in the order ties are attributed
 _SINGLE: tuple[EnvelopeMethod, ...] = ("global", "local", "interval")

@@ -23,6 +23,7 @@ from lipguard.cli.run import run_command
 
 __all__ = ["app"]
 
+#: the ``lipguard`` command (a Typer application; the console script calls it)
 app = typer.Typer(
     cls=OneLineErrors,
     help="lipguard: smooth, provable reward and value models.",

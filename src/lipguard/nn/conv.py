@@ -167,8 +167,16 @@ class SpectralConv2d(LipschitzConv2d):
     certificate; with frozen weights the kernel is cached.
 
     Args:
+        in_channels: as for :class:`torch.nn.Conv2d`.
+        out_channels: as for :class:`torch.nn.Conv2d`.
+        kernel_size: as for :class:`torch.nn.Conv2d`.
         input_size: the largest ``(H, W)`` (or ``H`` for square inputs) the layer accepts.
-        others: as for :class:`torch.nn.Conv2d`, plus ``lipschitz`` (> 0).
+        stride: as for :class:`torch.nn.Conv2d`.
+        padding: as for :class:`torch.nn.Conv2d`.
+        bias: as for :class:`torch.nn.Conv2d`.
+        lipschitz: the guaranteed bound on the convolution's ℓ2 operator norm; must be > 0.
+        device: as for :class:`torch.nn.Conv2d`.
+        dtype: as for :class:`torch.nn.Conv2d`.
     """
 
     def __init__(

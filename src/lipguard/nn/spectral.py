@@ -63,7 +63,8 @@ class SpectralLinear(GuardedLinear):
         out_features: size of each output sample.
         bias: learn an additive bias (it does not affect the Lipschitz constant).
         lipschitz: the guaranteed bound on ``σ_max(W)``; must be > 0.
-        device, dtype: as for ``nn.Linear``.
+        device: as for ``nn.Linear``.
+        dtype: as for ``nn.Linear``.
         recertify_tolerance: relative slack of the amortised bound above the last full
             certificate before a new full one is computed (``>= 0``; ``0`` certifies every
             change in full). Trades tightness for cost, never soundness.

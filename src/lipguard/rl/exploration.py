@@ -118,7 +118,8 @@ class LipschitzAwareNoise(ActionNoise):
     Args:
         reward: ``r(s, a)`` on features ``[observation, action]`` ``(N, d)`` -> ``(N,)`` (a
             :class:`~lipguard.rl.RewardModel`, an :class:`~lipguard.rl.EnsembleReward`, ...).
-        action_low, action_high: the action box (environment units).
+        action_low: the action box's lower corner (environment units).
+        action_high: the action box's upper corner (environment units).
         sigma: ``σ₀``, the largest scale (SB3 scaled units: actions live in [-1, 1]).
         sigma_min: ``σ_min``, the smallest scale (``0 < sigma_min <= sigma``).
         alpha: weight of the steepness ``L(s)`` (per reward unit per action unit).

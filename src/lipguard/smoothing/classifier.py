@@ -39,6 +39,7 @@ from lipguard.smoothing import stats as confidence
 from lipguard.smoothing._sampling import gather_rows, run_noisy
 from lipguard.smoothing.noise import GaussianNoise, as_noise, check_fixed
 
+#: the prediction of an input on which smoothing abstains (no class is certified)
 ABSTAIN = -1
 
 

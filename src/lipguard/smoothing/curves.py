@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CertifiedAccuracyCurve:
+    """Certified accuracy at each radius of ``radii`` (:func:`certified_accuracy`): the fraction
+    of the ``count`` test points predicted correctly with a certified radius at least that
+    large, and a two-sided Clopper–Pearson interval ``[lower, upper]`` at level ``confidence``
+    over the test points; ``alpha`` is the smoothing certificates' own error probability."""
+
     radii: np.ndarray
     accuracy: np.ndarray
     lower: np.ndarray

@@ -146,7 +146,8 @@ class SmoothedRegressor(_Smoothed):
         base: maps a batch to one value per input (``(batch,)`` or ``(batch, 1)``).
         sigma: a standard deviation or a fixed :class:`GaussianNoise`.
         output_range: ``(a, b)``; the base output is clipped into it.
-        seed, per_input_noise: the noise's streams, as for
+        seed: the noise's seed, as for :class:`~lipguard.smoothing.SmoothedClassifier`.
+        per_input_noise: one noise stream per input, as for
             :class:`~lipguard.smoothing.SmoothedClassifier`.
     """
 

@@ -105,6 +105,8 @@ def _task_loss(model: nn.Module, task: Task, x: Tensor, y: Tensor) -> Tensor:
 
 
 class NoRegularizer(Regularizer):
+    """No penalty: the task loss alone (``regularizer="none"``)."""
+
     name = "none"
 
     def __call__(
@@ -131,6 +133,10 @@ class HardConstraint(NoRegularizer):
 
 
 class GradientPenalty(Regularizer):
+    """``weight · E[max(0, ‖∇ₓ s(x)‖_q - L)²]`` on the task's scalar ``s`` (a soft constraint:
+    nothing is guaranteed; ``lipschitz`` may be a function of the inputs, ``q`` is dual to
+    ``norm``)."""
+
     name = "gradient_penalty"
 
     def __init__(
@@ -266,6 +272,10 @@ def _divergence(task: Task, clean: Tensor, perturbed: Tensor) -> Tensor:
 
 
 class TRADES(_Adversarial):
+    """TRADES (Zhang et al.): the clean task loss plus ``beta`` times the divergence between the
+    outputs at ``x`` and at the adversary's point (KL for classification, squared difference
+    otherwise), found by PGD within ``eps`` in ``norm``."""
+
     name = "trades"
 
     def __init__(
@@ -307,7 +317,11 @@ class AAJR(_Adversarial):
 
     Args:
         weight: λ, the penalty's weight.
-        eps, norm, steps, step_size, bounds: the adversary's PGD.
+        eps: the adversary's budget, the radius of its ball.
+        norm: the ball's norm.
+        steps: the adversary's PGD steps.
+        step_size: the length of each PGD step.
+        bounds: the box the adversary's points are clipped into.
         objective: a factory ``y -> Objective`` from :mod:`lipguard.attacks` for the adversary;
             default: the task's own (maximise the task loss).
         sample_step: penalise one uniformly sampled step per batch instead of all ``K``.
@@ -388,6 +402,7 @@ class AAJR(_Adversarial):
         return RegularizedLoss(loss + self.weight * penalty, _value(loss), _value(penalty))
 
 
+#: every regularizer by the name ``fit(regularizer=...)`` and the sweeps accept
 REGULARIZERS: dict[str, type[Regularizer]] = {
     "none": NoRegularizer,
     "constraint": HardConstraint,

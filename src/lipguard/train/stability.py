@@ -26,6 +26,8 @@ class Oscillation:
 
 
 def oscillation(losses: Sequence[float], window: int = 10) -> Oscillation:
+    """How much a loss curve oscillates (:class:`Oscillation`); non-finite losses are dropped,
+    and fewer than three finite values give zeros."""
     values = np.asarray(losses, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < 3:

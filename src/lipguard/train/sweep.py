@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SweepPoint:
+    """One trained model of a price-of-robustness sweep: the regularizer, its options and the
+    seed, the clean and robust validation metrics reached, and the time per epoch."""
+
     regularizer: str
     options: dict[str, Any]  # the regularizer's keyword arguments, of whatever types it takes
     seed: int

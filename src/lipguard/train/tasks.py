@@ -50,6 +50,8 @@ class Task(ABC):
 
 
 class Classification(Task):
+    """Logits ``(N, C)`` and integer labels: cross-entropy loss, accuracy as the metric."""
+
     name = "classification"
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,9 @@ def _values(outputs: torch.Tensor) -> torch.Tensor:
 
 
 class Regression(Task):
+    """One value per input and real targets: squared error loss, MSE as the metric (lower is
+    better)."""
+
     name = "regression"
     higher_is_better = False
 

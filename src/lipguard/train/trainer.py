@@ -28,6 +28,11 @@ from lipguard.train.tasks import Task, TaskModel, TaskName, make_task
 
 @dataclass(frozen=True)
 class EpochMetrics:
+    """One epoch of :func:`fit`: mean training, task and penalty losses; the validation loss and
+    metric, clean and under the PGD adversary of ``robust_eps`` (None without one); the model's
+    certified constant when ``certify=True`` (else None); the mean and largest input-gradient
+    norm on the validation data; and the epoch's wall time in seconds."""
+
     epoch: int
     train_loss: float
     task_loss: float
