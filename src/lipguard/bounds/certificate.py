@@ -21,7 +21,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ import lipguard
 from lipguard._threads import on_idle_cores
 from lipguard.bounds import lmi
 from lipguard.bounds.api import (
-    AUTO_LIPSDP_SIZE,
     METHODS,
     CertificationError,
     InputShape,
@@ -41,13 +39,13 @@ from lipguard.bounds.api import (
     _prepare,
     lipschitz_bound,
 )
+from lipguard.bounds.checkable import checkable_bound, checkable_network, checkable_proof
 from lipguard.bounds.frontend import input_shapes, to_graph
 from lipguard.bounds.graph import module_settings
 from lipguard.bounds.ir import Graph
 from lipguard.bounds.lower import LipschitzLowerBound, lipschitz_lower_bound
 from lipguard.bounds.ops import Activation, Conv, Dense, Gather, MaxPool, Operator, Sort, Sum
 from lipguard.errors import CertificateError, LipguardError
-from lipguard.linalg import spectral_norm_certificate
 from lipguard.norm import L2, Norm, NormLike
 from lipguard.results import Check, LipschitzBound, Report
 
@@ -366,32 +364,21 @@ def certify(
     a model with several); without it, standard normal points of the input shape are used.
 
     ``checkable``: also write the proof data that the independent checker :mod:`lipguard.check`
-    re-proves (a ``"checkable"`` section; ℓ2, ``nn.Sequential`` of ``nn.Linear`` and ReLU,
-    LeakyReLU, Tanh, Sigmoid or Identity, method ``product``, ``lipsdp``, ``lipsdp-layer`` or
-    ``compositional``; ``auto`` picks ``lipsdp`` where it applies, else ``product``). The
-    section is re-proven by the checker before it is written, its claimed norms or ``ρ`` raised
-    by at most a relative ``2^-13`` where the checker needs room (the stated bound with them).
+    re-proves (a ``"checkable"`` section; a dense ``nn.Sequential`` or a model read from ONNX,
+    ℓ1, ℓ2 or ℓ∞, see :mod:`lipguard.bounds.checkable`; ``auto`` picks LipSDP for small ℓ2
+    chains, the cut/merge programme for other chains, else the product). The section is
+    re-proven by the checker before it is written, its claimed norms or ``ρ`` raised by at most
+    a relative ``2^-13`` where the checker needs room (the stated bound with them).
     """
     p, shapes = _prepare(model, norm, input_shape)
     shape = shapes[0] if len(shapes) == 1 else shapes
-    section = None
+    section: dict[str, Any] | None = None
     if checkable:
-        layers = _checkable_layers(model)
-        if p != 2.0 or method not in ("auto", "product", "lipsdp", "lipsdp-layer", "compositional"):
-            raise CertificationError(
-                "checkable certificates state ℓ2 bounds by method product, lipsdp, lipsdp-layer "
-                f"or compositional (or auto); got norm {p}, method {method!r}"
-            )
-        if method == "auto":
-            plain = all(
-                item["activation"] is None or item["activation"]["kind"] != "identity"
-                for item in layers
-            )
-            rows = sum(int(w.shape[1]) for w in model.parameters() if w.dim() == 2)
-            method = "lipsdp" if plain and rows <= AUTO_LIPSDP_SIZE else "product"
-    upper = lipschitz_bound(model, p, method, input_shape=shape)
-    if checkable:
-        upper, section = _checkable_proof(model, layers, upper)
+        steps, section = checkable_network(model)
+        upper = checkable_bound(model, steps, p, method, shape)
+        upper, section = checkable_proof(steps, section, upper)
+    else:
+        upper = lipschitz_bound(model, p, method, input_shape=shape)
     lower = None
     if lower_bound:
         if inputs is None:
@@ -418,151 +405,3 @@ def certify(
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         checkable=section,
     )
-
-
-_ACTIVATIONS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.Identity: "identity",
-}
-
-
-def _checkable_layers(model: nn.Module) -> list[dict[str, Any]]:
-    """The canonical chain of an ``nn.Sequential`` of ``nn.Linear`` layers with one activation
-    between consecutive ones; anything else is refused by name."""
-    from lipguard.check.checker import SLOPES
-
-    if type(model) is not nn.Sequential:
-        raise CertificationError(
-            f"checkable certificates cover nn.Sequential models, not {type(model).__name__}"
-        )
-    layers: list[dict[str, Any]] = []
-    children = [  # a reused activation module appears at each of its places
-        (name, module)
-        for name, module in model.named_modules(remove_duplicate=False)
-        if name and "." not in name
-    ]
-    for index, (name, module) in enumerate(children):
-        expect_linear = index % 2 == 0
-        if expect_linear != (type(module) is nn.Linear) or (
-            not expect_linear and type(module) not in _ACTIVATIONS
-        ):
-            raise CertificationError(
-                f"checkable certificates cover Linear, activation, …, Linear chains (activations "
-                f"{sorted(_ACTIVATIONS.values())}); module {name!r} is {type(module).__name__}"
-            )
-        if expect_linear:
-            bias = None if module.bias is None else f"{name}.bias"
-            layers.append({"weight": f"{name}.weight", "bias": bias, "activation": None})
-            continue
-        kind = _ACTIVATIONS[type(module)]
-        if kind == "leaky_relu":
-            slope = float(module.negative_slope)
-            if not 0.0 <= slope <= 1.0:
-                raise CertificationError(f"LeakyReLU slope {slope} is outside [0, 1]")
-            layers[-1]["activation"] = {"kind": kind, "slope": slope, "slopes": [slope, 1.0]}
-        else:
-            layers[-1]["activation"] = {"kind": kind, "slopes": list(SLOPES[kind])}
-    if not layers or layers[-1]["activation"] is not None:
-        raise CertificationError("checkable certificates cover chains that end with nn.Linear")
-    return layers
-
-
-def _float_up(value: Fraction) -> float:
-    """The least float >= ``value``."""
-    result = float(value)
-    return result if Fraction(result) >= value else math.nextafter(result, math.inf)
-
-
-#: relative increases of σ_i or ρ tried until the independent checker re-proves them
-_CHECK_LADDER = (0.0, 2.0**-30, 2.0**-20, 2.0**-13)
-
-
-def _checkable_proof(
-    model: nn.Module, layers: list[dict[str, Any]], upper: LipschitzBound
-) -> tuple[LipschitzBound, dict[str, Any]]:
-    """The ``checkable`` section for ``upper``, re-proven by :mod:`lipguard.check`, and the
-    upper bound it proves (``upper`` itself, or slightly larger where the checker needs it)."""
-    from lipguard.check import checker
-
-    tensors = {
-        name: tensor.detach().cpu().to(torch.float64).numpy()
-        for name, tensor in model.state_dict().items()
-    }
-    section: dict[str, Any] = {"format": checker.FORMAT, "layers": layers}
-    chain = checker.read_layers(section, tensors)
-    given = upper.details or {}
-    hidden = [layer.weight.shape[0] for layer in chain[:-1]]
-    # compositional's fast LipSDP certificate is about lipguard's normal form, which merges
-    # identity activations: where that is not the chain, the checker gets the DP instead
-    lipsdp = "multipliers" in given and [len(t) for t in given["multipliers"]] == hidden
-    if upper.method == "product":
-        sigmas = [
-            spectral_norm_certificate(torch.from_numpy(layer.weight)).upper for layer in chain
-        ]
-    elif upper.method == "compositional" and not lipsdp:
-        blocks = _block_norms([torch.from_numpy(layer.weight) for layer in chain])
-    elif upper.method in _MULTIPLIER_METHODS and lipsdp:
-        rho, multipliers = float(given["rho"]), given["multipliers"]
-        section["multipliers"] = multipliers
-    else:
-        raise CertificationError(
-            f"method {upper.method!r} has no checkable proof (LipSDP multipliers must match the "
-            f"hidden layers {hidden})"
-        )
-    for step in _CHECK_LADDER:
-        if "multipliers" not in section and upper.method == "compositional":
-            raised = [
-                [_float_up(Fraction(s) * (1 + Fraction(step))) for s in row] for row in blocks
-            ]
-            section["block_norms"] = raised
-            exact, details = _dp_value(chain, raised), None
-        elif upper.method == "product":
-            section["sigmas"] = [_float_up(Fraction(s) * (1 + Fraction(step))) for s in sigmas]
-            factors = [Fraction(s) for s in section["sigmas"]] + [x.slopes[1] for x in chain]
-            exact = math.prod(factors, start=Fraction(1))
-            details = upper.details
-        else:
-            section["rho"] = _float_up(Fraction(rho) * (1 + Fraction(step)))
-            root = math.sqrt(section["rho"])
-            while Fraction(root) ** 2 < Fraction(section["rho"]):
-                root = math.nextafter(root, math.inf)
-            exact = Fraction(root)
-            details = {"rho": section["rho"], "multipliers": multipliers}
-        value = max(upper.value, _float_up(exact))
-        if not checker.prove_upper(chain, section, upper.method, Fraction(value)):
-            bound = LipschitzBound(
-                value, 2.0, upper.method, upper.scope, True, upper.margin, details
-            )
-            return bound, section
-    raise CertificationError(
-        f"the independent checker could not re-prove the {upper.method} bound {upper.value:.9g}"
-    )
-
-
-def _block_norms(weights: list[torch.Tensor]) -> list[list[float]]:
-    """``σ(i, j)``, a proven bound on ``||W_j ⋯ W_i||₂`` of the float64 product (the checker
-    encloses the exact product and needs the ladder's slack for the difference)."""
-    norms: list[list[float]] = []
-    for j in range(len(weights)):
-        product, row = weights[j], [0.0] * (j + 1)
-        for i in range(j, -1, -1):
-            product = product if i == j else product @ weights[i]
-            row[i] = spectral_norm_certificate(product).upper
-        norms.append(row)
-    return norms
-
-
-def _dp_value(chain: list[Any], norms: list[list[float]]) -> Fraction:
-    """The checker's cut/merge programme (:func:`lipguard.check.checker.prove_dp`) exactly."""
-    totals = [Fraction(1)]
-    for j in range(len(chain)):
-        total = Fraction(0)
-        for i in range(j + 1):
-            centres = [sum(layer.slopes) / 2 for layer in chain[i:j]]
-            total += totals[i] * math.prod(centres, start=Fraction(1)) * Fraction(norms[j][i])
-        alpha, beta = chain[j].slopes
-        totals.append(total * ((beta - alpha) / 2 if j < len(chain) - 1 else 1))
-    return totals[-1]

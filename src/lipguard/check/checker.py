@@ -1,22 +1,23 @@
 """Re-prove a lipguard certificate's claims from the weights file and the certificate alone.
 
-The network (the certificate's ``checkable.layers``, every tensor read from the safetensors file)
-is ``f(x) = W_k φ_{k-1}(⋯ φ_1(W_1 x + b_1) ⋯) + b_k`` on a flat input ``x`` with each ``φ_i``
-applied elementwise: ``relu``, ``leaky_relu`` (``max(x, a·x)``, ``0 <= a <= 1``), ``tanh``,
-``sigmoid`` or ``identity``, each nondecreasing with slopes in ``[α, β]`` (:data:`SLOPES`).
-Weights are exact binary floats (float16/bfloat16/float32/float64), widened exactly.
+The network (:mod:`lipguard.check.graph`): a dense chain ``W_k φ(⋯ φ(W_1 x + b_1) ⋯) + b_k``
+named by the certificate's ``checkable.layers`` in a safetensors file, or an ONNX file's graph
+(convolutions, residual sums, permutations). Each activation ``φ`` (``relu``, ``leaky_relu``
+``max(x, a·x)`` with ``0 <= a <= 1``, ``tanh``, ``sigmoid``, ``identity``) is nondecreasing
+with slopes in ``[α, β]`` (:data:`SLOPES`); weights are exact binary floats widened exactly.
 
 Claims checked, each failure reported with its reason:
 
-- ``claims_sha256`` and ``weights_sha256`` are recomputed (the recipe of lipguard's certificates);
-- the upper bound is global, sound, in the ℓ2 norm, and ``||f(x) - f(y)||₂ <= value·||x - y||₂``
-  is proven for every ``x, y`` by ``product`` (``||W_i||₂ <= σ_i``, each proven by
-  ``σ_i² I - W_iᵀW_i ⪰ 0``; then ``value >= Π σ_i · Π β_i`` exactly) or ``lipsdp-neuron``
-  (Fazlyab et al., NeurIPS 2019, Theorem 2, with the multipliers stated: the matrix below ⪰ 0,
-  then ``value² >= ρ`` exactly), ``lipsdp-layer`` (the same, one multiplier per layer) or
+- ``claims_sha256`` and ``weights_sha256`` (or ``onnx_sha256``, of the ONNX file's bytes) are
+  recomputed (the recipe of lipguard's certificates);
+- the upper bound is global, sound, in ℓ2 or ℓ∞, and ``||f(x) - f(y)|| <= value·||x - y||``
+  is proven for every ``x, y`` by ``product`` (``||W|| <= σ`` for every matrix, :func:`prove_norm`;
+  then the graph's product, sums at residual joins, :func:`prove_product`), ``lipsdp-neuron``
+  (ℓ2, Fazlyab et al., NeurIPS 2019, Theorem 2, with the multipliers stated: the matrix below
+  ⪰ 0, then ``value² >= ρ`` exactly), ``lipsdp-layer`` (the same, one multiplier per layer) or
   ``compositional`` (its cut/merge programme over proven block norms, :func:`prove_dp`, or
-  its fast LipSDP certificate, proven as ``lipsdp-neuron``);
-- the lower bound's witnesses ``x ≠ y`` satisfy ``||f(x) - f(y)||₂² >= lower²·||x - y||₂²``,
+  its fast LipSDP certificate, proven as ``lipsdp-neuron``); all but ``product`` need a chain;
+- the lower bound's witnesses ``x ≠ y`` satisfy ``||f(x) - f(y)|| >= lower·||x - y||``,
   evaluated exactly (rationals) or by outward-rounded interval arithmetic (``tanh``,
   ``sigmoid``), and ``lower <= upper``.
 """
@@ -29,23 +30,26 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from mpmath import iv  # type: ignore[import-untyped]
 
 from lipguard.check import psd
+from lipguard.check.graph import (
+    LIMIT,
+    Step,
+    activation,
+    chain,
+    evaluate,
+    reachable,
+    read_onnx,
+    weights,
+)
 from lipguard.check.psd import Enclosed, Matrix
 
+#: the ``checkable`` section's format tag this checker reads
 FORMAT = "lipguard-checkable/1"
-#: each activation's slope range [α, β] (leaky_relu: [a, 1] for its slope a)
-SLOPES = {
-    "relu": (0.0, 1.0),
-    "tanh": (0.0, 1.0),
-    "sigmoid": (0.0, 0.25),
-    "identity": (1.0, 1.0),
-}
-_LIMIT = 2.0**64  # largest magnitude of a weight, multiplier or bound this checker accepts
 _DTYPES = {
     "F64": ("float64", "<f8"),
     "F32": ("float32", "<f4"),
@@ -67,14 +71,6 @@ class CheckResult:
     reasons: list[str] = field(default_factory=list)
     upper: float | None = None
     lower: bool | None = None
-
-
-@dataclass(frozen=True)
-class Layer:
-    weight: Matrix  # (out, in), exact float64
-    bias: Matrix | None  # (out,)
-    kind: str | None  # the activation after this layer; None after the last
-    slopes: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Matrix], str]:
@@ -123,7 +119,7 @@ def claims_sha256(data: dict[str, Any]) -> str:
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise CheckInputError(f"{what} must be a finite number, got {value!r}")
-    if abs(value) > _LIMIT:
+    if abs(value) > LIMIT:
         raise CheckInputError(f"{what} = {value!r} exceeds this checker's range 2^64")
     return float(value)
 
@@ -134,84 +130,122 @@ def _get(data: object, key: str, what: str) -> Any:
     return data[key]
 
 
-def read_layers(section: dict[str, Any], tensors: dict[str, Matrix]) -> list[Layer]:
-    """The chain the certificate describes; raises :class:`ValueError` naming what is outside
-    the family (the caller reports it as the reason for rejection)."""
-    entries, layers, used = _get(section, "layers", "checkable"), list[Layer](), list[str]()
+def read_layers(section: dict[str, Any], tensors: dict[str, Matrix]) -> list[Step]:
+    """The dense chain ``checkable.layers`` describes, as steps; raises :class:`ValueError`
+    naming what is outside the family (the caller reports it as the reason for rejection)."""
+    entries, steps, used = _get(section, "layers", "checkable"), [Step("input", 0)], list[str]()
     if not isinstance(entries, list) or not entries:
         raise CheckInputError("checkable.layers must be a non-empty list")
     for index, entry in enumerate(entries):
         where = f"layers[{index}]"
         names = [_get(entry, key, where) for key in ("weight", "bias")]
-        activation = _get(entry, "activation", where)
+        kind = _get(entry, "activation", where)
         if names[0] is None or any(n is not None and n not in tensors for n in names):
             raise ValueError(f"{where}: tensors {names} are not all in the weights file")
         used += [name for name in names if name is not None]
         weight, bias = tensors[names[0]], None if names[1] is None else tensors[names[1]]
-        inputs = layers[-1].weight.shape[0] if layers else weight.shape[-1]
+        steps[0] = steps[0] if index else Step("input", weight.shape[-1])
         if (
             weight.ndim != 2
-            or weight.shape[1] != inputs
+            or weight.shape[1] != steps[-1].size
             or (bias is not None and bias.shape != weight.shape[:1])
         ):
-            raise ValueError(
-                f"{where}: shapes do not chain ({weight.shape}, {names[1]}, {inputs} inputs)"
-            )
-        if not all((np.abs(t) <= _LIMIT).all() for t in (weight, bias) if t is not None):
+            raise ValueError(f"{where}: shapes do not chain ({weight.shape}, {names[1]})")
+        if not all((np.abs(t) <= LIMIT).all() for t in (weight, bias) if t is not None):
             raise ValueError(
                 f"{where}: a weight is not finite or exceeds this checker's range 2^64"
             )
-        if (activation is None) != (index == len(entries) - 1):
+        if (kind is None) != (index == len(entries) - 1):
             raise ValueError(f"{where}: every layer but the last has an activation, the last none")
-        if activation is None:
-            layers.append(Layer(weight, bias, None))
+        biases = () if bias is None else (bias,)
+        steps.append(Step("affine", weight.shape[0], (len(steps) - 1,), weight, (), biases))
+        if kind is None:
             continue
-        kind = _get(activation, "kind", f"layers[{index}].activation")
-        if kind == "leaky_relu":
-            slope = _number(_get(activation, "slope", f"layers[{index}].activation"), "slope")
-            if not 0 <= slope <= 1:
-                raise ValueError(f"layer {index}: leaky_relu slope {slope!r} is outside [0, 1]")
-            truth = (Fraction(slope), Fraction(1))
-        elif kind in SLOPES:
-            truth = (Fraction(SLOPES[kind][0]), Fraction(SLOPES[kind][1]))
-        else:
-            raise ValueError(f"layer {index}: activation {kind!r} is not in this checker's family")
-        stated = _get(activation, "slopes", f"layers[{index}].activation")
+        name = _get(kind, "kind", f"{where}.activation")
+        slope = _get(kind, "slope", f"{where}.activation") if name == "leaky_relu" else 0.0
+        act = activation(name, _number(slope, "slope"))
+        stated = _get(kind, "slopes", f"{where}.activation")
         numbers = (
             [Fraction(_number(s, "slope")) for s in stated] if isinstance(stated, list) else []
         )
-        if numbers != list(truth):
-            raise ValueError(
-                f"layer {index}: {kind} has slopes {[float(t) for t in truth]}, stated {stated!r}"
-            )
-        layers.append(Layer(weight, bias, kind, truth))
+        if numbers != list(act.slopes):
+            truth = [float(t) for t in act.slopes]
+            raise ValueError(f"layer {index}: {name} has slopes {truth}, stated {stated!r}")
+        steps.append(Step("act", weight.shape[0], (len(steps) - 1,), kind=name, slopes=act.slopes))
     if sorted(used) != sorted(tensors) or len(set(used)) != len(used):
         unused = sorted(set(tensors) ^ set(used))
         raise ValueError(f"the layers must use every tensor of the weights file once: {unused}")
-    return layers
+    return steps
 
 
-def prove_product(layers: list[Layer], sigmas: object, value: Fraction) -> list[str]:
-    """``||f(x) - f(y)||₂ <= Π σ_i Π β_i ||x - y||₂`` (``||W||₂ <= σ`` ⟸ ``σ²I - WᵀW ⪰ 0``, or
-    the smaller ``σ²I - WWᵀ``, same nonzero spectrum; each ``φ_i`` is ``β_i``-Lipschitz)."""
-    if not isinstance(sigmas, list) or len(sigmas) != len(layers):
-        return [f"product: {len(layers)} spectral-norm bounds needed, got {sigmas!r}"]
-    reasons, bound = [], Fraction(1)
-    for index, (layer, sigma) in enumerate(zip(layers, sigmas, strict=True)):
-        s = Fraction(_number(sigma, f"sigmas[{index}]"))
-        w = layer.weight if layer.weight.shape[0] <= layer.weight.shape[1] else layer.weight.T
-        n = w.shape[0]
-        square = psd.scale_rows([s * s] * n, np.eye(n))
-        reason = psd.prove_psd(psd.add(square, psd.negate(psd.product(w, psd.exact(w.T)))))
-        if s < 0 or reason is not None:
-            reasons.append(
-                f"product: ||W_{index}||₂ <= {float(s)!r} not proven ({reason or 'negative'})"
-            )
-        bound *= s * layer.slopes[1]
+class Layer(NamedTuple):
+    """A matrix of a chain and the slope range of the activation after it (``[1, 1]`` last)."""
+
+    weight: Matrix
+    slopes: tuple[Fraction, Fraction]
+
+
+def layers_of(path: list[Step]) -> list[Layer]:
+    """A :func:`chain`'s matrices with the activations that follow them."""
+    acts = [step.slopes for step in path[1::2]] + [(Fraction(1), Fraction(1))]
+    matrices = [step.weight for step in path[0::2] if step.weight is not None]
+    return [Layer(w, slopes) for w, slopes in zip(matrices, acts, strict=True)]
+
+
+def prove_norm(matrix: Enclosed, bound: Fraction, norm: str) -> str | None:
+    """Prove ``||A|| <= bound`` for every ``A`` the enclosure stands for (``None``: proven).
+    ℓ∞: the largest row sum of ``|V| + E``, correctly rounded by :func:`math.fsum` and raised by
+    ``1 + 2^-51`` (each entry of ``|V| + E`` rounded by at most ``u``, the sum by ``u``). ℓ2 of
+    an exact ``W``: ``bound² I - WᵀW ⪰ 0`` (or the smaller ``WWᵀ``, same nonzero spectrum); of an
+    enclosed ``P``: ``[[bI, Pᵀ], [P, bI]] ⪰ 0`` (for unit ``v`` and ``u = Pv/||Pv||`` the form at
+    ``(v, -u)`` is ``2b - 2||Pv||``)."""
+    value, error = matrix
+    if bound < 0:
+        return "negative"
+    if norm == "inf":
+        largest = max((math.fsum(row) for row in (np.abs(value) + error).tolist()), default=0.0)
+        enough = bound >= Fraction(largest) * (1 + Fraction(2) ** -51)
+        return None if enough else f"row sums reach {largest!r}"
+    if not error.any():
+        w = value if value.shape[0] <= value.shape[1] else value.T
+        square = psd.scale_rows([bound * bound] * w.shape[0], np.eye(w.shape[0]))
+        return psd.prove_psd(psd.add(square, psd.negate(psd.product(w, psd.exact(w.T)))))
+    rows, columns = value.shape
+    grid = [[psd.exact(float(bound) * np.eye(columns)), Enclosed(value.T, error.T)]]
+    return psd.prove_psd(psd.block([*grid, [matrix, psd.exact(float(bound) * np.eye(rows))]]))
+
+
+def product_value(steps: list[Step], sigmas: list[Fraction]) -> Fraction:
+    """The graph's product bound from ``||W|| <= σ`` per matrix (in :func:`weights` order):
+    ``L_input = 1``, an affine step multiplies by its ``σ``, an activation by its ``β``, a sum
+    adds (``||u + v|| <= ||u|| + ||v||``), in exact rationals."""
+    claimed = dict(zip((i for i, _ in weights(steps)), sigmas, strict=True))
+    factor = {0: Fraction(1)}
+    for index in reachable(steps)[1:]:
+        step, first = steps[index], factor[steps[index].inputs[0]]
+        if step.op == "add":
+            factor[index] = first + factor[step.inputs[1]]
+        else:
+            scale = step.slopes[1] if step.op == "act" else claimed.get(index, Fraction(1))
+            factor[index] = first * scale
+    return factor[len(steps) - 1]
+
+
+def prove_product(steps: list[Step], sigmas: object, norm: str, value: Fraction) -> list[str]:
+    """Every claim ``||W|| <= σ`` proven (:func:`prove_norm`), then ``value >=``
+    :func:`product_value`."""
+    matrices = weights(steps)
+    if not isinstance(sigmas, list) or len(sigmas) != len(matrices):
+        return [f"product: {len(matrices)} operator-norm bounds needed, got {sigmas!r}"]
+    claims = [Fraction(_number(s, f"sigmas[{n}]")) for n, s in enumerate(sigmas)]
+    reasons = []
+    for number, ((_, matrix), sigma) in enumerate(zip(matrices, claims, strict=True)):
+        reason = prove_norm(psd.exact(matrix), sigma, norm)
+        if reason is not None:
+            reasons.append(f"product: ||W_{number}||_{norm} <= {float(sigma)!r} ({reason})")
+    bound = product_value(steps, claims)
     if value < bound:
-        reasons.append(
-            f"product: the stated bound {float(value)!r} < Π σ_i·Π β_i = {float(bound)!r}"
-        )
+        reasons.append(f"product: the stated bound {float(value)!r} < the product {float(bound)!r}")
     return reasons
 
 
@@ -267,52 +301,6 @@ def prove_lipsdp(layers: list[Layer], section: dict[str, Any], value: Fraction) 
     return reasons
 
 
-def _exact_output(layers: list[Layer], x: list[float]) -> list[Fraction]:
-    values = [Fraction(v) for v in x]
-    for layer in layers:
-        weight = np.array(
-            [[Fraction(w) for w in row] for row in layer.weight.tolist()], dtype=object
-        )
-        values = list(weight @ np.array(values, dtype=object))
-        if layer.bias is not None:
-            values = [v + Fraction(b) for v, b in zip(values, layer.bias.tolist(), strict=True)]
-        if layer.kind is not None:
-            low = layer.slopes[0]
-            values = [v if v >= 0 else low * v for v in values]  # relu, leaky_relu, identity
-    return values
-
-
-def _point(kind: str, slope: Fraction, value: Any) -> Any:
-    """``φ`` of a point interval, enclosed (outward rounding)."""
-    if kind == "tanh":
-        return 2 / (1 + iv.exp(-2 * value)) - 1
-    if kind == "sigmoid":
-        return 1 / (1 + iv.exp(-value))
-    if value.a >= 0:
-        return value
-    return value * iv.mpf(slope.numerator) / slope.denominator
-
-
-def _interval_output(layers: list[Layer], x: list[float]) -> list[Any]:
-    values = [iv.mpf(v) for v in x]
-    for layer in layers:
-        rows = layer.weight.tolist()
-        values = [
-            sum((iv.mpf(w) * v for w, v in zip(row, values, strict=True)), iv.mpf(0))
-            for row in rows
-        ]
-        if layer.bias is not None:
-            values = [v + iv.mpf(b) for v, b in zip(values, layer.bias.tolist(), strict=True)]
-        if layer.kind is not None:  # every φ is nondecreasing: φ([a, b]) ⊆ [φ(a), φ(b)]
-            slope = layer.slopes[0]
-            ends = [
-                (_point(layer.kind, slope, iv.mpf(v.a)), _point(layer.kind, slope, iv.mpf(v.b)))
-                for v in values
-            ]
-            values = [iv.mpf([a.a, b.b]) for a, b in ends]
-    return values
-
-
 def _fraction(raw: tuple[int, int, int, int]) -> Fraction:
     sign, mantissa, exponent, _ = raw
     if mantissa == 0 and raw != (0, 0, 0, 0):
@@ -320,106 +308,163 @@ def _fraction(raw: tuple[int, int, int, int]) -> Fraction:
     return (-1) ** sign * Fraction(mantissa) * Fraction(2) ** exponent
 
 
-def check_lower(layers: list[Layer], lower: dict[str, Any], upper: Fraction) -> list[str]:
-    """``||f(x) - f(y)||₂² >= lower²·||x - y||₂²`` for the stated witnesses, and lower <= upper."""
-    value = Fraction(_number(_get(lower, "value", "lower"), "lower.value"))
-    size = layers[0].weight.shape[1]
-    x, y = (_get(lower, key, "lower") for key in ("x", "y"))
-    if not (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) == size):
-        return [f"lower bound: witnesses must hold {size} numbers each"]
-    x, y = [_number(v, "witness") for v in x], [_number(v, "witness") for v in y]
-    distance = sum(
-        ((Fraction(a) - Fraction(b)) ** 2 for a, b in zip(x, y, strict=True)), Fraction(0)
+def _size(values: list[Fraction], norm: str) -> Fraction:
+    """``max |v|`` (ℓ∞) or ``Σ v²`` (ℓ2, the squared norm)."""
+    return (
+        max(values, default=Fraction(0))
+        if norm == "inf"
+        else sum((v * v for v in values), Fraction(0))
     )
-    if all(layer.kind not in ("tanh", "sigmoid") for layer in layers):
-        fx, fy = _exact_output(layers, x), _exact_output(layers, y)
-        change = sum(((a - b) ** 2 for a, b in zip(fx, fy, strict=True)), Fraction(0))
-    else:
-        saved, iv.prec = iv.prec, 160
-        try:
-            ix, iy, change = _interval_output(layers, x), _interval_output(layers, y), Fraction(0)
-            for p, q in zip(ix, iy, strict=True):
-                low, high = (_fraction(end) for end in (p - q)._mpi_)
-                change += 0 if low <= 0 <= high else min(abs(low), abs(high)) ** 2
-        finally:
-            iv.prec = saved
+
+
+def check_lower(steps: list[Step], lower: dict[str, Any], norm: str, upper: Fraction) -> list[str]:
+    """``||f(x) - f(y)|| >= lower·||x - y||`` for the stated witnesses (compared squared for
+    ℓ2), from :func:`evaluate` — exact, or enclosing intervals at 160 bits whose gap's smallest
+    magnitude is used — and ``lower <= upper``."""
+    value = Fraction(_number(_get(lower, "value", "lower"), "lower.value"))
+    x, y = (_get(lower, key, "lower") for key in ("x", "y"))
+    if not (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) == steps[0].size):
+        return [f"lower bound: witnesses must hold {steps[0].size} numbers each"]
+    x, y = (np.array([_number(v, "witness") for v in w], np.float64) for w in (x, y))
+    distance = _size(
+        [abs(Fraction(a) - Fraction(b)) for a, b in zip(x.tolist(), y.tolist(), strict=True)], norm
+    )
+    saved, iv.prec = iv.prec, 160
+    try:
+        gaps = []
+        for p, q in zip(evaluate(steps, x), evaluate(steps, y), strict=True):
+            if isinstance(p, Fraction):
+                gaps.append(abs(p - q))
+                continue
+            low, high = (_fraction(end) for end in (p - q)._mpi_)
+            gaps.append(Fraction(0) if low <= 0 <= high else min(abs(low), abs(high)))
+    finally:
+        iv.prec = saved
+    scale = value * value if norm == "2" else value
     reasons = []
-    if distance == 0 or change < value * value * distance:
+    if distance == 0 or _size(gaps, norm) < scale * distance:
         reasons.append(f"lower bound: the witnesses do not show a ratio >= {float(value)!r}")
     if value > upper:
         reasons.append(f"lower bound {float(value)!r} exceeds the upper bound {float(upper)!r}")
     return reasons
 
 
-def prove_dp(layers: list[Layer], norms: object, value: Fraction) -> list[str]:
+def dp_value(layers: list[Layer], sigma: list[list[Fraction]]) -> Fraction:
+    """The cut/merge programme's value in exact rationals (see :func:`prove_dp`)."""
+    centre = [(a + b) / 2 for a, b in (layer.slopes for layer in layers)]
+    totals = [Fraction(1)]
+    for j in range(len(layers)):
+        total = sum(
+            (
+                totals[i] * math.prod(centre[i:j], start=Fraction(1)) * sigma[j][i]
+                for i in range(j + 1)
+            ),
+            Fraction(0),
+        )
+        alpha, beta = layers[j].slopes
+        totals.append(total * ((beta - alpha) / 2 if j < len(layers) - 1 else 1))
+    return totals[-1]
+
+
+def prove_dp(layers: list[Layer], norms: object, norm: str, value: Fraction) -> list[str]:
     """The cut/merge bound (Combettes & Pesquet 2020; lipguard's ``compositional`` DP), with
-    ``norms[j][i] = σ(i, j) >= ||W_j W_{j-1} ⋯ W_i||₂`` for ``0 <= i <= j <= k``.
+    ``norms[j][i] = σ(i, j) >= ||W_j W_{j-1} ⋯ W_i||`` for ``0 <= i <= j <= k``.
 
     Between ``x`` and ``y`` each neuron of hidden layer ``m`` (after ``W_m``) acts as a factor
     ``d ∈ [α_m, β_m]`` (slope restriction), so ``f(x) - f(y) = W_k D_{k-1} ⋯ D_0 W_0 (x - y)``
     with ``D_m = c_m I + g_m S_m``, ``c = (α + β)/2``, ``g = (β - α)/2``, ``S_m`` diagonal with
-    ``|S_m| <= 1``. The ranges are fixed per layer by the activation kind, so ``c_m``, ``g_m`` are
-    exact rational *scalars* and no square root of ``Γ`` is ever needed. Expanding the product
-    over the set of layers where ``S`` is taken ("cuts"), a term is a product of blocks
-    ``(Π_{i<=m<j} c_m) W_j ⋯ W_i`` separated by ``g_m S_m``; its norm is at most
-    ``Π blocks (Π c)·σ(i, j) · Π_cuts g_m``. The sum over all cut sets is the programme
+    ``|S_m| <= 1`` (operator norm ``<= 1`` in ℓ2 and ℓ∞). The ranges are fixed per layer by the
+    activation kind, so ``c_m``, ``g_m`` are exact rational *scalars* and no square root is ever
+    needed. Expanding the product over the set of layers where ``S`` is taken ("cuts"), a term
+    is a product of blocks ``(Π_{i<=m<j} c_m) W_j ⋯ W_i`` separated by ``g_m S_m``; its norm is at
+    most ``Π blocks (Π c)·σ(i, j) · Π_cuts g_m``. The sum over all cut sets is the programme
     ``G_0 = 1``, ``G_{j+1} = g_j Σ_{i<=j} G_i (Π_{i<=m<j} c_m) σ(i, j)``, bound ``= G_{k+1}``
-    without the last ``g``, evaluated in exact rationals. ``||P||₂ <= σ`` is proven by
-    ``[[σI, Pᵀ], [P, σI]] ⪰ 0`` (for unit ``v`` and ``u = Pv/||Pv||``, the form at ``(v, -u)`` is
-    ``2σ - 2||Pv||``), with ``P`` enclosed (:func:`psd.product`)."""
+    without the last ``g`` (:func:`dp_value`). Each ``σ(i, j)`` is proven by :func:`prove_norm`
+    on the product enclosed by :func:`psd.product`."""
     depth = len(layers) - 1
     if not isinstance(norms, list) or [
         len(row) if isinstance(row, list) else -1 for row in norms
     ] != list(range(1, depth + 2)):
         return [f"compositional: block norms σ(i, j) for 0 <= i <= j <= {depth} needed"]
     sigma = [[Fraction(_number(s, "block norm")) for s in row] for row in norms]
-    if any(s < 0 for row in sigma for s in row):
-        return ["compositional: block norms must be >= 0"]
-    centre = [(a + b) / 2 for a, b in (layer.slopes for layer in layers)]
-    radius = [(b - a) / 2 for a, b in (layer.slopes for layer in layers)]
-    reasons, totals, blocks = [], [Fraction(1)], list[Enclosed]()
+    reasons, blocks = [], list[Enclosed]()
     for j, layer in enumerate(layers):
         blocks = [psd.product(layer.weight, block) for block in blocks]
         blocks.append(psd.exact(layer.weight))
-        total = Fraction(0)
         for i, block in enumerate(blocks):
-            s, (m, n) = sigma[j][i], block.value.shape
-            grid = [[psd.exact(float(s) * np.eye(n)), Enclosed(block.value.T, block.error.T)]]
-            reason = psd.prove_psd(psd.block([*grid, [block, psd.exact(float(s) * np.eye(m))]]))
+            reason = prove_norm(block, sigma[j][i], norm)
             if reason is not None:
-                reasons.append(f"compositional: ||W_{j}⋯W_{i}||₂ <= {float(s)!r} ({reason})")
-            total += totals[i] * math.prod(centre[i:j], start=Fraction(1)) * s
-        totals.append(total * (radius[j] if j < depth else 1))
-    if value < totals[-1]:
+                reasons.append(
+                    f"compositional: ||W_{j}⋯W_{i}|| <= {float(sigma[j][i])!r} ({reason})"
+                )
+    total = dp_value(layers, sigma)
+    if value < total:
         reasons.append(
-            f"compositional: the stated bound {float(value)!r} < the DP's {float(totals[-1])!r}"
+            f"compositional: the stated bound {float(value)!r} < the DP's {float(total)!r}"
         )
     return reasons
 
 
 def prove_upper(
-    layers: list[Layer], section: dict[str, Any], method: str, value: Fraction
+    steps: list[Step], section: dict[str, Any], method: str, norm: str, value: Fraction
 ) -> list[str]:
     """Reasons the upper bound ``value`` is not proven by ``method`` (empty: proven).
-    ``compositional`` is proven by its DP (``block_norms``) or, where lipguard's fast
+    ``product`` covers every graph and norm; the others need a :func:`chain`, LipSDP the ℓ2
+    norm. ``compositional`` is proven by its DP (``block_norms``) or, where lipguard's fast
     LipSDP-style certificate won, by the LipSDP-Neuron matrix (``rho``, ``multipliers``)."""
+    path = chain(steps)
+    lipsdp = method in ("lipsdp-neuron", "lipsdp-layer") or (
+        method == "compositional" and "block_norms" not in section
+    )
     try:
         if method == "product":
-            return prove_product(layers, _get(section, "sigmas", "checkable"), value)
-        if method == "compositional" and "block_norms" in section:
-            return prove_dp(layers, section["block_norms"], value)
-        if method in ("lipsdp-neuron", "lipsdp-layer", "compositional"):
-            given = _get(section, "multipliers", "checkable")
-            untied = isinstance(given, list) and any(
-                isinstance(t, list) and len(set(t)) > 1 for t in given
-            )
-            if method == "lipsdp-layer" and untied:
-                return ["lipsdp-layer: the multipliers of a layer must be equal"]
-            return prove_lipsdp(layers, section, value)
+            return prove_product(steps, _get(section, "sigmas", "checkable"), norm, value)
+        if method not in ("lipsdp-neuron", "lipsdp-layer", "compositional"):
+            methods = "product, lipsdp-neuron, lipsdp-layer, compositional"
+            return [f"method {method!r} is not checkable ({methods})"]
+        if path is None:
+            return [f"{method}: the network is not a chain W φ(⋯ φ(W x)): product only"]
+        if not lipsdp:
+            return prove_dp(layers_of(path), section["block_norms"], norm, value)
+        if norm != "2":
+            return [f"{method}: LipSDP proves ℓ2 bounds, not ℓ{norm}"]
+        given = _get(section, "multipliers", "checkable")
+        untied = isinstance(given, list) and any(
+            isinstance(t, list) and len(set(t)) > 1 for t in given
+        )
+        if method == "lipsdp-layer" and untied:
+            return ["lipsdp-layer: the multipliers of a layer must be equal"]
+        return prove_lipsdp(layers_of(path), section, value)
     except CheckInputError as error:  # the proof data of another method, or none
         return [f"{method}: no proof ({error})"]
-    methods = "product, lipsdp-neuron, lipsdp-layer, compositional"
-    return [f"method {method!r} is not checkable in this milestone ({methods})"]
+
+
+def read_network(
+    weights_path: Path, data: dict[str, Any], section: dict[str, Any]
+) -> tuple[list[Step], list[int]] | str:
+    """The steps and input shape the certificate is about, or the reason they are refused:
+    an ONNX file (``onnx_sha256`` of its bytes) or a safetensors file (``weights_sha256``)."""
+    if "onnx_sha256" in section:
+        try:
+            raw = weights_path.read_bytes()
+        except OSError as error:
+            raise CheckInputError(f"cannot read weights {weights_path}: {error}") from error
+        if hashlib.sha256(raw).hexdigest() != section["onnx_sha256"]:
+            return "onnx_sha256 mismatch: the file is not the one certified"
+        try:
+            return read_onnx(raw)
+        except ValueError as error:
+            return f"architecture: {error}"
+    tensors, digest = read_safetensors(weights_path)
+    if digest != _get(data, "weights_sha256", "certificate"):
+        return f"weights_sha256 mismatch: the file has {digest[:16]}…"
+    try:
+        steps = read_layers(section, tensors)
+    except ValueError as error:
+        if isinstance(error, CheckInputError):
+            raise
+        return f"architecture: {error}"
+    return steps, [steps[0].size]
 
 
 def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult:
@@ -435,30 +480,27 @@ def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult
     if _get(data, "claims_sha256", "certificate") != claims_sha256(data):
         reasons.append("claims_sha256 does not match the certificate's fields (edited file)")
     claimed = {key: _get(upper, key, "upper") for key in ("norm", "scope", "sound", "method")}
-    if claimed["norm"] != "2":
-        reasons.append(f"norm {claimed['norm']!r}: this milestone checks ℓ2 bounds only")
+    norm = str(claimed["norm"])
+    if norm not in ("2", "inf"):
+        reasons.append(f"norm {norm!r}: this checker proves ℓ2 and ℓ∞ bounds")
     if claimed["scope"] != "global" or claimed["sound"] is not True:
         scope, sound = claimed["scope"], claimed["sound"]
         reasons.append(f"the bound must be global and sound (scope {scope!r}, sound {sound!r})")
     section = data.get("checkable")
     if not isinstance(section, dict) or section.get("format") != FORMAT:
         return CheckResult(False, [*reasons, f"no {FORMAT} section: nothing to check"])
-    tensors, digest = read_safetensors(Path(weights_path))
-    if digest != _get(data, "weights_sha256", "certificate"):
-        mismatch = f"weights_sha256 mismatch: the file has {digest[:16]}…"
-        return CheckResult(False, [*reasons, mismatch])
-    try:
-        layers = read_layers(section, tensors)
-    except ValueError as error:
-        if isinstance(error, CheckInputError):
-            raise
-        return CheckResult(False, [*reasons, f"architecture: {error}"])
-    if _get(data, "input_shape", "certificate") != [layers[0].weight.shape[1]]:
-        reasons.append(f"input_shape must be [{layers[0].weight.shape[1]}]")
-    failed = prove_upper(layers, section, str(claimed["method"]), value)
+    network = read_network(Path(weights_path), data, section)
+    if isinstance(network, str):
+        return CheckResult(False, [*reasons, network])
+    steps, shape = network
+    if _get(data, "input_shape", "certificate") != shape:
+        reasons.append(f"input_shape must be {shape}")
+    if reasons:  # a norm or scope this checker does not prove: nothing more to say
+        return CheckResult(False, reasons)
+    failed = prove_upper(steps, section, str(claimed["method"]), norm, value)
     lower, confirmed = data.get("lower"), None
     if lower is not None:
-        problems = check_lower(layers, lower, value)
+        problems = check_lower(steps, lower, norm, value)
         confirmed, reasons = not problems, reasons + problems
     reasons += failed
     return CheckResult(not reasons, reasons, None if failed else float(value), confirmed)

@@ -62,7 +62,9 @@ def load_onnx(path: str | Path) -> tuple[OnnxModule, InputShape]:
     from onnx import numpy_helper
 
     try:
-        proto = onnx.load(str(path))
+        source = Path(path).read_bytes()
+        proto = onnx.load_from_string(source)
+        onnx.external_data_helper.load_external_data_for_model(proto, str(Path(path).parent))
     except Exception as error:  # onnx raises several types for unreadable files
         raise InvalidArgumentError(f"cannot read ONNX file {path}: {error}") from None
     graph = proto.graph
@@ -101,6 +103,7 @@ def load_onnx(path: str | Path) -> tuple[OnnxModule, InputShape]:
         if op_type not in OPERATORS:
             raise UnsupportedModuleError(f"ONNX node {name}: operator {op_type} is not supported")
     module = OnnxModule(needed, constants, [v.name for v in inputs], graph.output[0].name)
+    module.source = source
     _compare_with_reference(proto, module, inputs, shapes)
     return module.eval(), shapes[0] if len(shapes) == 1 else shapes
 
@@ -154,6 +157,8 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.nodes = nodes
         self.inputs, self.output = inputs, output
+        #: the file's bytes (what the independent checker reads); set by :func:`load_onnx`
+        self.source: bytes | None = None
         self._buffer_names: dict[str, str] = {}
         self._literals: dict[str, np.ndarray] = {}
         used = {name for node in nodes for name in node[2] if name}
