@@ -300,3 +300,63 @@ def test_operators_outside_the_family_are_refused_by_name(op, attributes, reason
     net.node("Gemm", net.constant(np.ones((1, 8))), transB=1)
     with pytest.raises(ValueError, match=reason):
         read_onnx(net.save(tmp_path).read_bytes())
+
+
+def _dense_net(folder: Path, edit) -> Path:
+    net = Net((4,), 0)
+    net.node("Gemm", net.constant(np.ones((3, 4))), net.constant(np.ones(3)), transB=1)
+    net.node("Relu")
+    net.node("MatMul", net.constant(np.ones((3, 2))))
+    path = net.save(folder)
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _replace(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(array, name))
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda m: _replace(m, "w1", np.ones(2)), "broadcast"),
+        (lambda m: _replace(m, "w0", np.ones((3, 4), np.int64)), "floats"),
+        (lambda m: m.graph.node[1].output.__setitem__(0, "v0"), "out of order"),  # two writers of v0
+        (lambda m: m.graph.node.reverse(), "out of order"),  # not in topological order
+    ],
+)
+def test_malformed_graphs_are_refused(edit, reason, tmp_path):
+    path = _dense_net(tmp_path, edit)
+    with pytest.raises(ValueError, match=reason):
+        read_onnx(path.read_bytes())
+
+
+def test_a_reshape_that_moves_the_batch_is_refused(tmp_path):
+    net = Net((2, 3), 0)
+    net.node("Reshape", net.constant_int([2, -1]))
+    net.node("MatMul", net.constant(np.ones((3, 1))))
+    with pytest.raises(ValueError, match="keep the batch"):
+        read_onnx(net.save(tmp_path).read_bytes())
+
+
+def test_a_malformed_graph_is_a_rejection_not_a_crash(residual_case, tmp_path):
+    path, saved = residual_case
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(path.read_bytes()[:-40])  # truncated: the hash no longer matches either
+    result = check(broken, _with_hash(saved, broken))
+    assert not result.accepted
+    assert "architecture" in result.reasons[0]
+
+
+def test_a_convolution_bias_of_the_wrong_length_is_refused(tmp_path):
+    net = Net((1, 4, 4), 0)
+    net.conv(2, 1, 3)
+    path = net.save(tmp_path)
+    model = onnx.load(str(path))
+    _replace(model, "w0", np.ones(3))  # the conv's bias: 3 numbers for 2 channels
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match="does not fit"):
+        read_onnx(path.read_bytes())

@@ -52,7 +52,7 @@ def checkable_network(model: nn.Module) -> tuple[list[Any], dict[str, Any]]:
     if isinstance(source, bytes):  # read from ONNX: the checker reads the same bytes
         try:
             steps, _ = checker.read_onnx(source)
-        except ValueError as error:
+        except (ValueError, IndexError, KeyError, TypeError) as error:
             raise CertificationError(f"not checkable: {error}") from None
         return steps, {"format": checker.FORMAT, "onnx_sha256": hashlib.sha256(source).hexdigest()}
     section = {"format": checker.FORMAT, "layers": _dense_layers(model)}

@@ -453,7 +453,7 @@ def read_network(
             return "onnx_sha256 mismatch: the file is not the one certified"
         try:
             return read_onnx(raw)
-        except ValueError as error:
+        except (ValueError, IndexError, KeyError, TypeError) as error:  # a malformed graph
             return f"architecture: {error}"
     tensors, digest = read_safetensors(weights_path)
     if digest != _get(data, "weights_sha256", "certificate"):

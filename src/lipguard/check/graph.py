@@ -97,6 +97,13 @@ def read_onnx(data: bytes) -> tuple[list[Step], list[int]]:
         graph = onnx.load_from_string(data).graph
     except Exception as error:  # protobuf raises several types
         raise ValueError(f"not a readable ONNX file ({error})") from None
+    defined = {item.name for item in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:  # each value assigned once, before it is read
+        if not set(node.input) - {""} <= defined or defined & set(node.output):
+            raise ValueError(f"not valid ONNX: node {node.name!r} reads or rewrites out of order")
+        defined |= set(node.output)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise ValueError("weights stored outside the file are not read")
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     inputs = [item for item in graph.input if item.name not in constants]
     if len(inputs) != 1 or len(graph.output) != 1:
@@ -144,7 +151,9 @@ def _lower(
         return given[0]
     if op == "Flatten" and attributes.get("axis", 1) == 1:
         return source, order, (size,)
-    if op == "Reshape" and constant and constant[0] is not None:
+    if op == "Reshape" and constant and constant[0] is not None and not attributes.get("allowzero"):
+        if constant[0].reshape(-1)[:1].tolist() not in ([-1], [0], [1]):
+            raise ValueError(f"{where}: the first entry of the shape must keep the batch")
         target = [int(t) for t in constant[0].reshape(-1)[1:]]
         target = [shape[i] if t == 0 and i < len(shape) else t for i, t in enumerate(target)]
         if target.count(-1) == 1:
@@ -152,7 +161,7 @@ def _lower(
         if math.prod(target) != size or min(target, default=1) <= 0:
             raise ValueError(f"{where}: cannot reshape {shape} to {target}")
         return source, order, tuple(target)
-    if op == "Transpose" and attributes.get("perm", [0])[0] == 0:
+    if op == "Transpose" and list(attributes.get("perm", [1]))[:1] == [0]:
         axes = [p - 1 for p in attributes["perm"][1:]]
         moved = np.arange(size).reshape(shape).transpose(axes)
         index = moved.reshape(-1) if order is None else order[moved.reshape(-1)]
@@ -178,7 +187,7 @@ def _lower(
         raise ValueError(f"{where}: the weight must be a constant")
     if op == "Gemm" and attributes.get("alpha", 1.0) == attributes.get("beta", 1.0) == 1.0:
         matrix = constant[0] if attributes.get("transB", 0) else constant[0].T
-        if attributes.get("transA", 0) or len(shape) != 1 or matrix.shape[1] != size:
+        if attributes.get("transA", 0) or len(shape) != 1 or matrix.shape[1:] != (size,):
             raise ValueError(f"{where}: transA or shapes {shape}, {matrix.shape}")
         row_bias = None if len(constant) < 2 else np.broadcast_to(constant[1], matrix.shape[:1])
         return _affine(steps, given[0], matrix, row_bias, matrix.shape[:1])
@@ -216,6 +225,11 @@ def _affine(
     permutation moves into the matrix's columns (or, for a bias alone, into the bias)."""
     source, order, _ = value
     previous = steps[source]
+    for array in (matrix, bias):
+        if array is not None and (array.dtype != np.float64 or max(array.shape) > 2**20):
+            raise ValueError("weights must be floats, matrices at most 2^20 wide")
+    if bias is not None and bias.shape != (previous.size if matrix is None else len(matrix),):
+        raise ValueError(f"a bias of shape {bias.shape} does not fit its values")
     if matrix is None:  # bias only: kept in the source's order
         placed = np.asarray(bias, np.float64) if order is None else np.empty_like(bias)
         if order is not None:
