@@ -10,7 +10,10 @@ and each checkable method, it measures
    hashing the files included);
 
 medians over ``--repeats`` runs, their ratio, the certified value and whether the checker
-accepted. Methods: ``product``, ``lipsdp`` (LipSDP-Neuron), ``lipsdp-layer``, ``compositional``
+accepted. The four VNN-COMP ONNX fixtures (ACAS Xu, MNIST 256x2, the CIFAR-10 CNN, the
+two-block ResNet; ``--onnx``) are certified from the model :func:`lipguard.io.load_onnx` reads
+and checked against the ONNX file itself, with ``product`` and ``auto`` in ℓ2 and ℓ∞.
+Methods: ``product``, ``lipsdp`` (LipSDP-Neuron), ``lipsdp-layer``, ``compositional``
 as lipguard runs it (its fast LipSDP-style certificate wins on these nets), and
 ``compositional (dp)``: the same with the fast certificate switched off
 (``FAST_LMI_ROWS = 0``), so the certificate carries the cut/merge programme's block norms. The
@@ -43,14 +46,23 @@ import lipguard.bounds.compositional as compositional
 from layers import machine
 from lipguard.bounds import certify
 from lipguard.check import check
+from lipguard.io import load_onnx
 
 FIXTURES = Path(__file__).parent.parent / "tests" / "fixtures" / "lipsdp"
+ONNX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "onnx"
+ONNX_NETWORKS = {
+    "ACASXU_run2a_1_1_batch_2000": "ACAS Xu 5-50×6-5 (ONNX)",
+    "mnist-net_256x2": "MNIST 784-256-256-10 (ONNX)",
+    "cifar10_small": "CIFAR-10 CNN, 2 conv (ONNX)",
+    "resnet_2b": "CIFAR-10 ResNet, 2 blocks (ONNX)",
+}
 METHODS = ("product", "lipsdp", "lipsdp-layer", "compositional", "compositional (dp)")
 
 
 @dataclass(frozen=True)
 class Row:
     network: str
+    norm: str
     method: str  # as requested; "compositional (dp)" forces the DP
     stated_method: str  # the certificate's upper.method
     proof: str  # which checkable data the certificate carries
@@ -98,19 +110,53 @@ def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, obje
 
 
 def measure(name: str, model: nn.Sequential, method: str, repeats: int, folder: Path) -> Row:
-    weights, path = folder / "model.safetensors", folder / "certificate.json"
+    weights = folder / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     saved = compositional.FAST_LMI_ROWS
     if method == "compositional (dp)":
         compositional.FAST_LMI_ROWS = 0
     try:
         requested = method.split(" ")[0]
-        seconds, made = median_seconds(
+        return timed(
+            name,
+            "2",
+            method,
             lambda: certify(model, method=requested, checkable=True, lower_bound=False),  # type: ignore[arg-type]
+            weights,
             repeats,
+            folder,
         )
     finally:
         compositional.FAST_LMI_ROWS = saved
+
+
+def measure_onnx(file: str, method: str, norm: str, repeats: int, folder: Path) -> Row:
+    path = ONNX / f"{file}.onnx"
+    model, shape = load_onnx(path)
+    return timed(
+        ONNX_NETWORKS[file],
+        norm,
+        method,
+        lambda: certify(  # type: ignore[arg-type]
+            model, norm, method, input_shape=shape, checkable=True, lower_bound=False
+        ),
+        path,
+        repeats,
+        folder,
+    )
+
+
+def timed(
+    name: str,
+    norm: str,
+    method: str,
+    run: Callable[[], object],
+    weights: Path,
+    repeats: int,
+    folder: Path,
+) -> Row:
+    path = folder / "certificate.json"
+    seconds, made = median_seconds(run, repeats)
     certificate = made.save(path)  # type: ignore[attr-defined]
     data = json.loads(certificate.read_text())
     checking, result = median_seconds(lambda: check(weights, path), repeats)
@@ -118,6 +164,7 @@ def measure(name: str, model: nn.Sequential, method: str, repeats: int, folder: 
     proof = "σ_i" if "sigmas" in data["checkable"] else proof
     return Row(
         name,
+        norm,
         method,
         data["upper"]["method"],
         proof,
@@ -146,13 +193,14 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "LipSDP-style certificate switched off, so the certificate carries the cut/merge "
         "programme's block norms. Skipped methods: " + (meta["skipped"] or "none") + ".",
         "",
-        "| network | method | stated method | proof data | bound | accepted | certify (s) "
+        "| network | norm | method | stated method | proof data | bound | accepted | certify (s) "
         "| check (s) | check / certify |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.network} | {row.method} | {row.stated_method} | {row.proof} "
+            f"| {row.network} | ℓ{'∞' if row.norm == 'inf' else row.norm} | {row.method} "
+            f"| {row.stated_method} | {row.proof} "
             f"| {row.value:.6g} | {'yes' if row.accepted else '**no**'} | {row.certify_s:.3f} "
             f"| {row.check_s:.3f} | {row.ratio:.2f} |"
         )
@@ -164,6 +212,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lipsdp-rows", type=int, default=1000)
+    parser.add_argument("--onnx", nargs="*", default=list(ONNX_NETWORKS), help="ONNX fixtures")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -184,6 +233,12 @@ def main() -> None:
                 row = measure(name, model, method, args.repeats, Path(folder))
                 print(row, flush=True)
                 rows.append(row)
+        for file in args.onnx:
+            for norm in ("2", "inf"):
+                for method in ("product", "auto"):
+                    row = measure_onnx(file, method, norm, args.repeats, Path(folder))
+                    print(row, flush=True)
+                    rows.append(row)
     widths = " ".join(str(w) for w in args.widths)
     meta = {
         "date": datetime.date.today().isoformat(),
@@ -191,7 +246,7 @@ def main() -> None:
         "repeats": args.repeats,
         "skipped": ", ".join(skipped),
         "command": f"OMP_NUM_THREADS=1 python benchmarks/checker.py --widths {widths} "
-        f"--repeats {args.repeats} --lipsdp-rows {args.lipsdp_rows}",
+        f"--repeats {args.repeats} --lipsdp-rows {args.lipsdp_rows} --onnx {' '.join(args.onnx)}",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "checker.json").write_text(

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
         return 2
     if result.accepted:
         lower = "" if result.lower is None else ", lower bound witnessed"
-        print(f"accepted: ℓ2 Lipschitz upper bound {result.upper!r} proven{lower}")
+        print(f"accepted: ℓ{result.norm} Lipschitz upper bound {result.upper!r} proven{lower}")
         return 0
     for reason in result.reasons:
         print(f"rejected: {reason}")

@@ -64,13 +64,15 @@ class CheckInputError(ValueError):
 
 @dataclass
 class CheckResult:
-    """``accepted`` when every claim is proven; ``upper`` the proven bound (``None`` when not),
-    ``lower`` whether the witnessed lower bound was confirmed (``None`` when none is stated)."""
+    """``accepted`` when every claim is proven; ``upper`` the proven bound (``None`` when not) in
+    the norm ``norm`` (``"2"`` or ``"∞"``), ``lower`` whether the witnessed lower bound was
+    confirmed (``None`` when none is stated)."""
 
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     upper: float | None = None
     lower: bool | None = None
+    norm: str = "2"
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Matrix], str]:
@@ -81,7 +83,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Matrix], str]:
         data = path.read_bytes()
         size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + size])
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckInputError(f"cannot read weights {path}: {error}") from error
     if len(data) < 8 + size or not isinstance(header, dict):
         raise CheckInputError(f"{path}: not a safetensors file")
@@ -95,6 +97,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, Matrix], str]:
                 info["data_offsets"],
             )
             raw = body[begin:end]
+            if not all(type(n) is int and n >= 0 for n in [*shape, begin, end]):
+                raise ValueError(f"shape {shape} and offsets must be non-negative integers")
             if len(raw) != end - begin or len(raw) != math.prod(shape) * np.dtype(code).itemsize:
                 raise ValueError("size does not match shape")
         except (KeyError, TypeError, ValueError) as error:
@@ -117,9 +121,11 @@ def claims_sha256(data: dict[str, Any]) -> str:
 
 
 def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise CheckInputError(f"{what} must be a finite number, got {value!r}")
-    if abs(value) > LIMIT:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CheckInputError(f"{what} must be a finite number, got {value!r}")
+    if abs(value) > LIMIT:  # before float(): an int may be too large for a float
         raise CheckInputError(f"{what} = {value!r} exceeds this checker's range 2^64")
     return float(value)
 
@@ -140,15 +146,17 @@ def read_layers(section: dict[str, Any], tensors: dict[str, Matrix]) -> list[Ste
         where = f"layers[{index}]"
         names = [_get(entry, key, where) for key in ("weight", "bias")]
         kind = _get(entry, "activation", where)
+        if not all(n is None or isinstance(n, str) for n in names):
+            raise CheckInputError(f"{where}: tensor names must be strings")
         if names[0] is None or any(n is not None and n not in tensors for n in names):
             raise ValueError(f"{where}: tensors {names} are not all in the weights file")
         used += [name for name in names if name is not None]
         weight, bias = tensors[names[0]], None if names[1] is None else tensors[names[1]]
-        steps[0] = steps[0] if index else Step("input", weight.shape[-1])
-        if (
-            weight.ndim != 2
-            or weight.shape[1] != steps[-1].size
-            or (bias is not None and bias.shape != weight.shape[:1])
+        if weight.ndim != 2:
+            raise ValueError(f"{where}: the weight has shape {weight.shape}, not a matrix")
+        steps[0] = steps[0] if index else Step("input", weight.shape[1])
+        if weight.shape[1] != steps[-1].size or (
+            bias is not None and bias.shape != weight.shape[:1]
         ):
             raise ValueError(f"{where}: shapes do not chain ({weight.shape}, {names[1]})")
         if not all((np.abs(t) <= LIMIT).all() for t in (weight, bias) if t is not None):
@@ -162,6 +170,8 @@ def read_layers(section: dict[str, Any], tensors: dict[str, Matrix]) -> list[Ste
         if kind is None:
             continue
         name = _get(kind, "kind", f"{where}.activation")
+        if not isinstance(name, str):
+            raise CheckInputError(f"{where}.activation.kind must be a string")
         slope = _get(kind, "slope", f"{where}.activation") if name == "leaky_relu" else 0.0
         act = activation(name, _number(slope, "slope"))
         stated = _get(kind, "slopes", f"{where}.activation")
@@ -472,7 +482,7 @@ def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult
     with the weights in ``weights_path``; raises :class:`CheckInputError` for unreadable input."""
     try:
         data = json.loads(Path(certificate_path).read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckInputError(f"cannot read certificate {certificate_path}: {error}") from error
     upper = _get(data, "upper", "certificate")
     value = Fraction(_number(_get(upper, "value", "upper"), "upper.value"))
@@ -483,6 +493,8 @@ def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult
     norm = str(claimed["norm"])
     if norm not in ("2", "inf"):
         reasons.append(f"norm {norm!r}: this checker proves ℓ2 and ℓ∞ bounds")
+    if value < 0:
+        reasons.append(f"the upper bound {float(value)!r} is negative")
     if claimed["scope"] != "global" or claimed["sound"] is not True:
         scope, sound = claimed["scope"], claimed["sound"]
         reasons.append(f"the bound must be global and sound (scope {scope!r}, sound {sound!r})")
@@ -497,10 +509,14 @@ def check(weights_path: str | Path, certificate_path: str | Path) -> CheckResult
         reasons.append(f"input_shape must be {shape}")
     if reasons:  # a norm or scope this checker does not prove: nothing more to say
         return CheckResult(False, reasons)
-    failed = prove_upper(steps, section, str(claimed["method"]), norm, value)
+    try:
+        failed = prove_upper(steps, section, str(claimed["method"]), norm, value)
+    except MemoryError:
+        failed = ["the proof's matrices are too large for this machine"]
     lower, confirmed = data.get("lower"), None
     if lower is not None:
         problems = check_lower(steps, lower, norm, value)
         confirmed, reasons = not problems, reasons + problems
     reasons += failed
-    return CheckResult(not reasons, reasons, None if failed else float(value), confirmed)
+    proven = None if failed else float(value)
+    return CheckResult(not reasons, reasons, proven, confirmed, "∞" if norm == "inf" else norm)

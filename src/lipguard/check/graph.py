@@ -94,29 +94,35 @@ def read_onnx(data: bytes) -> tuple[list[Step], list[int]]:
     from onnx import helper, numpy_helper
 
     try:
-        graph = onnx.load_from_string(data).graph
+        model = onnx.load_from_string(data)
     except Exception as error:  # protobuf raises several types
         raise ValueError(f"not a readable ONNX file ({error})") from None
+    graph = model.graph
+    if model.functions or graph.sparse_initializer:  # a function may redefine an operator
+        raise ValueError("model-local functions and sparse initializers are not read")
     defined = {item.name for item in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:  # each value assigned once, before it is read
         if not set(node.input) - {""} <= defined or defined & set(node.output):
             raise ValueError(f"not valid ONNX: node {node.name!r} reads or rewrites out of order")
         defined |= set(node.output)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+    tensors = [*graph.initializer] + [
+        a.t for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR
+    ]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise ValueError("weights stored outside the file are not read")
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     inputs = [item for item in graph.input if item.name not in constants]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError("the graph must have one input and one output")
     shape = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim][1:]
-    if not shape or min(shape) <= 0:
-        raise ValueError(f"the input needs a fixed per-sample shape, got {shape}")
+    if not shape or min(shape) <= 0 or math.prod(shape) > 2**20:
+        raise ValueError(f"the input needs a fixed per-sample shape of at most 2^20, got {shape}")
     steps = [Step("input", math.prod(shape))]
     values: dict[str, tuple[int, Any, tuple[int, ...]]] = {inputs[0].name: (0, None, tuple(shape))}
     for node in graph.node:
         where = f"ONNX node {node.name or node.op_type} ({node.op_type})"
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):  # (no local function can redefine these)
             raise ValueError(f"{where}: domain {node.domain!r} is not standard ONNX")
         if node.op_type == "Constant" and list(attributes) == ["value"]:
             constants[node.output[0]] = numpy_helper.to_array(attributes["value"])
@@ -202,9 +208,10 @@ def _float(array: Any, where: str) -> Matrix | None:
     """A float constant widened exactly; integer constants (shapes) as they are."""
     if array is None or array.dtype.kind in "iu":
         return array
-    if array.dtype.kind != "f" or not (np.abs(array) <= LIMIT).all():
+    wide = np.asarray(array, np.float64) if array.dtype.kind == "f" else np.array([np.nan])
+    if not (np.abs(wide) <= LIMIT).all():  # NaN and inf fail too
         raise ValueError(f"{where}: a constant is not a finite float within 2^64")
-    return np.asarray(array, np.float64)
+    return wide
 
 
 def _same(first: Any, second: Any) -> bool:
@@ -266,10 +273,14 @@ def convolution(
     sh, sw = attributes.get("strides", [1, 1])
     dh, dw = attributes.get("dilations", [1, 1])
     top, left, bottom, right = attributes.get("pads", [0, 0, 0, 0])
+    if min(sh, sw, dh, dw, top, left, bottom, right) < 0 or min(sh, sw) == 0:
+        raise ValueError(f"{where}: strides, dilations and pads must be positive")
     rows = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
     columns = (width + left + right - dw * (kw - 1) - 1) // sw + 1
     if (
-        not channels
+        kernel.dtype != np.float64
+        or outs * rows * columns * channels * height * width > 2**28
+        or not channels
         or per_group * groups != channels
         or outs % groups
         or min(rows, columns, sh, sw, dh, dw) <= 0
