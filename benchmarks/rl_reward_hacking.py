@@ -17,20 +17,26 @@ For each seed, on Pendulum-v1 (ships with Gymnasium):
    ℓ∞ ``--eps``.
 
 Also measures the learned-reward wrapper's overhead over a plain ``DummyVecEnv`` step for 1, 16
-and 64 environments (batched reward calls). Medians over seeds; writes ``rl.json`` and ``rl.md``.
+and 64 environments (batched reward calls) with the first seed's Lipschitz reward, as the machine
+is and with one more process spinning. Medians over seeds; writes ``rl.json`` and ``rl.md``.
 
     python benchmarks/rl_reward_hacking.py
     python benchmarks/rl_reward_hacking.py --seeds 1 --timesteps 2000   # quick
+    python benchmarks/rl_reward_hacking.py --only wrapper   # the overhead only, into the reports
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +57,18 @@ from lipguard.rl import (
 )
 
 ENV = "Pendulum-v1"
+#: the settings a full run records (and its command repeats)
+SETTINGS = (
+    "seeds",
+    "timesteps",
+    "transitions",
+    "reward_epochs",
+    "lipschitz",
+    "episodes",
+    "eps",
+    "tau",
+    "repeats",
+)
 SAC_SETTINGS = {"learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64, 64]}}
 
 
@@ -108,33 +126,54 @@ def measure(name: str, reward: nn.Module | None, seed: int, args) -> dict:
     return row
 
 
+@contextlib.contextmanager
+def busy_core(busy: bool) -> Iterator[None]:
+    """With ``busy``, one more process spins on a core while the block runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
 def wrapper_overhead(reward: nn.Module, repeats: int) -> list[dict]:
+    """Seconds per step of a plain ``DummyVecEnv`` and of the same environments behind
+    :class:`LearnedRewardVecEnv`, as the machine is and with one more process spinning on a core;
+    the two are timed in turns (256 steps each, ``repeats`` turns) and the medians compared, so
+    drift hits both alike."""
     rows = []
-    for n_envs in (1, 16, 64):
-        times = {}
-        for wrapped in (False, True):
-            env = make_vec_env(ENV, n_envs=n_envs, seed=0)
-            if wrapped:
-                env = LearnedRewardVecEnv(env, reward)
-            env.reset()
+    for busy in (False, True):
+        for n_envs in (1, 16, 64):
+            envs = {}
+            for wrapped in (False, True):
+                env = make_vec_env(ENV, n_envs=n_envs, seed=0)
+                envs[wrapped] = LearnedRewardVecEnv(env, reward) if wrapped else env
+                envs[wrapped].reset()
             actions = np.random.default_rng(0).uniform(-2, 2, size=(256, n_envs, 1))
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                for action in actions:
-                    env.step(action.astype(np.float32))
-                samples.append((time.perf_counter() - started) / len(actions))
-            times[wrapped] = statistics.median(samples)
-            env.close()
-        rows.append(
-            {
-                "n_envs": n_envs,
-                "step_us": 1e6 * times[False],
-                "wrapped_step_us": 1e6 * times[True],
-                "overhead": times[True] / times[False] - 1.0,
-            }
-        )
-        print(rows[-1], flush=True)
+            actions = actions.astype(np.float32)
+            samples: dict[bool, list[float]] = {False: [], True: []}
+            with busy_core(busy):
+                for _ in range(repeats):
+                    for wrapped, env in envs.items():
+                        started = time.perf_counter()
+                        for action in actions:
+                            env.step(action)
+                        samples[wrapped].append((time.perf_counter() - started) / len(actions))
+            for env in envs.values():
+                env.close()
+            times = {wrapped: statistics.median(values) for wrapped, values in samples.items()}
+            rows.append(
+                {
+                    "n_envs": n_envs,
+                    "one_core_busy": busy,
+                    "step_us": 1e6 * times[False],
+                    "wrapped_step_us": 1e6 * times[True],
+                    "overhead": times[True] / times[False] - 1.0,
+                }
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -182,19 +221,59 @@ def markdown(report: dict) -> str:
             f"{row['discontinuity_rate']:.1%} | {_cell(row['return_random'])} | "
             f"{_cell(row['return_mad'])} | {_cell(row['return_reward_attack'])} |"
         )
+    overhead = report["wrapper_overhead"]
+    wrapper_meta = overhead["meta"]
     lines += [
         "",
         "## Learned-reward wrapper overhead (one batched reward call per step)",
         "",
-        "| environments | plain step (µs) | with learned reward (µs) | overhead |",
-        "|---:|---:|---:|---:|",
+        f"Measured {wrapper_meta['date']} on {wrapper_meta['machine']['cpu']} "
+        f"({wrapper_meta['machine']['threads']} threads), torch "
+        f"{wrapper_meta['machine']['torch']}: `{wrapper_meta['command']}`. The first seed's "
+        "Lipschitz reward on Pendulum-v1; plain and wrapped environments stepped in turns "
+        f"({wrapper_meta['repeats']} turns of 256 steps), medians; extra load: another process "
+        "spins on a core meanwhile; the machine's 1-minute load average before the run: "
+        f"{wrapper_meta['load_average']:.1f}.",
+        "",
+        "| environments | extra load | plain step (µs) | with learned reward (µs) | overhead |",
+        "|---:|---|---:|---:|---:|",
     ]
-    for row in report["wrapper_overhead"]:
+    for row in overhead["rows"]:
         lines.append(
-            f"| {row['n_envs']} | {row['step_us']:.0f} | {row['wrapped_step_us']:.0f} | "
-            f"{row['overhead']:.0%} |"
+            f"| {row['n_envs']} | {'a spinning process' if row['one_core_busy'] else 'none'} | "
+            f"{row['step_us']:.0f} | {row['wrapped_step_us']:.0f} | {row['overhead']:+.0%} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def command(args: argparse.Namespace, keys: tuple[str, ...]) -> str:
+    """The command line that repeats a run with these settings."""
+    settings = vars(args)
+    return "python benchmarks/rl_reward_hacking.py " + " ".join(
+        f"--{key.replace('_', '-')} {settings[key]}" for key in keys
+    )
+
+
+def overhead_section(args: argparse.Namespace, reward: nn.Module) -> dict:
+    """The wrapper-overhead rows with the date, machine and command that produced them."""
+    keys = ("only", "transitions", "reward_epochs", "lipschitz", "repeats")
+    return {
+        "meta": {
+            "date": datetime.date.today().isoformat(),
+            "machine": machine(),
+            "repeats": args.repeats,
+            "load_average": os.getloadavg()[0],  # other work on the machine, before the run
+            "command": command(args, keys if args.only else SETTINGS),
+        },
+        "rows": wrapper_overhead(reward, args.repeats),
+    }
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rl.json").write_text(json.dumps(report, indent=2))
+    (out / "rl.md").write_text(markdown(report))
+    print(markdown(report))
 
 
 def main() -> None:
@@ -209,31 +288,41 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument(
+        "--only",
+        choices=("wrapper",),
+        help="measure only the wrapper's overhead (seed 0's reward) and rewrite that section of "
+        "rl.md and its key of rl.json, keeping the rest",
+    )
     args = parser.parse_args()
+    if args.only:
+        path = args.out / "rl.json"
+        if not path.is_file():
+            print(f"error: --only wrapper updates {path}, which does not exist", file=sys.stderr)
+            raise SystemExit(2)
+        report = json.loads(path.read_text())
+        report["wrapper_overhead"] = overhead_section(args, learn_rewards(0, args)["lipschitz"])
+        write(report, args.out)
+        return
     rows, overhead = [], None
     for seed in range(args.seeds):
         rewards = learn_rewards(seed, args)
         if overhead is None:
-            overhead = wrapper_overhead(rewards["lipschitz"], args.repeats)
+            overhead = overhead_section(args, rewards["lipschitz"])
         for name, reward in (("true", None), *rewards.items()):
             rows.append(measure(name, reward, seed, args))
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
     report = {
         "meta": {
             "date": datetime.date.today().isoformat(),
             "machine": machine(),
-            "settings": settings,
-            "command": "python benchmarks/rl_reward_hacking.py "
-            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()),
+            "settings": {key: vars(args)[key] for key in SETTINGS},
+            "command": command(args, SETTINGS),
         },
         "runs": rows,
         "summary": summarise(rows),
         "wrapper_overhead": overhead,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rl.json").write_text(json.dumps(report, indent=2))
-    (args.out / "rl.md").write_text(markdown(report))
-    print(markdown(report))
+    write(report, args.out)
 
 
 if __name__ == "__main__":

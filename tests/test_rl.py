@@ -403,6 +403,49 @@ def test_frozen_reward_matches_the_model_and_follows_weight_updates(kind):
         assert frozen(features).numpy() == pytest.approx(model(features).numpy(), abs=1e-5)
 
 
+def _edit_reward_model(model: RewardModel, edit: str) -> None:
+    """One way of changing what ``model`` computes without an optimiser step."""
+    network = model.network
+    with torch.no_grad():
+        if edit == "data in place":  # `.data` has its own version counter
+            model[0].offset.data.add_(0.5)
+        elif edit == "storage swap":  # same Parameter object, new storage
+            network[0].weight.data = network[0].weight.data * 2
+        elif edit == "new parameter":
+            network[0].bias = nn.Parameter(network[0].bias + 1)
+        elif edit == "new module":
+            network[2] = nn.Linear(8, 8)
+        elif edit == "new weightless module":
+            network[1] = nn.Tanh()
+        elif edit == "setting":  # a constrained layer's bound scales its effective weight
+            network[0].lipschitz = network[0].lipschitz / 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit"),
+    [
+        ("unconstrained", "data in place"),
+        ("unconstrained", "storage swap"),
+        ("unconstrained", "new parameter"),
+        ("unconstrained", "new module"),
+        ("unconstrained", "new weightless module"),
+        ("lipschitz", "setting"),
+    ],
+)
+def test_frozen_reward_follows_every_kind_of_model_edit(kind, edit):
+    torch.manual_seed(0)
+    features = torch.randn(50, 4)
+    model = build_reward_model(features, features.sum(1), kind=kind, hidden=(8, 8)).eval()
+    frozen = FrozenReward(model)
+    before = frozen(features).numpy()
+    _edit_reward_model(model, edit)
+    after = frozen(features).numpy()
+    with torch.no_grad():
+        assert after == pytest.approx(model(features).numpy(), abs=1e-5)
+    assert np.abs(after - before).max() > 1e-3  # the edit mattered
+    assert np.array_equal(frozen(features).numpy(), after)  # and the snapshot is reused
+
+
 def test_frozen_reward_refuses_layers_numpy_cannot_evaluate():
     model = RewardModel(
         nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 1)), *torch.ones(2, 2)
@@ -480,3 +523,40 @@ def test_discontinuity_curve_of_a_linear_policy_is_its_closed_form_step():
     states = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
     curve = discontinuity_curve(policy, states, (0.01, 0.024, 0.026, 0.1), tau=0.1)
     assert curve == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("where", ["module", "global"])
+def test_frozen_reward_refuses_a_forward_hook_added_after_the_snapshot(where):
+    features = torch.randn(5, 4)
+    model = build_reward_model(features.repeat(4, 1), kind="unconstrained", hidden=(8, 8))
+    frozen = FrozenReward(model)
+    frozen(features)
+
+    def double(module, inputs, output):
+        return 2 * output
+
+    if where == "module":
+        handle = model.network[0].register_forward_hook(double)
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(double)
+    try:
+        with pytest.raises(UnsupportedModuleError, match="hook"):
+            frozen(features)
+    finally:
+        handle.remove()
+    frozen(features)  # served again once the hook is gone
+
+
+def test_frozen_reward_rereads_after_a_refused_read():
+    features = torch.randn(5, 4)
+    model = build_reward_model(features.repeat(4, 1), kind="unconstrained", hidden=(8, 8))
+    frozen = FrozenReward(model)
+    frozen(features)
+    handle = model.network[0].register_forward_hook(lambda module, inputs, output: output)
+    with torch.no_grad():
+        model.network[0].weight.mul_(3)  # changed while the hook makes re-reading fail
+    with pytest.raises(UnsupportedModuleError):
+        frozen(features)
+    handle.remove()
+    with torch.no_grad():
+        assert frozen(features).numpy() == pytest.approx(model(features).numpy(), abs=1e-5)

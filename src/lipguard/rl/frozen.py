@@ -14,7 +14,7 @@ raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def _sort(group_size: int, descending: bool) -> Callable[[np.ndarray], np.ndarray]:
     if group_size == 2:  # MaxMin: an elementwise min and max beat np.sort on tiny groups
+        first, second = (np.maximum, np.minimum) if descending else (np.minimum, np.maximum)
 
         def pairs(x: np.ndarray) -> np.ndarray:
-            low, high = np.minimum(x[:, 0::2], x[:, 1::2]), np.maximum(x[:, 0::2], x[:, 1::2])
-            out = np.empty_like(x)
-            out[:, 0::2], out[:, 1::2] = (high, low) if descending else (low, high)
+            even, odd, out = x[:, 0::2], x[:, 1::2], np.empty_like(x)
+            first(even, odd, out=out[:, 0::2])
+            second(even, odd, out=out[:, 1::2])
             return out
 
         return pairs
@@ -57,29 +58,32 @@ def _scale(scale: np.ndarray, shift: np.ndarray) -> Callable[[np.ndarray], np.nd
     return lambda x: x * scale + shift
 
 
-def _different_objects(current: Sequence[object], snapshot: Sequence[object]) -> bool:
-    return len(current) != len(snapshot) or any(
-        a is not b for a, b in zip(current, snapshot, strict=True)
-    )
-
-
 class FrozenReward:
     """``features (N, d) -> rewards (N,)`` computed with NumPy from a snapshot of ``model``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._shape = infer_input_shape(model)
-        self._modules: list[nn.Module] = []
-        self._tensors: list[torch.Tensor] = []
+        self._modules: list[nn.Module] = []  # the snapshot holds its sources, so their ids
+        self._tensors: list[torch.Tensor] = []  # stay theirs: equal ids are the same objects
+        self._ids: list[int] = []
         self._pointers: list[int] = []
-        self._views: list[np.ndarray | torch.Tensor] = []
-        self._copies: list[np.ndarray | torch.Tensor] = []
-        self._settings: list[tuple[nn.Module, str, object]] = []
+        self._host_views: list[np.ndarray] = []  # CPU tensors as arrays, and their bytes
+        self._host_bytes: list[bytes] = []
+        self._device_copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # the others
+        self._setting_keys: list[tuple[nn.Module, str]] = []
+        self._setting_values: list[object] = []
         self._layers: list[Callable[[np.ndarray], np.ndarray]] = []
         self._read()
 
     def _sources(self) -> tuple[list[nn.Module], list[torch.Tensor]]:
-        modules = list(self.model.modules())
+        # model.modules()' order, without its recursive generators and path strings
+        modules, seen = [self.model], {id(self.model)}
+        for module in modules:
+            for child in module._modules.values():
+                if child is not None and id(child) not in seen:
+                    seen.add(id(child))
+                    modules.append(child)
         tensors = [
             tensor
             for module in modules
@@ -90,39 +94,37 @@ class FrozenReward:
 
     def _changed(self) -> bool:
         """True when any module, parameter, buffer or module setting differs from the
-        snapshot's (tensors by value and storage, settings by ``==``)."""
+        snapshot's (CPU tensors by bytes — equal bytes are equal values; a flipped sign of zero
+        re-reads —, other tensors by ``torch.equal``, storage by address, settings by ``==``),
+        or a forward hook is registered (re-reading refuses it by name)."""
         modules, tensors = self._sources()
-        if _different_objects(modules, self._modules) or _different_objects(tensors, self._tensors):
-            return True
-        for tensor, pointer, view, copy in zip(
-            tensors, self._pointers, self._views, self._copies, strict=True
-        ):
-            if tensor.data_ptr() != pointer:  # `.data = ...` swapped the storage
-                return True
-            if isinstance(copy, np.ndarray):
-                if not np.array_equal(view, copy):
-                    return True
-            elif not torch.equal(tensor.detach(), copy):
-                return True
-        return any(vars(m).get(key) != value for m, key, value in self._settings)
+        hooks = torch.nn.modules.module
+        return (
+            [*map(id, modules), *map(id, tensors)] != self._ids
+            or [t.data_ptr() for t in tensors] != self._pointers  # `.data = ...` swapped storage
+            or [view.tobytes() for view in self._host_views] != self._host_bytes
+            or not all(torch.equal(t.detach(), copy) for t, copy in self._device_copies)
+            or [vars(m).get(key) for m, key in self._setting_keys] != self._setting_values
+            or bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+            or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        )
 
     def _read(self) -> None:
         self._modules, self._tensors = self._sources()
+        self._ids = []  # until the layers are read: a refused model is read again next call
         self._pointers = [t.data_ptr() for t in self._tensors]
-        numpy_able = [t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in self._tensors]
-        self._views = [
-            t.detach().numpy() if able else t
-            for t, able in zip(self._tensors, numpy_able, strict=True)
+        host = [t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in self._tensors]
+        self._host_views = [
+            t.detach().numpy() for t, on_host in zip(self._tensors, host, strict=True) if on_host
         ]
-        self._copies = [
-            view.copy() if isinstance(view, np.ndarray) else view.detach().clone()
-            for view in self._views
+        self._host_bytes = [view.tobytes() for view in self._host_views]
+        self._device_copies = [
+            (t, t.detach().clone())
+            for t, on_host in zip(self._tensors, host, strict=True)
+            if not on_host
         ]
-        self._settings = [
-            (module, key, vars(module)[key])
-            for module in self._modules
-            for key in module_settings(module)
-        ]
+        self._setting_keys = [(m, key) for m in self._modules for key in module_settings(m)]
+        self._setting_values = [vars(m)[key] for m, key in self._setting_keys]
         with torch.no_grad():
             graph = module_graph(self.model, self._shape)
         layers: list[Callable[[np.ndarray], np.ndarray]] = []
@@ -147,6 +149,7 @@ class FrozenReward:
                     f"only, not {type(op).__name__} ({node.where}); call the model itself"
                 )
         self._layers = layers
+        self._ids = [*map(id, self._modules), *map(id, self._tensors)]
 
     def numpy(self, features: np.ndarray) -> np.ndarray:
         """Rewards ``(N,)`` (float64) of the rows of ``features``."""

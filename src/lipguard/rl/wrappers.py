@@ -20,7 +20,7 @@ attacks.
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -58,6 +58,13 @@ def _as_array(observations: VecEnvObs) -> np.ndarray:
 class LearnedRewardVecEnv(VecEnvWrapper):
     """The environment with ``reward(features)`` in place of its reward.
 
+    The feature rows are float32 (observations and actions cast as ``astype`` casts them), written
+    in place into one preallocated buffer per step: the observation when it arrives, the action in
+    :meth:`step_async`. The reward is the same function of those rows as calling ``reward`` on
+    them: a :class:`~lipguard.rl.frozen.FrozenReward` snapshot's NumPy evaluation when ``fast``
+    applies, else ``reward`` itself (without gradients, on a copy of the rows moved to the
+    module's device and dtype).
+
     Args:
         venv: the vectorised environment.
         reward: features ``(N, d)`` tensor -> rewards ``(N,)`` (a reward model, a
@@ -87,70 +94,108 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             except (UnsupportedModuleError, InvalidArgumentError, ShapeError):
                 self._score = reward  # operators NumPy cannot evaluate: call the module
         self.keep = _checks.positive_int("keep", keep)
-        self._recent: deque[np.ndarray] = deque()  # batches, at most `keep` rows in all
-        self._kept = 0
-        self._observations: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
+        self._action_width = 0
+        if inputs == "state_action":
+            if self.action_space.shape is None:
+                raise InvalidArgumentError(
+                    f"inputs='state_action' needs array actions, not {self.action_space}"
+                )
+            self._action_width = math.prod(self.action_space.shape)  # Discrete: () -> 1 column
+        # this step's feature rows (allocated by reset): the state acted in, then the action
+        # (state inputs), or the state reached (next_state)
+        self._features: np.ndarray | None = None
+        self._state_rows: np.ndarray | None = None  # views of its columns
+        self._action_rows: np.ndarray | None = None
+        # the last `keep` rows scored, a ring (allocated by reset): row `written % keep` is the
+        # oldest once full; it grows to `keep` rows as rows arrive
+        self._recent = np.empty((0, 0), dtype=np.float32)
+        self._written = 0
         self._learned_return = np.zeros(self.num_envs)
         self._true_return = np.zeros(self.num_envs)
 
     def reset(self) -> VecEnvObs:
         observations = self.venv.reset()
-        self._observations = np.array(_as_array(observations), copy=True)
+        states = _as_array(observations).reshape(self.num_envs, -1)
+        width = states.shape[1] + self._action_width
+        self._features = np.zeros((self.num_envs, width), dtype=np.float32)
+        self._state_rows = self._features[:, : states.shape[1]]
+        self._action_rows = self._features[:, states.shape[1] :] if self._action_width else None
+        if self._recent.shape[1] != width:
+            self._recent, self._written = np.empty((0, width), dtype=np.float32), 0
+        if self.inputs != "next_state":
+            self._state_rows[...] = states  # assignment casts as astype does
         self._learned_return[:] = 0.0
         self._true_return[:] = 0.0
         return observations
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.array(actions, copy=True)
+        if self._action_rows is not None:
+            self._action_rows[...] = np.asarray(actions).reshape(self.num_envs, -1)
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
+        features, state_rows = self._features, self._state_rows
+        if features is None or state_rows is None:
+            raise RuntimeError("LearnedRewardVecEnv: step before reset()")
         observations, true_rewards, dones, infos = self.venv.step_wait()
+        states = _as_array(observations).reshape(self.num_envs, -1)
+        ended = np.asarray(dones).nonzero()[0].tolist()
         if self.inputs == "next_state":
-            states = np.array(_as_array(observations), copy=True)
-            for index in np.flatnonzero(dones):
-                states[index] = infos[index]["terminal_observation"]
-            features = states.reshape(self.num_envs, -1)
-        else:
-            if self._observations is None or self._actions is None:
-                raise RuntimeError("LearnedRewardVecEnv: step before reset() and step_async()")
-            features = self._observations.reshape(self.num_envs, -1)
-            if self.inputs == "state_action":
-                actions = self._actions.reshape(self.num_envs, -1)
-                features = np.concatenate([features, actions], axis=1)
-        features = features.astype(np.float32)
-        if isinstance(self._score, FrozenReward):
-            learned = self._score.numpy(features)
-        else:
-            with torch.inference_mode():
-                scored = self._score(to_model(self._score, features))
-            learned = to_numpy(torch.as_tensor(scored).reshape(-1))
+            state_rows[...] = states
+            for index in ended:  # SB3 has reset these environments: score the state reached
+                final = np.asarray(infos[index]["terminal_observation"], dtype=states.dtype)
+                features[index] = final.reshape(-1)
+        learned = self._rewards(features)
         self._remember(features)
         self._learned_return += learned
         self._true_return += true_rewards
         infos = list(infos)
         for info, value in zip(infos, true_rewards.tolist(), strict=True):
             info["true_reward"] = value
-        for index in np.flatnonzero(dones):
+        for index in ended:
             infos[index]["learned_return"] = float(self._learned_return[index])
             infos[index]["true_return"] = float(self._true_return[index])
             self._learned_return[index] = self._true_return[index] = 0.0
-        self._observations = np.array(_as_array(observations), copy=True)
+        if self.inputs != "next_state":  # the state the next action is taken in
+            state_rows[...] = states
         return observations, learned.astype(np.float32), dones, infos
 
+    def _rewards(self, features: np.ndarray) -> np.ndarray:
+        """The rewards (float64) of the rows ``features``, which this call does not keep."""
+        if isinstance(self._score, FrozenReward):
+            return self._score.numpy(features)
+        # no_grad, not inference_mode: lipguard's layers cache their weights with a version
+        # counter, which inference tensors lack; a copy: the next step rewrites the buffer
+        with torch.no_grad():
+            scored = self._score(to_model(self._score, features.copy()))
+        return to_numpy(torch.as_tensor(scored).reshape(-1))
+
     def _remember(self, features: np.ndarray) -> None:
-        self._recent.append(features)
-        self._kept += len(features)
-        while self._kept - len(self._recent[0]) >= self.keep:
-            self._kept -= len(self._recent.popleft())
+        start, count = self._written % self.keep, len(features)
+        if start + count <= len(self._recent):  # room at the write position
+            self._recent[start : start + count] = features
+            self._written += count
+            return
+        rows = features[-self.keep :]
+        count = len(rows)
+        if len(self._recent) < self.keep:  # still filling (start == written): grow
+            capacity = min(max(self._written + count, 2 * len(self._recent)), self.keep)
+            grown = np.empty((capacity, rows.shape[1]), dtype=np.float32)
+            grown[: self._written] = self._recent[: self._written]
+            self._recent = grown
+        head = min(count, self.keep - start)
+        self._recent[start : start + head] = rows[:head]
+        self._recent[: count - head] = rows[head:]  # the rest wraps around
+        self._written += count
 
     @property
     def recent_features(self) -> torch.Tensor:
-        """The last ``keep`` feature rows scored (fewer at the start), oldest first."""
-        if not self._recent:
+        """The last ``keep`` feature rows scored (fewer at the start), oldest first (a copy)."""
+        if self._written == 0:
             return torch.zeros(0, 0)
-        return torch.from_numpy(np.concatenate(list(self._recent))[-self.keep :])
+        if self._written <= self.keep:
+            return torch.from_numpy(self._recent[: self._written].copy())
+        return torch.from_numpy(np.roll(self._recent, -(self._written % self.keep), axis=0))
 
 
 class ObservationPerturbation(VecEnvWrapper):
