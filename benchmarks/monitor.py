@@ -2,7 +2,9 @@
 
 1. **Overhead**: a reward model (MLP 64-w-w-1, w = 256, 1024, 2048) scores batches of
    64-dimensional states; the monitor (window 1024, drift detectors on) checks each batch.
-   Reported: monitor time over the model's forward time, per width and batch size.
+   Reported: monitor time over the model's forward time, per width and batch size — medians of
+   ``--samples`` batches, forward and monitor timed alternately in one run, idle and again with
+   another process keeping one core busy.
 2. **Audit writes**: records per second appended to SQLite (WAL, synchronous=FULL) in batches
    of 10 000, and the time to verify the chain.
 3. **Scaling**: every new batch of 8-dimensional observations checked against the whole history
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,9 +53,32 @@ def _timed(function, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def overhead(repeats: int) -> list[dict]:
+def _overhead_case(model: nn.Module, batch: int, samples: int) -> tuple[float, float, float]:
+    """Median forward and monitor seconds per batch, timed alternately on the same batches, and
+    the monitor's median CPU seconds (its thread's time: what it costs whatever the load)."""
+    rng = np.random.default_rng(0)
+    monitor = LipschitzMonitor(50.0, window=1024)
+    states = [
+        torch.tensor(rng.normal(size=(batch, 64)), dtype=torch.float32) for _ in range(samples + 4)
+    ]
+    with torch.inference_mode():
+        rewards = [model(s)[:, 0] for s in states]  # also warms the model up
+    for s, r in zip(states[:4], rewards[:4], strict=True):  # fill the window
+        monitor.observe(s, r)
+    forward, checking, cpu = [], [], []
+    for s, r in zip(states[4:], rewards[4:], strict=True):
+        with torch.inference_mode():
+            forward.append(_timed(lambda s=s, f=model: f(s), 1))
+        started = time.thread_time()
+        checking.append(_timed(lambda s=s, r=r, m=monitor: m.observe(s, r), 1))
+        cpu.append(time.thread_time() - started)
+    return statistics.median(forward), statistics.median(checking), statistics.median(cpu)
+
+
+def overhead(samples: int) -> list[dict]:
     """Monitor time over forward time, for reward models of growing width: the monitor's cost
-    depends on the window and the batch, not on the model, so the ratio falls as models grow."""
+    depends on the window and the batch, not on the model, so the ratio falls as models grow.
+    Each case idle, then with another process keeping one core busy."""
     rows = []
     for width in (256, 1024, 2048):
         torch.manual_seed(0)
@@ -60,29 +86,24 @@ def overhead(repeats: int) -> list[dict]:
             nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
         ).eval()
         for batch in (256, 1024, 4096):
-            rng = np.random.default_rng(0)
-            monitor = LipschitzMonitor(50.0, window=1024)
-            states = [
-                torch.tensor(rng.normal(size=(batch, 64)), dtype=torch.float32)
-                for _ in range(repeats + 4)
-            ]
-            with torch.inference_mode():
-                rewards = [model(s)[:, 0] for s in states]  # also warms the model up
-            for s, r in zip(states[:4], rewards[:4], strict=True):  # fill the window
-                monitor.observe(s, r)
-            forward, checking = [], []
-            for s, r in zip(states[4:], rewards[4:], strict=True):
-                with torch.inference_mode():
-                    forward.append(_timed(lambda s=s, f=model: f(s), 1))
-                checking.append(_timed(lambda s=s, r=r, m=monitor: m.observe(s, r), 1))
-            f, c = statistics.median(forward), statistics.median(checking)
+            f, c, cpu = _overhead_case(model, batch, samples)
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                busy_f, busy_c, _ = _overhead_case(model, batch, samples)
+            finally:
+                busy.kill()
+                busy.wait()
             rows.append(
                 {
                     "width": width,
                     "batch": batch,
                     "forward_ms": 1e3 * f,
                     "monitor_ms": 1e3 * c,
+                    "monitor_cpu_ms": 1e3 * cpu,
                     "overhead": c / f,
+                    "busy_forward_ms": 1e3 * busy_f,
+                    "busy_monitor_ms": 1e3 * busy_c,
+                    "busy_overhead": busy_c / busy_f,
                 }
             )
             print(rows[-1])
@@ -222,20 +243,27 @@ def markdown(report) -> str:
         "# Runtime monitor: overhead, audit throughput, scaling",
         "",
         f"Measured {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['threads']} "
-        f"threads), torch {meta['machine']['torch']}; medians of {meta['repeats']} runs.",
+        f"threads), torch {meta['machine']['torch']}; medians of {meta['repeats']} runs. "
+        f"Load average (1 min) {meta['load_before']:.1f} before the run, "
+        f"{meta['load_after']:.1f} after (other processes share the machine).",
         "",
         f"Command: `{meta['command']}`",
         "",
         "## Overhead per batch (window 1024, 64-dim states, MLP 64-w-w-1, drift on)",
         "",
-        "| width w | batch | model forward (ms) | monitor (ms) | overhead |",
-        "|---:|---:|---:|---:|---:|",
+        f"Medians of {meta['samples']} batches; forward and monitor timed alternately, idle and "
+        "with another process keeping one core busy.",
+        "",
+        "| width w | batch | model forward (ms) | monitor (ms) | monitor CPU (ms) | overhead | "
+        "one core busy: forward (ms) | monitor (ms) | overhead |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["overhead"]:
         lines.append(
             f"| {row['width']} | {row['batch']} | {row['forward_ms']:.2f} | "
-            f"{row['monitor_ms']:.2f} | "
-            f"{row['overhead']:.0%} |"
+            f"{row['monitor_ms']:.2f} | {row['monitor_cpu_ms']:.2f} | {row['overhead']:.0%} | "
+            f"{row['busy_forward_ms']:.2f} | {row['busy_monitor_ms']:.2f} | "
+            f"{row['busy_overhead']:.0%} |"
         )
     a = report["audit"]
     lines += [
@@ -278,6 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batches", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=31, help="batches per overhead case")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
     report = {
@@ -285,14 +314,17 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "machine": machine(),
             "repeats": args.repeats,
+            "samples": args.samples,
+            "load_before": os.getloadavg()[0],
             "command": f"python benchmarks/monitor.py --repeats {args.repeats} "
-            f"--batches {args.batches}",
+            f"--batches {args.batches} --samples {args.samples}",
         },
-        "overhead": overhead(args.repeats),
+        "overhead": overhead(args.samples),
         "audit": audit(args.repeats),
         "scaling": scaling(args.batches),
         "faulty": faulty(max(1, args.repeats // 2)),
     }
+    report["meta"]["load_after"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "monitor.json").write_text(json.dumps(report, indent=2))
     (args.out / "monitor.md").write_text(markdown(report))

@@ -27,6 +27,13 @@ from lipguard.monitor import (
 )
 from lipguard.monitor import pairs as pairs_module
 
+#: module settings that force each candidate path: the sorted sweep, the KD-tree, dense blocks
+PATHS = {
+    "sweep": {"SWEEP_PER_POINT": 10**9, "DENSE_LIMIT": 0},
+    "tree": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 0},
+    "dense": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 10**9},
+}
+
 
 @given(
     seed=st.integers(0, 10_000),
@@ -34,27 +41,33 @@ from lipguard.monitor import pairs as pairs_module
     tolerance=st.floats(0.0, 0.5),
     noise_floor=st.floats(0.0, 0.3),
     norm=st.sampled_from([2.0, float("inf")]),
-    dense=st.booleans(),
+    path=st.sampled_from(sorted(PATHS)),
     dimension=st.sampled_from([3, 8, 20]),
     budget=st.sampled_from([None, 1, 5_000]),
     spike=st.booleans(),
     worst=st.booleans(),
+    scale=st.sampled_from([1e-3, 1.0, 1e6]),
 )
 def test_pruned_search_equals_brute_force(
-    seed, lipschitz, tolerance, noise_floor, norm, dense, dimension, budget, spike, worst
+    seed, lipschitz, tolerance, noise_floor, norm, path, dimension, budget, spike, worst, scale
 ):
-    """Equal to brute force on every path: the tree, dense blocks, tiny memory budgets (one
-    query row, one candidate per block), an outlier reward that widens every radius, and the
-    per-query worst pair."""
+    """Equal to brute force on every path: the sweep, the tree, dense blocks, tiny memory
+    budgets (one query row, one candidate per block), an outlier reward that widens every
+    radius, states far from the origin (rounding of the sweep's ``x ± R``) and the per-query
+    worst pair."""
     rng = np.random.default_rng(seed)
-    states, pool = rng.normal(size=(40, dimension)), rng.normal(size=(60, dimension))
+    offset = rng.normal(size=dimension) * scale
+    states = offset + rng.normal(size=(40, dimension))
+    pool = offset + rng.normal(size=(60, dimension))
     rewards, pool_rewards = rng.normal(size=40), rng.normal(size=60)
     if spike:
         pool_rewards[7] = 1e4
-    limits = (pairs_module.DENSE_LIMIT, pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES)
-    pairs_module.DENSE_LIMIT = 10**9 if dense else 0
+    settings = {**PATHS[path]}
     if budget is not None:
-        pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES = budget, budget
+        settings.update(MEMORY_BUDGET=budget, CANDIDATE_BLOCK=budget)
+    saved = {name: getattr(pairs_module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(pairs_module, name, value)
     try:
         found = find_violations(
             states,
@@ -68,7 +81,8 @@ def test_pruned_search_equals_brute_force(
             worst=worst,
         )
     finally:
-        pairs_module.DENSE_LIMIT, pairs_module.MEMORY_BUDGET, pairs_module.TREE_CANDIDATES = limits
+        for name, value in saved.items():
+            setattr(pairs_module, name, value)
     expected = brute_force_violations(
         states,
         rewards,

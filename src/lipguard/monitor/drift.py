@@ -17,6 +17,7 @@ positions of the alarms.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -36,6 +37,10 @@ class PageHinkley:
 
     def reset(self) -> None:
         self.count, self.mean, self.cumulative, self.minimum = 0, 0.0, 0.0, 0.0
+
+    def copy(self) -> PageHinkley:
+        """An independent copy (its state is four numbers)."""
+        return copy.copy(self)
 
     def update(self, value: float) -> bool:
         self.count += 1
@@ -92,6 +97,12 @@ class ADWIN:
     def reset(self) -> None:
         self._first = self._last = 0
 
+    def copy(self) -> ADWIN:
+        """An independent copy (the window's buffer copied, not shared)."""
+        twin = copy.copy(self)
+        twin._buffer = self._buffer.copy()
+        return twin
+
     def _extend(self, values: np.ndarray) -> None:
         """Append values, keeping at most ``max_window`` of the newest."""
         for begin in range(0, len(values), self.max_window):
@@ -105,8 +116,14 @@ class ADWIN:
             self._first = max(self._first, self._last - self.max_window)
 
     def update_many(self, values: ArrayLike) -> list[int]:
-        """:meth:`update` for a batch: the window is extended up to each clock tick at once."""
+        """:meth:`update` for a batch: the window is extended up to each clock tick at once.
+        When the window and the batch hold one value only (the all-clear stream), no check can
+        find a change and the batch is appended at once."""
         values = np.asarray(values, dtype=np.float64)
+        if values.size and _constant(values, self.window):
+            self._extend(values)
+            self.seen += len(values)
+            return []
         alarms: list[int] = []
         start = 0
         while start < len(values):
@@ -126,7 +143,7 @@ class ADWIN:
             return False
         values = self.window
         n = len(values)
-        if values[0] == values[-1] and values.min() == values.max():
+        if _constant(values):
             return False  # a constant window has no change (the common all-clear indicator)
         prefix = np.cumsum(values)
         splits = np.arange(self.min_split, n - self.min_split + 1)
@@ -141,3 +158,9 @@ class ADWIN:
             return False
         self._first += int(splits[np.nonzero(changed)[0][-1]])  # drop the older part
         return True
+
+
+def _constant(*parts: np.ndarray) -> bool:
+    """Whether the non-empty ``parts`` together hold a single value (NaN never equals)."""
+    value = parts[0][0]
+    return all(len(part) == 0 or (part.min() == value and part.max() == value) for part in parts)

@@ -19,7 +19,6 @@ Every event goes to the audit store (if any), to the callbacks and to Python log
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -46,6 +45,10 @@ from lipguard.monitor.store import AuditStore
 from lipguard.norm import L2, Norm, NormLike, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
+
+#: window turnovers after which the pair search's index chooses its coordinates afresh (speed
+#: only: any coordinates give a sound search)
+REINDEX_TURNOVERS = 16
 
 #: states, rewards, bounds ``L(s)``, ids (steps or reference indices) and slacks of a pool
 _Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -129,11 +132,11 @@ class LipschitzMonitor:
         if pairs not in ("all", "worst"):
             raise InvalidArgumentError(f"pairs must be 'all' or 'worst', got {pairs!r}")
         self.pairs = pairs
-        if callable(lipschitz):
-            self._bound_of: Callable[[np.ndarray], np.ndarray] = lipschitz
-        else:
-            value = _checks.positive_float("lipschitz", lipschitz)
-            self._bound_of = lambda states: np.full(len(states), value)
+        #: ``L(s)``, or ``None`` for the constant bound ``_constant`` (checked once, here)
+        self._bound_of = lipschitz if callable(lipschitz) else None
+        self._constant = (
+            0.0 if callable(lipschitz) else _checks.positive_float("lipschitz", lipschitz)
+        )
         self.norm = parse_norm(norm)
         if self.norm not in (2.0, math.inf):
             raise InvalidArgumentError("the monitor measures distances in ℓ2 or ℓ∞")
@@ -156,11 +159,14 @@ class LipschitzMonitor:
         self.store = AuditStore(store) if isinstance(store, (str, Path)) else store
         self.callbacks = list(callbacks)
         self.step = 0
-        self._states = np.zeros((0, 0))
+        self._states = np.zeros((0, 0))  # _buffer[_start:_start + window], room after it
+        self._buffer, self._start = self._states, 0
         self._rewards = np.zeros(0)
         self._steps = np.zeros(0, dtype=np.int64)
         self._bounds = np.zeros(0)  # L(s) of the window's states, computed once
         self._slacks = np.zeros(0)  # the window's floating-point slacks
+        self._window_index: PoolIndex | None = None  # kept up to date, not rebuilt per batch
+        self._reindex_at = 0  # the step from which the index's coordinates are chosen afresh
         self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, PoolIndex, np.ndarray] | None
         self._reference = None
         self._envelope_tree: cKDTree | None = None
@@ -229,7 +235,7 @@ class LipschitzMonitor:
         rewards = np.asarray(_numpy(rewards), dtype=np.float64).reshape(-1)
         if states.ndim != 2 or len(rewards) != len(states):
             raise ShapeError("observe needs states (N, d) and one reward per state")
-        if not (np.isfinite(states).all() and np.isfinite(rewards).all()):
+        if not (_all_finite(states) and _all_finite(rewards)):
             raise InvalidArgumentError("observations must be finite")
         if self._states.size and states.shape[1] != self._states.shape[1]:
             raise ShapeError(
@@ -240,13 +246,16 @@ class LipschitzMonitor:
         steps = self.step + np.arange(len(states))
         bounds = self._bounds_at(states)
         slacks = self._slacks_of(states, rewards, given, bounds)
+        recent, buffer, start = self._recent((states, rewards, bounds, steps, slacks))
+        previous = self._window_index if self.step < self._reindex_at else None
+        index = PoolIndex(recent[0]) if previous is None else previous.extended(recent[0])
         worst_ratio = np.zeros(len(states))
         events = self._violations(
-            self._pair_search(states, rewards, bounds, steps, slacks), steps, worst_ratio
+            self._pair_search(states, rewards, bounds, slacks, recent, index), steps, worst_ratio
         )
         events += self._envelope(states, steps)
         events += self._model_checks(states, steps, bounds)
-        detectors = copy.deepcopy(self._detectors)
+        detectors = {name: detector.copy() for name, detector in self._detectors.items()}
         events += self._drift(detectors, steps, worst_ratio, bounds)
         if self.store is not None:
             summary = _summary(states, rewards, steps, worst_ratio, events)
@@ -254,14 +263,19 @@ class LipschitzMonitor:
                 [(e.kind, {"step": e.step, **e.details}) for e in events] + [("batch", summary)]
             )
         self._detectors = detectors
-        self._remember(states, rewards, steps, bounds, slacks)
+        self._remember(recent, index, buffer, start)
         self.step += len(states)
+        if previous is None:  # keep the coordinates REINDEX_TURNOVERS windows (once 64 rows chose)
+            turnovers = REINDEX_TURNOVERS if len(recent[0]) >= 64 else 0
+            self._reindex_at = self.step + turnovers * self.window
         self._emit(events)
         return Observation(events)
 
     def _bounds_at(self, states: np.ndarray) -> np.ndarray:
         """``L(s)`` for every state, checked: finite and > 0 (a NaN bound would silence every
         pair it is in)."""
+        if self._bound_of is None:
+            return np.full(len(states), self._constant)
         bounds = np.asarray(self._bound_of(states), dtype=np.float64)
         if bounds.shape != (len(states),):
             raise ShapeError(f"L(s) must return one bound per state, got shape {bounds.shape}")
@@ -269,40 +283,45 @@ class LipschitzMonitor:
             raise InvalidArgumentError("L(s) returned a bound that is not finite and > 0")
         return bounds
 
+    def _recent(self, batch: _Pool) -> tuple[_Pool, np.ndarray, int]:
+        """The window followed by the batch, in the monitor's own arrays (the caller's are never
+        kept), with the states' buffer and their first row in it. The states go into the room
+        after the window in its buffer — rows the window does not use, so the monitor's state is
+        unchanged until :meth:`_remember` — or, when the room runs out, into a fresh buffer with
+        room for a few more batches: the window's rows are copied once per few batches rather
+        than once per batch."""
+        n, m, start = len(self._states), len(batch[0]), self._start
+        buffer = self._buffer
+        if not (self._states.size and start + n + m <= len(buffer)):
+            buffer, start = np.empty((n + 4 * m, batch[0].shape[1])), 0
+            if n:
+                buffer[:n] = self._states
+        buffer[start + n : start + n + m] = batch[0]
+        window = (self._rewards, self._bounds, self._steps, self._slacks)
+        rest = (np.concatenate(pair) for pair in zip(window, batch[1:], strict=True))
+        return (buffer[start : start + n + m], *rest), buffer, start  # type: ignore[return-value]
+
     def _pair_search(
         self,
         states: np.ndarray,
         rewards: np.ndarray,
         bounds: np.ndarray,
-        steps: np.ndarray,
         slacks: np.ndarray,
+        recent: _Pool,
+        index: PoolIndex,
     ) -> list[_Found]:
-        """Violating pairs against the window, the batch itself and the reference set."""
-        pools: list[tuple[str, _Pool, PoolIndex | None, bool]] = [
-            (
-                "window",
-                (self._states, self._rewards, self._bounds, self._steps, self._slacks),
-                None,
-                False,
-            ),
-            ("batch", (states, rewards, bounds, steps, slacks), None, True),
-        ]
+        """Violating pairs against the window and the batch itself (one search over ``recent``,
+        indexed by ``index``: the batch is its tail, each pair within it checked once) and the
+        reference set."""
+        pools: list[tuple[_Pool, PoolIndex, bool]] = [(recent, index, True)]
         if self._reference is not None:
             ref_states, ref_rewards, ref_bounds, ref_index, ref_slacks = self._reference
             ids = np.arange(len(ref_states))
-            pools.append(
-                (
-                    "reference",
-                    (ref_states, ref_rewards, ref_bounds, ids, ref_slacks),
-                    ref_index,
-                    False,
-                )
-            )
+            pools.append(((ref_states, ref_rewards, ref_bounds, ids, ref_slacks), ref_index, False))
+        remembered = len(recent[0]) - len(states)
         found_by_pool: list[_Found] = []
-        for name, pool, index, self_pairs in pools:
+        for pool, pool_index, within in pools:
             pool_states, pool_rewards, pool_bounds, pool_ids, pool_slacks = pool
-            if len(pool_states) == 0:
-                continue
             found = find_violations(
                 states,
                 rewards,
@@ -313,13 +332,19 @@ class LipschitzMonitor:
                 norm=self.norm,
                 tolerance=self.tolerance,
                 noise_floor=self.noise_floor,
-                index=index,
-                exclude_self=self_pairs,
+                index=pool_index,
+                exclude_self=within,
+                self_offset=remembered,
                 slack=slacks,
                 pool_slack=pool_slacks,
                 worst=self.pairs == "worst",
             )
-            found_by_pool.append((name, pool_ids, found))
+            if within:  # reported as against the window or the batch, as before
+                earlier = found.second < remembered
+                found_by_pool.append(("window", pool_ids, found.select(earlier)))
+                found_by_pool.append(("batch", pool_ids, found.select(~earlier)))
+            else:
+                found_by_pool.append(("reference", pool_ids, found))
         return found_by_pool
 
     def _violations(
@@ -331,6 +356,8 @@ class LipschitzMonitor:
         chosen: list[
             tuple[str, np.ndarray, PairViolations, np.ndarray, np.ndarray, np.ndarray | None]
         ] = []
+        if not any(len(found.first) for _, _, found in found_by_pool):
+            return []
         ratios = []
         for _, _, found in found_by_pool:
             safe = np.where(found.distance > 0, found.distance, 1.0)
@@ -440,21 +467,14 @@ class LipschitzMonitor:
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
         return sorted(events, key=lambda e: e.step)
 
-    def _remember(
-        self,
-        states: np.ndarray,
-        rewards: np.ndarray,
-        steps: np.ndarray,
-        bounds: np.ndarray,
-        slacks: np.ndarray,
-    ) -> None:
-        if self._states.size == 0:
-            self._states = np.zeros((0, states.shape[1]))
-        self._states = np.concatenate([self._states, states])[-self.window :]
-        self._rewards = np.concatenate([self._rewards, rewards])[-self.window :]
-        self._steps = np.concatenate([self._steps, steps])[-self.window :]
-        self._bounds = np.concatenate([self._bounds, bounds])[-self.window :]
-        self._slacks = np.concatenate([self._slacks, slacks])[-self.window :]
+    def _remember(self, recent: _Pool, index: PoolIndex, buffer: np.ndarray, start: int) -> None:
+        """The window becomes the newest ``window`` observations of ``recent`` (its states
+        ``buffer[start:start + len(recent)]``)."""
+        self._buffer, self._start = buffer, start + max(0, len(recent[0]) - self.window)
+        self._states, self._rewards, self._bounds, self._steps, self._slacks = (
+            values[-self.window :] for values in recent
+        )
+        self._window_index = index.tail(self.window)
 
     def _emit(self, events: list[Event]) -> None:
         for event in events:
@@ -481,6 +501,12 @@ def _summary(
         "worst_violation_ratio": worst if worst > 0 else None,
         "events": dict(Counter(event.kind for event in events)),
     }
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: a finite sum proves it (any inf or NaN makes the sum inf
+    or NaN) in one pass; a sum that overflowed falls back to checking every value."""
+    return bool(np.isfinite(values.sum()) or np.isfinite(values).all())
 
 
 def _numpy(values: ArrayLike | torch.Tensor) -> ArrayLike:

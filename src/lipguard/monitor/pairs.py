@@ -5,21 +5,32 @@ A pair ``(s, s')`` violates the bound when ``|r - r'| > L·d(s, s') + tolerance 
 observations' own slacks (their floating-point error, say). Since ``|r - r'|`` can be at most
 ``max(r - q_min, q_max - r)`` against a pool whose rewards lie in ``[q_min, q_max]``, only pool
 points within the radius ``R(s) = (max(r - q_min, q_max - r) - tolerance - σ - σ_min)/L`` of ``s``
-can violate:
-:func:`find_violations` asks a KD-tree (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) for exactly those
-and checks each candidate — the result equals brute force over all pairs (property-tested), at a
-cost that depends on how many neighbours fall in the radius rather than on the pool size. States
-with more than ``TREE_DIMENSIONS`` features are indexed on their widest coordinates (a lower bound
-of the distance, so nothing is missed). When the radii cover most of the pool (one outlier
-reward widens every radius) or the problem is small, dense blocks of a few queries each screen
-every pair with a lower bound of its distance (a matrix product for ℓ2, a fused kernel for ℓ∞)
-against that pair's own bound, and exact distances settle the survivors. Every stage works in
-blocks, so temporaries stay within ``MEMORY_BUDGET`` whatever the rewards; ``worst=True`` also
-bounds the result (one pair per query).
+can violate. :func:`find_violations` generates candidates within ``R(s)`` and checks each with
+its exact distance — the result equals brute force over all pairs (property-tested on every
+path), at a cost that depends on how many pool points fall in the radius rather than on the
+pool size. Candidates come from lower bounds of the distance (a coordinate projection never
+lengthens a difference in ℓ2 or ℓ∞), in the cheapest of three ways:
+
+- **sweep** (the common case: radii small next to the spread of the states): the pool sorted on
+  its widest coordinate, a binary search gives each query the pool points whose coordinate is
+  within ``R(s)``; partial distances on the next widest coordinates (up to
+  ``INDEX_DIMENSIONS``) discard most of them before the exact check. Its candidate count is
+  known exactly before any pair is formed, and it is used when that count is below
+  ``SWEEP_PER_POINT`` per query and pool point;
+- **KD-tree** (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) on the pool's widest coordinates, for
+  larger radii in large problems;
+- **dense blocks**, when the radii cover most of the pool (one outlier reward widens every
+  radius) or the problem is small: blocks of a few queries each screen every pair with a lower
+  bound of its distance (a matrix product for ℓ2, a fused kernel for ℓ∞) against that pair's own
+  bound.
+
+Every stage works in blocks, so temporaries stay within ``MEMORY_BUDGET`` whatever the rewards;
+``worst=True`` also bounds the result (one pair per query).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,25 +45,76 @@ from lipguard.norm import L2, Norm, NormLike, parse_norm
 
 DENSE_LIMIT = 200_000  # pairs below which one dense screening block is cheaper than a tree
 MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
-TREE_CANDIDATES = 1_000_000  # candidates per block of KD-tree queries
-TREE_DIMENSIONS = 8  # KD-trees degrade to linear scans in more dimensions
+CANDIDATE_BLOCK = 1_000_000  # candidates per block of sweep or KD-tree queries
+INDEX_DIMENSIONS = 8  # coordinates indexed (KD-trees degrade to linear scans in more)
+SWEEP_PER_POINT = 64  # sweep candidates per query and pool point above which a tree is cheaper
 
 
 class PoolIndex:
-    """A KD-tree over a pool of states, reusable across queries. Above ``TREE_DIMENSIONS``
-    features the tree indexes only the pool's ``TREE_DIMENSIONS`` highest-variance coordinates:
-    distances there are lower bounds of the full ones, so the tree still returns every pair
-    within a radius (plus some further ones, which the exact check removes)."""
+    """A pool of states prepared for candidate searches, reusable across queries: its
+    ``INDEX_DIMENSIONS`` widest coordinates (widest first, by the range of a sample of at
+    most 64 rows, unless ``coordinates`` are given — the choice affects speed only), the pool
+    sorted on the first of them, and a KD-tree on them built on first use. Distances on a subset
+    of coordinates are lower bounds of the full ones, so every search over them returns every
+    pair within a radius (plus some further ones, which the exact check removes).
 
-    def __init__(self, states: ArrayLike) -> None:
+    A sliding window updates its index instead of rebuilding it: :meth:`extended` sorts only
+    the new rows and merges, :meth:`tail` drops the oldest rows."""
+
+    def __init__(self, states: ArrayLike, coordinates: np.ndarray | None = None) -> None:
+        self.states = _as_rows(states)
+        if coordinates is None:
+            sample = self.states[:: max(1, len(self.states) // 64)]
+            spread = sample.max(0) - sample.min(0) if len(sample) else np.zeros(sample.shape[1])
+            coordinates = np.argsort(-spread, kind="stable")[:INDEX_DIMENSIONS]
+        self.coordinates = coordinates
+        self.columns = np.ascontiguousarray(self.states.T[coordinates])
+        self.order = np.argsort(self.columns[0], kind="stable")
+        self.keys = self.columns[0][self.order]
+
+    @classmethod
+    def _of(
+        cls,
+        states: np.ndarray,
+        coordinates: np.ndarray,
+        columns: np.ndarray,
+        order: np.ndarray,
+        keys: np.ndarray,
+    ) -> PoolIndex:
+        index = cls.__new__(cls)
+        index.states, index.coordinates, index.columns = states, coordinates, columns
+        index.order, index.keys = order, keys
+        return index
+
+    def extended(self, states: ArrayLike) -> PoolIndex:
+        """The index of ``states``, whose first rows are this index's pool, unchanged (the
+        caller's promise): only the new rows are sorted, then merged with the sorted pool (a
+        stable sort of two sorted runs is a linear merge). Same coordinates."""
         states = _as_rows(states)
-        if states.shape[1] > TREE_DIMENSIONS:
-            widest = np.argsort(states.var(0))[-TREE_DIMENSIONS:]
-            self.coordinates: np.ndarray | None = np.sort(widest)
-            states = states[:, self.coordinates]
-        else:
-            self.coordinates = None
-        self.tree = cKDTree(states)
+        n = len(self.states)
+        new = PoolIndex(states[n:], self.coordinates)
+        keys = np.concatenate([self.keys, new.keys])
+        merge = np.argsort(keys, kind="stable")
+        order = np.concatenate([self.order, new.order + n])[merge]
+        columns = np.concatenate([self.columns, new.columns], axis=1)
+        return PoolIndex._of(states, self.coordinates, columns, order, keys[merge])
+
+    def tail(self, count: int) -> PoolIndex:
+        """The index of the pool's last ``count`` rows."""
+        start = max(0, len(self.states) - count)
+        keep = self.order >= start
+        return PoolIndex._of(
+            self.states[start:],
+            self.coordinates,
+            self.columns[:, start:],
+            self.order[keep] - start,
+            self.keys[keep],
+        )
+
+    @functools.cached_property
+    def tree(self) -> cKDTree:
+        """A KD-tree on the indexed coordinates (built once, when a search first needs it)."""
+        return cKDTree(self.states[:, self.coordinates])
 
 
 @dataclass(frozen=True)
@@ -65,6 +127,20 @@ class PairViolations:
     difference: np.ndarray  # |r - r'|
     bound: np.ndarray  # L·d + tolerance + both slacks
     count: np.ndarray | None = None  # with worst=True: each query's number of violating pairs
+
+    def select(self, keep: np.ndarray) -> PairViolations:
+        """The pairs ``keep`` selects (a boolean mask or indices)."""
+        if len(self.first) == 0:
+            return self
+        count = None if self.count is None else self.count[keep]
+        return PairViolations(
+            self.first[keep],
+            self.second[keep],
+            self.distance[keep],
+            self.difference[keep],
+            self.bound[keep],
+            count,
+        )
 
 
 def _norm_order(norm: NormLike) -> float:
@@ -97,6 +173,7 @@ def find_violations(
     noise_floor: float = 0.0,
     index: PoolIndex | None = None,
     exclude_self: bool = False,
+    self_offset: int = 0,
     slack: np.ndarray | None = None,
     pool_slack: np.ndarray | None = None,
     worst: bool = False,
@@ -106,8 +183,10 @@ def find_violations(
     ``lipschitz`` is a scalar or one bound per query (state-dependent ``L(s)``); with per-pool
     bounds ``pool_lipschitz`` a pair uses the larger of its two bounds (the alarm is raised only
     when even the more permissive bound is exceeded). ``slack`` and ``pool_slack`` add each
-    observation's own slack to every pair it is in. ``exclude_self`` skips pairs ``(i, j)``
-    with ``j <= i`` (a set against itself). ``index`` reuses a :class:`PoolIndex` of the pool.
+    observation's own slack to every pair it is in. ``exclude_self`` says the queries are
+    the pool's rows ``self_offset, self_offset + 1, …`` (a set against a pool that holds it)
+    and skips pairs ``(i, self_offset + j)`` with ``j <= i``. ``index`` reuses a
+    :class:`PoolIndex` of the pool. Pairs come sorted by query, then pool index.
     ``worst=True`` keeps only each query's pair with the largest ratio ``|Δr|/d`` (ties: the
     lowest pool index) and counts its violating pairs in ``count``.
 
@@ -131,13 +210,24 @@ def find_violations(
         np.zeros(m) if slack is None else np.asarray(slack, dtype=np.float64),
         np.zeros(n) if pool_slack is None else np.asarray(pool_slack, dtype=np.float64),
         exclude_self,
+        self_offset,
     )
     radius = problem.radius()
-    if m * n <= DENSE_LIMIT:
-        blocks = _dense_blocks(problem, radius)
+    active = np.flatnonzero(radius >= 0)
+    if len(active) == 0:
+        result = _empty()
     else:
-        blocks = _tree_blocks(problem, radius, index or PoolIndex(pool_states))
-    result = _joined([problem.check(rows, cols) for rows, cols in blocks])
+        index = index or PoolIndex(pool_states)
+        swept, lo, hi = _sweep_ranges(problem, radius, active, index)
+        if int((hi - lo).sum()) <= SWEEP_PER_POINT * (m + n):
+            blocks = _sweep_blocks(problem, radius, swept, lo, hi, index)
+        elif m * n <= DENSE_LIMIT:
+            blocks = _dense_blocks(problem, active)
+        else:
+            blocks = _tree_blocks(problem, radius, active, index)
+        result = _joined([problem.check(rows, cols) for rows, cols in blocks])
+        if len(result.first) > 1:  # by query, then pool index, whatever path found them
+            result = result.select(np.lexsort((result.second, result.first)))
     return _worst_per_query(result, m) if worst else result
 
 
@@ -157,15 +247,16 @@ class _Problem:
     sa: np.ndarray
     sb: np.ndarray
     exclude_self: bool
+    self_offset: int
 
     def radius(self) -> np.ndarray:
         """Per query, the largest distance at which any pool point can still violate (-1:
         none can)."""
         smallest = float(self.la.min()) if self.lb is None else min(self.la.min(), self.lb.min())
         reach = np.maximum(self.ra - self.rb.min(), self.rb.max() - self.ra)
-        reach = reach - self.tolerance - self.sa - float(self.sb.min())
-        # inflated by a few ulps so that the tree's own rounding cannot drop a borderline pair
-        return np.where(reach > 0, reach / smallest * (1 + 1e-9) + 1e-12, -1.0)
+        reach -= self.sa + (self.tolerance + float(self.sb.min()))
+        # inflated by a few ulps so that the searches' own rounding cannot drop a borderline pair
+        return np.where(reach > 0, reach * ((1 + 1e-9) / smallest) + 1e-12, -1.0)
 
     def pair_terms(
         self, rows: np.ndarray, cols: np.ndarray
@@ -177,11 +268,18 @@ class _Problem:
         difference = np.abs(self.ra[rows] - self.rb[cols])
         return pair_l, difference, self.tolerance + self.sa[rows] + self.sb[cols]
 
+    def without_self(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates less the pairs ``exclude_self`` skips."""
+        if not self.exclude_self:
+            return rows, cols
+        keep = (cols < self.self_offset) | (cols > rows + self.self_offset)
+        return rows[keep], cols[keep]
+
     def check(self, rows: np.ndarray, cols: np.ndarray) -> PairViolations:
         """The exact test on candidate pairs, with exact distances, in bounded blocks."""
-        if self.exclude_self:
-            keep = cols > rows
-            rows, cols = rows[keep], cols[keep]
+        rows, cols = self.without_self(rows, cols)
+        if len(rows) == 0:
+            return _empty()
         parts = [_empty()]
         step = max(1, MEMORY_BUDGET // (8 * self.a.shape[1] + 64))
         for start in range(0, len(rows), step):
@@ -260,25 +358,95 @@ def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return _distances(first[:, None, :] - second[None, :, :], p)
 
 
+def _sweep_ranges(
+    problem: _Problem, radius: np.ndarray, active: np.ndarray, index: PoolIndex
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The active queries (in some order) and, for each, the positions ``lo:hi`` in the pool's
+    sorted order of the pool points whose widest coordinate lies within its radius of the
+    query's. The radius is widened by ``2·eps`` of the magnitudes, so the rounding of ``x ± R``
+    cannot drop a pool point at exactly ``R``. When the queries are pool rows
+    (``exclude_self``), they come in the pool's sorted order, read off the index: nearly sorted
+    needles make the binary searches several times cheaper than in arbitrary order."""
+    m = len(problem.a)
+    if problem.exclude_self and len(active) == m:
+        shifted = index.order - problem.self_offset
+        mine = (shifted >= 0) & (shifted < m)
+        active, key = shifted[mine], index.keys[mine]
+    else:
+        key = problem.a[active, index.coordinates[0]]
+    reach = radius[active]
+    reach = reach + 2 * np.finfo(np.float64).eps * (np.abs(key) + reach)
+    lo = np.searchsorted(index.keys, key - reach, side="left")
+    hi = np.searchsorted(index.keys, key + reach, side="right")
+    return active, lo, hi
+
+
+def _sweep_blocks(
+    problem: _Problem,
+    radius: np.ndarray,
+    active: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    index: PoolIndex,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Candidate blocks from the sorted pool's slices (whole queries, at most about
+    ``CANDIDATE_BLOCK`` candidates per block), narrowed coordinate by coordinate by the
+    distance on the other indexed coordinates — never above the full distance — compared with
+    ``R(s)`` (squared for ℓ2) inflated by the same relative margin as the radius, far above
+    the rounding of these few operations. With ``exclude_self``, each query's own row in the
+    pool goes with the first narrowing (the exact check removes the other skipped pairs)."""
+    queries = problem.a[:, index.coordinates[1:]].T
+    squared = problem.p == 2.0
+    limits = radius * (1 + 1e-9)
+    if squared:
+        limits = limits * limits
+    counts = hi - lo
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(active):
+        before = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, before + CANDIDATE_BLOCK, side="right")))
+        size = counts[start:stop]
+        rows = np.repeat(active[start:stop], size)
+        at = np.repeat(lo[start:stop] - (ends[start:stop] - size - before), size)
+        at += np.arange(len(rows))
+        cols = index.order[at]
+        limit = limits[rows]
+        partial: np.ndarray | None = None
+        for query, pool in zip(queries, index.columns[1:], strict=True):
+            step = query[rows] - pool[cols]
+            term = step * step if squared else np.abs(step)
+            if partial is None:
+                partial = term
+                keep = partial <= limit
+                if problem.exclude_self:  # a query's own row: cols == self_offset + rows
+                    keep &= cols - rows != problem.self_offset
+            else:
+                partial = partial + term if squared else np.maximum(partial, term)
+                keep = partial <= limit
+            rows, cols, partial, limit = rows[keep], cols[keep], partial[keep], limit[keep]
+            if len(rows) == 0:
+                break
+        yield rows, cols
+        start = stop
+
+
 def _tree_blocks(
-    problem: _Problem, radius: np.ndarray, index: PoolIndex
+    problem: _Problem, radius: np.ndarray, active: np.ndarray, index: PoolIndex
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate blocks within ``radius`` from the pool's KD-tree (on its widest coordinates: a
     coordinate projection never lengthens a difference in ℓ2 or ℓ∞, so no pair is missed), a
     bounded number of candidates per block. Falls back to dense blocks when the radii cover
     most of the pool."""
     a, b, p = problem.a, problem.b, problem.p
-    queries = a if index.coordinates is None else a[:, index.coordinates]
-    active = np.flatnonzero(radius >= 0)
-    if len(active) == 0:
-        return
+    queries = a[:, index.coordinates]
     sample = active[:: max(1, len(active) // 64)]  # estimate the candidate count on ~64 queries
     counts = index.tree.query_ball_point(queries[sample], radius[sample], p=p, return_length=True)
     if counts.sum() > 0.25 * len(sample) * len(b):
-        yield from _dense_blocks(problem, radius)
+        yield from _dense_blocks(problem, active)
         return
     per_query = max(1.0, counts.sum() / len(sample))
-    chunk = max(1, int(TREE_CANDIDATES / per_query))
+    chunk = max(1, int(CANDIDATE_BLOCK / per_query))
     for start in range(0, len(active), chunk):
         part = active[start : start + chunk]
         candidates = index.tree.query_ball_point(queries[part], radius[part], p=p)
@@ -287,7 +455,7 @@ def _tree_blocks(
         yield rows, cols
 
 
-def _dense_blocks(problem: _Problem, radius: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _dense_blocks(problem: _Problem, active: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate blocks from all pairs, a few query rows at a time (temporaries within
     ``MEMORY_BUDGET``). A pair is a candidate when it can violate given a *lower bound* of its
     distance: ℓ2 from the Gram identity ``|a|² + |b|² - 2a·b`` minus its rounding error (one
@@ -296,7 +464,6 @@ def _dense_blocks(problem: _Problem, radius: np.ndarray) -> Iterator[tuple[np.nd
     the exact check would flag stays a candidate."""
     a, b, p = problem.a, problem.b, problem.p
     n, d = len(b), a.shape[1]
-    active = np.flatnonzero(radius >= 0)
     per_row = 8 * n * 8  # the block's n-wide temporaries
     chunk = max(1, MEMORY_BUDGET // per_row)
     second = torch.from_numpy(b)
