@@ -27,6 +27,10 @@ from lipguard import _checks
 
 
 class PageHinkley:
+    """Page–Hinkley test for an increase of the mean (see the module docstring): ``delta`` the
+    tolerated drift per value, ``threshold`` the alarm level of ``m_t - min m``, no alarm before
+    ``min_samples`` values."""
+
     def __init__(
         self, delta: float = 0.005, threshold: float = 50.0, min_samples: int = 30
     ) -> None:
@@ -78,6 +82,10 @@ class PageHinkley:
 
 
 class ADWIN:
+    """ADWIN2's adaptive window (see the module docstring): ``delta`` the confidence, windows of
+    at most ``max_window`` values, splits checked every ``clock`` values and only where both
+    sides hold at least ``min_split``."""
+
     def __init__(
         self, delta: float = 0.002, max_window: int = 5000, clock: int = 16, min_split: int = 16
     ) -> None:

@@ -58,6 +58,7 @@ _Found = tuple[str, np.ndarray, PairViolations]
 
 #: what a monitor event is about
 EventKind = Literal["violation", "out_of_envelope", "gradient", "weights_changed", "drift"]
+#: every event kind, in a fixed order (the values of :data:`EventKind`)
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 

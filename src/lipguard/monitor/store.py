@@ -116,6 +116,9 @@ def encode(prev: str, seq: int, created: str, kind: str, payload: str) -> bytes:
 
 @dataclass(frozen=True)
 class AuditRecord:
+    """One record of the audit chain: its sequence number, creation time, kind, JSON payload,
+    the previous record's hash and its own (over all of these, :data:`FORMAT`'s encoding)."""
+
     seq: int
     created: str
     kind: str
