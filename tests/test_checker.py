@@ -470,7 +470,15 @@ def test_cli_certify_checkable_then_check(tmp_path):
     assert result.exit_code == 0, result.output
     assert check(tmp_path / "model.safetensors", certificate).accepted
     infinity = tmp_path / "inf.json"
-    arguments = ["certify", str(model_path), "--checkable", "--norm", "inf", "--save", str(infinity)]
+    arguments = [
+        "certify",
+        str(model_path),
+        "--checkable",
+        "--norm",
+        "inf",
+        "--save",
+        str(infinity),
+    ]
     assert CliRunner().invoke(app, arguments).exit_code == 0
     assert check(tmp_path / "model.safetensors", infinity).accepted
     refused = CliRunner().invoke(app, [*arguments[:-2], "--method", "lipsdp"])
