@@ -318,3 +318,214 @@ def test_gaussian_policy_kl_reaches_the_sa_ppo_oracle():
     )
     optimum = (eps * float(policy.mean.weight.detach().abs().sum())) ** 2 / (2 * sigma**2)
     assert result.loss.numpy() == pytest.approx([optimum] * 6, rel=1e-4)
+
+
+class Recorder(nn.Module):
+    """Wraps a model and keeps a copy of every batch it is called with, and its outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.inputs.append(x.detach().clone())
+        self.outputs.append(out.detach().clone())
+        return out
+
+
+def _small_classifier(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.rand(24, 6, generator=generator)
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    return model, x, labels
+
+
+@pytest.mark.parametrize(
+    ("make", "norm"),
+    [
+        (lambda threat: PGD(threat, steps=7), "inf"),
+        (lambda threat: PGD(threat, steps=4, restarts=3), "inf"),
+        (lambda threat: PGD(threat, steps=6), 2),
+        (lambda threat: APGD(threat, steps=12, restarts=2), "inf"),
+        (lambda threat: APGD(threat, steps=9), 2),
+    ],
+)
+@pytest.mark.parametrize("objective", [CrossEntropy, DLR, Margin])
+def test_gradient_attacks_return_the_best_iterate_they_scored(make, norm, objective):
+    """Every forward pass scores an iterate; the returned point is each sample's best of them
+    (successful over failed, then the highest loss, the first one on ties), with the loss and
+    success of that pass, and the model is called exactly once per iterate: no extra passes.
+    (ℓ2: the template's final projection may move a point by a rounding, and then evaluates
+    the returned points once more.)"""
+    model, x, labels = _small_classifier(3)
+    recorder = Recorder(model)
+    threat = ThreatModel(0.15, norm, bounds=(0.0, 1.0))
+    attack = make(threat)
+    result = attack(recorder, x, objective(labels))
+    iterates = attack.restarts * (attack.steps + 1)
+    if norm == "inf":
+        assert len(recorder.inputs) == iterates
+    else:
+        assert len(recorder.inputs) in (iterates, iterates + 1)
+        if len(recorder.inputs) > iterates:
+            assert torch.equal(recorder.inputs[-1], result.x_adv)
+            assert torch.equal(recorder.outputs[-1], result.outputs)
+            del recorder.inputs[-1], recorder.outputs[-1]
+    bound = objective(labels).bind(model, x, None)
+    points = torch.stack(recorder.inputs)
+    losses = torch.stack([bound.loss(out) for out in recorder.outputs])
+    success = torch.stack([bound.success(out) for out in recorder.outputs])
+    assert bool((result.success == success.any(0)).all())
+    for i in range(len(x)):
+        eligible = success[:, i] == result.success[i]
+        best = losses[eligible, i].max()
+        if norm == "inf":
+            assert float(result.loss[i]) == float(best)
+        else:
+            assert float(result.loss[i]) == pytest.approx(float(best), abs=1e-5)
+        first = int(torch.nonzero(eligible & (losses[:, i] == best))[0])
+        if norm == "inf":
+            assert torch.equal(result.x_adv[i], points[first, i])
+        else:  # within a rounding of the final projection
+            assert torch.allclose(result.x_adv[i], points[first, i], atol=1e-6)
+    assert threat.contains(x, result.x_adv)
+
+
+def test_the_returned_point_beats_every_iterate_of_a_reward_attack():
+    """No notion of success: the returned point has the highest loss of all scored iterates."""
+    torch.manual_seed(0)
+    reward = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    recorder = Recorder(reward)
+    x = torch.randn(10, 5)
+    result = PGD(ThreatModel(0.3, "inf"), steps=15, step_size=0.2)(recorder, x, RewardShift("abs"))
+    clean, scored = recorder.outputs[0], recorder.outputs[1:]  # the clean pass comes first
+    assert len(scored) == 16
+    shifts = torch.stack([(out - clean).abs()[:, 0] for out in scored])
+    assert torch.equal(result.loss, shifts.max(0).values)
+    assert bool((result.loss >= shifts[-1]).all())  # never worse than the last iterate
+
+
+@given(
+    eps=st.floats(0.0, 0.5),
+    masked=st.booleans(),
+    boxed=st.sampled_from(["none", "floats", "tensors"]),
+    seed=st.integers(0, 1000),
+)
+def test_linf_projection_is_one_exact_idempotent_clamp(eps, masked, boxed, seed):
+    """ℓ∞ ∩ box ∩ mask is a box per coordinate; projecting onto it is clamping to
+    [max(x - eps, low), min(x + eps, high)] (x itself outside the mask), points of the set
+    come back bit for bit, and ``projector`` (in place) agrees with ``project``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(7, 5, generator=generator)
+    z = 3 * torch.randn(7, 5, generator=generator)
+    mask = torch.rand(5, generator=generator) > 0.4 if masked else None
+    low, high = torch.zeros(5), torch.full((5,), 1.0)
+    low[0], high[1] = -0.05, 0.95
+    high[1] = torch.maximum(high[1], x[:, 1].max())
+    bounds = {"none": None, "floats": (0.0, 1.0), "tensors": (low, high)}[boxed]
+    threat = ThreatModel(eps, "inf", bounds=bounds, mask=mask)
+    p = threat.project(x, z)
+    lo, hi = x - eps, x + eps
+    if bounds is not None:
+        lo = torch.maximum(lo, torch.as_tensor(bounds[0]))
+        hi = torch.minimum(hi, torch.as_tensor(bounds[1]))
+    if mask is not None:
+        lo, hi = torch.where(mask, lo, x), torch.where(mask, hi, x)
+    assert torch.equal(p, torch.minimum(torch.maximum(z, lo), hi))  # the nearest point
+    assert threat.contains(x, p)
+    assert torch.equal(threat.project(x, p), p)  # idempotent, exactly
+    inside = lo + (hi - lo) * torch.rand(7, 5, generator=generator)
+    assert torch.equal(threat.project(x, inside), inside)
+    in_place = z.clone()
+    assert threat.projector(x)(in_place) is in_place
+    assert torch.equal(in_place, p)
+
+
+def test_trajectory_fold_equals_updating_best_every_step(monkeypatch):
+    """Folding batches of iterates (forced small: capacity 3) picks what per-step updates pick,
+    ties and -inf included; a NaN loss ranks below every number."""
+    from lipguard.attacks import base
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 3, generator=generator)
+    model = nn.Linear(3, 3)
+    labels = torch.randint(0, 3, (40,), generator=generator)
+    bound = Margin(labels).bind(model, x, None)
+    monkeypatch.setattr(base, "TRAJECTORY_BYTES", x.numel() * x.element_size())
+    trajectory = base.Trajectory(x, bound, steps=11)
+    assert trajectory.capacity == 3
+    folded, stepped = base.Best(x), base.Best(x)
+    levels = torch.tensor([-torch.inf, -1.0, 0.0, 0.5, 2.0])
+    for _ in range(11):
+        point = trajectory.point
+        point.copy_(torch.rand(x.shape, generator=generator))
+        outputs = torch.randint(-1, 2, (40, 3), generator=generator).float()  # ties of logits
+        loss = levels[torch.randint(0, 5, (40,), generator=generator)]
+        trajectory.record(outputs, loss)
+        stepped.update(point.clone(), outputs, loss, bound.success(outputs))
+        if trajectory.full:
+            trajectory.fold(folded)
+    trajectory.fold(folded)
+    assert torch.equal(folded.x, stepped.x)
+    assert torch.equal(folded.outputs, stepped.outputs)
+    assert torch.equal(folded.loss, stepped.loss)
+    assert torch.equal(folded.success, stepped.success)
+
+    nan_first = base.Best(x)
+    trajectory.point.copy_(x)
+    trajectory.record(torch.zeros(40, 3), torch.full((40,), torch.nan))
+    trajectory.point.copy_(x + 1)
+    trajectory.record(torch.zeros(40, 3), torch.full((40,), -5.0))
+    trajectory.fold(nan_first)
+    assert torch.equal(nan_first.x, x + 1)
+
+
+@pytest.mark.parametrize("objective", [CrossEntropy, Margin, DLR])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_stacked_success_equals_one_test_per_batch(objective, targeted):
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (30,), generator=generator)
+    target = (labels + 1) % 5 if targeted else None
+    bound = objective(labels, target).bind(nn.Identity(), torch.zeros(30, 5), None)
+    assert bound.stacks
+    stacked = torch.randint(-2, 3, (6, 30, 5), generator=generator).float()  # many ties
+    stacked[0, 0, 0] = torch.nan
+    expected = torch.stack([bound.success(batch) for batch in stacked])
+    assert torch.equal(bound.successes(stacked), expected)
+    other = CustomObjective(lambda out, clean: out.sum(1), lambda out, clean: out[:, 0] > 0)
+    custom = other.bind(nn.Identity(), torch.zeros(30, 5), torch.zeros(30, 5))
+    assert not custom.stacks
+    assert torch.equal(custom.successes(stacked), stacked[..., 0] > 0)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda t: PGD(t, steps=9, restarts=2), lambda t: APGD(t, steps=14)]
+)
+def test_a_small_trajectory_budget_changes_nothing(make, monkeypatch):
+    """With room for only 3 iterates the buffer is folded and reused mid-run (and across APGD's
+    checkpoints): the result is bit for bit the same."""
+    from lipguard.attacks import base
+
+    model, x, labels = _small_classifier(5)
+    threat = ThreatModel(0.2, "inf", bounds=(0.0, 1.0))
+    roomy = make(threat)(model, x, CrossEntropy(labels))
+    monkeypatch.setattr(base, "TRAJECTORY_BYTES", 3 * x.numel() * x.element_size())
+    tight = make(threat)(model, x, CrossEntropy(labels))
+    assert torch.equal(roomy.x_adv, tight.x_adv)
+    assert torch.equal(roomy.loss, tight.loss)
+    assert torch.equal(roomy.success, tight.success)
+
+
+def test_projection_stays_in_the_box_for_a_clean_point_outside_it():
+    threat = ThreatModel(eps=0.1, norm="inf", bounds=(0.0, 1.0))
+    x = torch.tensor([[-0.5, 1.5, 0.5]])
+    projected = threat.project(x, torch.tensor([[-0.45, 1.45, 0.7]]))
+    assert projected.min() >= 0.0
+    assert projected.max() <= 1.0
+    assert projected[0, 2] == pytest.approx(0.6)

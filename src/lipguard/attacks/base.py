@@ -39,8 +39,9 @@ class AttackResult:
 
 
 class Best:
-    """Per-sample best iterate: a successful one beats a failed one, then the higher loss. It
-    keeps each best iterate's outputs too, so the template need not evaluate it again."""
+    """Per-sample best iterate: a successful one beats a failed one, then the higher loss (ties
+    keep the earlier one). It keeps each best iterate's outputs too, so the template need not
+    evaluate it again."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x.clone()
@@ -65,26 +66,128 @@ def _rows(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.view(-1, *([1] * (like.dim() - 1)))
 
 
+#: the most memory a :class:`Trajectory`'s buffers take (points, and directions if kept)
+TRAJECTORY_BYTES = 64 * 2**20
+
+
+class Trajectory:
+    """The iterates of one run, each scored by the forward pass that computed its gradient, and
+    folded into a :class:`Best` in batches: the attack loop compares nothing per step.
+
+    The caller writes each iterate straight into the buffer slot :attr:`point` (and its ascent
+    direction into :attr:`direction`, if kept), then passes its outputs and loss to
+    :meth:`record`. :meth:`fold` tests success on all recorded outputs at once (one call when
+    the objective :attr:`~lipguard.attacks.objectives.BoundObjective.stacks`), picks each
+    sample's best iterate in the order of :meth:`Best.update` — success, then the higher loss,
+    ties to the earlier one, a NaN loss below every number — and merges it into the
+    :class:`Best` with one update: the result equals updating it after every step (NaN losses
+    aside). At most :attr:`capacity` iterates are held
+    (:attr:`full`: the caller folds, and the slots are reused), so the buffers stay within
+    :data:`TRAJECTORY_BYTES` whatever the number of steps; a slot is not overwritten before
+    the two iterates after it are written.
+
+    Args:
+        x: the clean batch (sets the size of a point).
+        bound: the bound objective (its success test runs at :meth:`fold`).
+        steps: the iterates one run records (the capacity never exceeds it).
+        directions: keep each iterate's ascent direction too (:attr:`direction`).
+    """
+
+    def __init__(
+        self, x: torch.Tensor, bound: BoundObjective, steps: int, *, directions: bool = False
+    ) -> None:
+        point_bytes = max(1, x.numel() * x.element_size() * (2 if directions else 1))
+        self.capacity = min(steps, max(3, TRAJECTORY_BYTES // point_bytes))
+        self.bound = bound
+        self.points = x.new_empty((self.capacity, *x.shape))
+        self.directions = x.new_empty((self.capacity, *x.shape)) if directions else None
+        self._point_slots = self.points.unbind(0)
+        self._direction_slots = () if self.directions is None else self.directions.unbind(0)
+        self.outputs: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+
+    @property
+    def point(self) -> torch.Tensor:
+        """The slot of the next iterate."""
+        return self._point_slots[len(self.losses)]
+
+    @property
+    def direction(self) -> torch.Tensor:
+        """The slot of the next iterate's ascent direction (``directions=True``)."""
+        if self.directions is None:
+            raise InvalidArgumentError("this trajectory keeps no directions")
+        return self._direction_slots[len(self.losses)]
+
+    @property
+    def full(self) -> bool:
+        return len(self.losses) >= self.capacity
+
+    def record(self, outputs: torch.Tensor, loss: torch.Tensor) -> None:
+        """The iterate in :attr:`point` has these (detached) outputs and loss."""
+        self.outputs.append(outputs)
+        self.losses.append(loss)
+
+    def fold(self, best: Best) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge the recorded iterates into ``best`` and free their slots; returns the points
+        (a view of the buffer, valid until the next write) and their losses, ``(k, N, ...)``
+        and ``(k, N)``."""
+        count = len(self.losses)
+        points, outputs = self.points[:count], torch.stack(self.outputs)
+        losses = torch.stack(self.losses)
+        self.outputs, self.losses = [], []
+        success = self.bound.successes(outputs)
+        # eligible: the iterates in each sample's best class (successful ones if any succeeded)
+        eligible = success == success.any(0)
+        ranked = losses.nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+        top, pick = torch.where(eligible, ranked, -torch.inf).max(0)  # the first of the maxima
+        lowest = top == -torch.inf
+        if bool(lowest.any()):  # all eligible losses -inf or NaN: max gave row 0, maybe ineligible
+            pick = torch.where(lowest, eligible.to(torch.uint8).argmax(0), pick)
+        rows = torch.arange(points.shape[1], device=pick.device)
+        best.update(
+            points[pick, rows], outputs[pick, rows], losses[pick, rows], success[pick, rows]
+        )
+        return points, losses
+
+
+def forward_backward(
+    model: nn.Module, bound: BoundObjective, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(outputs, loss, ∇_x loss)`` at ``x``: one forward and one backward pass, gradients
+    taken with respect to the input only. Grad mode must be on (attack loops turn it on once
+    around all their steps; :func:`loss_and_gradient` turns it on itself)."""
+    point = x.detach().requires_grad_(True)
+    outputs = model(point)
+    loss = bound.loss(outputs)
+    (gradient,) = torch.autograd.grad(loss.sum(), point)
+    return outputs.detach(), loss.detach(), gradient
+
+
 def loss_and_gradient(
     model: nn.Module, bound: BoundObjective, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(outputs, loss, success, ∇_x loss)`` at ``x`` (one forward and backward)."""
+    """``(outputs, loss, success, ∇_x loss)`` at ``x`` (one forward and backward, in grad mode
+    whatever the caller's)."""
     with torch.enable_grad():
-        point = x.detach().requires_grad_(True)
-        outputs = model(point)
-        loss = bound.loss(outputs)
-        (gradient,) = torch.autograd.grad(loss.sum(), point)
-    outputs = outputs.detach()
-    return outputs, loss.detach(), bound.success(outputs), gradient
+        outputs, loss, gradient = forward_backward(model, bound, x)
+    return outputs, loss, bound.success(outputs), gradient
+
+
+def score(
+    model: nn.Module, bound: BoundObjective, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(outputs, loss)`` at ``x``: one forward pass without gradients."""
+    with torch.no_grad():
+        outputs = model(x)
+        return outputs, bound.loss(outputs)
 
 
 def evaluate(
     model: nn.Module, bound: BoundObjective, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, loss, success)`` at ``x`` without gradients."""
-    with torch.no_grad():
-        outputs = model(x)
-        return outputs, bound.loss(outputs), bound.success(outputs)
+    outputs, loss = score(model, bound, x)
+    return outputs, loss, bound.success(outputs)
 
 
 class Attack(ABC):

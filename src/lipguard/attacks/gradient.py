@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from lipguard import _checks
-from lipguard.attacks.base import Attack, Best, evaluate, loss_and_gradient
+from lipguard.attacks.base import Attack, Best, Trajectory, forward_backward, score
 from lipguard.attacks.objectives import BoundObjective
 from lipguard.attacks.threat import ThreatModel
 
@@ -20,13 +21,20 @@ class FGSM(Attack):
     def _run(
         self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
     ) -> torch.Tensor:
-        _, _, _, gradient = loss_and_gradient(model, bound, x)
+        with torch.enable_grad():
+            _, _, gradient = forward_backward(model, bound, x)
         return x + self.threat.eps * self.threat.ascent_direction(gradient)
 
 
 class PGD(Attack):
     """Projected gradient ascent (Madry et al., 2018) with random starts and restarts; each
     sample keeps its best iterate over all restarts.
+
+    Every iterate is a candidate: iterate ``k`` is scored by the forward pass that computes its
+    gradient, so a run of ``steps`` steps costs ``steps`` forward and backward passes plus one
+    forward pass for the last iterate — ``restarts·(steps + 1)`` model calls in all. The
+    bookkeeping is batched (:class:`~lipguard.attacks.base.Trajectory`); a step is the gradient,
+    its sign (ℓ∞) or normalisation (ℓ2), one add and one projection.
 
     Args:
         steps: ascent steps per restart.
@@ -58,17 +66,26 @@ class PGD(Attack):
     def _run(
         self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
     ) -> Best:
+        threat = self.threat
+        project = threat.projector(x)
         best = Best(x)
-        for restart in range(self.restarts):
-            start_random = self.random_start or restart > 0
-            x_adv = self.threat.random_start(x, generator) if start_random else x.clone()
-            for _ in range(self.steps):
-                outputs, loss, success, gradient = loss_and_gradient(model, bound, x_adv)
-                best.update(x_adv, outputs, loss, success)
-                step = self.step_size * self.threat.ascent_direction(gradient)
-                x_adv = self.threat.project(x, x_adv + step)
-            outputs, loss, success = evaluate(model, bound, x_adv)
-            best.update(x_adv, outputs, loss, success)
+        with torch.enable_grad():  # once, not per step
+            for restart in range(self.restarts):
+                start_random = self.random_start or restart > 0
+                trajectory = Trajectory(x, bound, self.steps + 1)
+                point = trajectory.point
+                point.copy_(threat.random_start(x, generator) if start_random else x)
+                for _ in range(self.steps):
+                    outputs, loss, gradient = forward_backward(model, bound, point)
+                    trajectory.record(outputs, loss)
+                    if trajectory.full:
+                        trajectory.fold(best)
+                    direction = threat.ascent_direction(gradient, out=gradient)
+                    point = project(
+                        torch.add(point, direction, alpha=self.step_size, out=trajectory.point)
+                    )
+                trajectory.record(*score(model, bound, point))
+                trajectory.fold(best)
         return best
 
 
@@ -86,8 +103,14 @@ class APGD(Attack):
 
     Step size ``2·eps`` per sample, momentum ``0.75``; at each checkpoint the step is halved and
     the iterate restarted from the best point if fewer than ``rho`` of the steps since the last
-    checkpoint increased the loss, or if neither the step nor the best loss changed since then.
-    Objective ``CrossEntropy`` gives APGD-CE, ``DLR`` gives APGD-DLR.
+    checkpoint increased the loss, or if neither the step nor the best loss changed since then
+    (a restart drops the momentum term of the next step). Objective ``CrossEntropy`` gives
+    APGD-CE, ``DLR`` gives APGD-DLR.
+
+    A run costs ``steps + 1`` forward and backward passes (the start and every step): the loss
+    and ascent direction at each run's best point are kept, as in the reference code, so a
+    restart from it needs no new pass. Each sample's returned point is its best iterate
+    (success, then loss) over all restarts.
     """
 
     def __init__(
@@ -110,58 +133,100 @@ class APGD(Attack):
         self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
     ) -> Best:
         best = Best(x)
-        for _ in range(self.restarts):
-            self._single(model, x, bound, generator, best)
+        project = self.threat.projector(x)
+        with torch.enable_grad():  # once, not per step
+            for _ in range(self.restarts):
+                _Run(self, model, x, bound, project, generator, best).search()
         return best
 
-    def _single(
+
+class _Run:
+    """One APGD run: the iterate, its momentum, the per-sample step size, and the run's best
+    point by loss alone (where a checkpoint restarts a sample) with that point's loss and
+    ascent direction. Starts at a random point of the threat set, scored into ``best``."""
+
+    def __init__(
         self,
+        attack: APGD,
         model: nn.Module,
         x: torch.Tensor,
         bound: BoundObjective,
+        project: Callable[[torch.Tensor], torch.Tensor],
         generator: torch.Generator,
         best: Best,
     ) -> None:
-        threat = self.threat
-        shape = (-1, *([1] * (x.dim() - 1)))
-        checkpoints = apgd_checkpoints(self.steps)
-        eta = torch.full((x.shape[0],), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
-        current = threat.random_start(x, generator)
-        outputs, loss, success, gradient = loss_and_gradient(model, bound, current)
-        best.update(current, outputs, loss, success)
-        run_best_x, run_best_loss = current.clone(), loss.clone()
-        previous = current.clone()
-        increases = torch.zeros_like(eta)
-        eta_at_checkpoint = eta.clone()
-        best_at_checkpoint = run_best_loss.clone()
+        self.attack, self.model, self.bound = attack, model, bound
+        self.project, self.best = project, best
+        self.shape = (-1, *([1] * (x.dim() - 1)))
+        self.trajectory = Trajectory(x, bound, attack.steps, directions=True)
+        self.increases = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        self.start = attack.threat.random_start(x, generator)
+        outputs, loss, gradient = forward_backward(model, bound, self.start)
+        best.update(self.start, outputs, loss, bound.success(outputs))
+        self.start_direction = attack.threat.ascent_direction(gradient, out=gradient)
+        self.best_x, self.best_loss = self.start, loss
+        self.best_direction = self.start_direction
+        self.reference = loss  # the loss of the iterate before the first step not folded yet
+
+    def search(self) -> None:
+        attack, threat, trajectory = self.attack, self.attack.threat, self.trajectory
+        momentum = attack.momentum
+        checkpoints = set(apgd_checkpoints(attack.steps))
+        eta = torch.full_like(self.best_loss, 2.0 * threat.eps).view(self.shape)
+        current = previous = self.start
+        direction = self.start_direction
+        z = torch.empty_like(current)
+        eta_at_checkpoint, best_at_checkpoint = eta, self.best_loss
         last_checkpoint = 0
-        for k in range(self.steps):
-            step = eta.view(shape) * threat.ascent_direction(gradient)
-            z = threat.project(x, current + step)
+        for k in range(attack.steps):
+            proposal = trajectory.point
             if k == 0:
-                proposal = z
+                self.project(torch.addcmul(current, eta, direction, out=proposal))
             else:
-                proposal = current + self.momentum * (z - current)
-                proposal = proposal + (1 - self.momentum) * (current - previous)
-                proposal = threat.project(x, proposal)
+                self.project(torch.addcmul(current, eta, direction, out=z))
+                torch.lerp(current, z, momentum, out=proposal)
+                proposal.add_(current - previous, alpha=1 - momentum)
+                self.project(proposal)
             previous, current = current, proposal
-            outputs, new_loss, success, gradient = loss_and_gradient(model, bound, current)
-            best.update(current, outputs, new_loss, success)
-            increases += (new_loss > loss).to(x.dtype)
-            loss = new_loss
-            improved = new_loss > run_best_loss
-            run_best_x[improved] = current[improved]
-            run_best_loss = torch.where(improved, new_loss, run_best_loss)
-            if k + 1 in checkpoints and k + 1 > last_checkpoint:
-                interval = k + 1 - last_checkpoint
-                too_few = increases < self.rho * interval
-                stalled = (eta == eta_at_checkpoint) & (run_best_loss == best_at_checkpoint)
-                reduce = too_few | stalled
-                eta = torch.where(reduce, eta / 2, eta)
-                if bool(reduce.any()):
-                    current = torch.where(reduce.view(shape), run_best_x, current)
-                    previous = current.clone()
-                    _, loss, success, gradient = loss_and_gradient(model, bound, current)
-                increases.zero_()
-                eta_at_checkpoint, best_at_checkpoint = eta.clone(), run_best_loss.clone()
-                last_checkpoint = k + 1
+            outputs, loss, gradient = forward_backward(self.model, self.bound, current)
+            direction = threat.ascent_direction(gradient, out=trajectory.direction)
+            trajectory.record(outputs, loss)
+            if k + 1 not in checkpoints:
+                if trajectory.full:
+                    self.fold()
+                continue
+            self.fold()
+            too_few = self.increases < attack.rho * (k + 1 - last_checkpoint)
+            stalled = (eta == eta_at_checkpoint).view(-1) & (self.best_loss == best_at_checkpoint)
+            reduce = too_few | stalled
+            eta = torch.where(reduce.view(self.shape), eta / 2, eta)
+            if bool(reduce.any()):
+                rows = reduce.view(self.shape)
+                current = torch.where(rows, self.best_x, current)
+                direction = torch.where(rows, self.best_direction, direction)
+                self.reference = torch.where(reduce, self.best_loss, self.reference)
+                previous = current
+            self.increases.zero_()
+            eta_at_checkpoint, best_at_checkpoint = eta, self.best_loss
+            last_checkpoint = k + 1
+        if trajectory.losses:
+            self.fold()
+
+    def fold(self) -> None:
+        """Merge the recorded steps into the overall best and the run's best point; count the
+        steps that increased the loss."""
+        count = len(self.trajectory.losses)
+        directions = self.trajectory.directions
+        assert directions is not None  # made with directions=True
+        points, losses = self.trajectory.fold(self.best)
+        before = torch.cat([self.reference[None], losses[:-1]])
+        self.increases += (losses > before).sum(0)
+        self.reference = losses[-1]
+        key = torch.where(losses.isnan(), -torch.inf, losses)
+        value, top = key.max(0)  # the first of the maxima
+        rows = torch.arange(losses.shape[1], device=top.device)
+        improved = value > self.best_loss
+        self.best_loss = torch.where(improved, value, self.best_loss)
+        mask = improved.view(self.shape)
+        self.best_x = torch.where(mask, points[top, rows], self.best_x)
+        self.best_direction = torch.where(mask, directions[:count][top, rows], self.best_direction)

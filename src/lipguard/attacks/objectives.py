@@ -34,17 +34,29 @@ from lipguard.errors import InvalidArgumentError, ShapeError
 
 @dataclass(frozen=True)
 class BoundObjective:
-    """An objective fixed to one batch of clean inputs."""
+    """An objective fixed to one batch of clean inputs. ``stacks``: ``margin`` also accepts
+    outputs of several iterates stacked on a leading axis, ``(k, N, ...) -> (k, N)``, with the
+    same values as ``k`` separate calls (attacks then test success once per batch of steps)."""
 
     source: Objective
     loss: Callable[[torch.Tensor], torch.Tensor]
     margin: Callable[[torch.Tensor], torch.Tensor] | None
+    stacks: bool = False
 
     def success(self, outputs: torch.Tensor) -> torch.Tensor:
         """Whether the attack succeeded on each sample."""
         if self.margin is None:
             return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
         return self.margin(outputs) < 0
+
+    def successes(self, outputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`success` of each of ``k`` batches of outputs stacked on a leading axis:
+        ``(k, N, ...) -> (k, N)`` (one call of ``margin`` when it :attr:`stacks`)."""
+        if self.margin is None:
+            return torch.zeros(outputs.shape[:2], dtype=torch.bool, device=outputs.device)
+        if self.stacks:
+            return self.margin(outputs) < 0
+        return torch.stack([self.margin(batch) < 0 for batch in outputs])
 
 
 class Objective(ABC):
@@ -73,9 +85,23 @@ def _logits(outputs: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-def _other_best(logits: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-    """``max_{j != exclude} logits_j`` per row."""
-    return logits.scatter(1, exclude[:, None], -torch.inf).amax(1)
+def _stacked_logits(outputs: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, classes)``, or several batches of them stacked: ``(k, N, classes)``."""
+    if outputs.dim() not in (2, 3) or outputs.shape[-1] < 2:
+        raise ShapeError(
+            f"a classification objective needs (batch, classes) logits, got {tuple(outputs.shape)}"
+        )
+    return outputs
+
+
+def _pick_minus_rest(
+    logits: torch.Tensor, marked: torch.Tensor, onehot: torch.Tensor
+) -> torch.Tensor:
+    """``logits_c - max_{j != c} logits_j`` per row, ``c = marked`` (``onehot`` marks it); it
+    broadcasts over leading axes (stacked batches)."""
+    index = marked.view(-1, 1).expand(*logits.shape[:-1], 1)
+    picked = logits.gather(-1, index)[..., 0]
+    return picked - torch.where(onehot, -torch.inf, logits).amax(-1)
 
 
 class _Classification(Objective):
@@ -96,11 +122,20 @@ class _Classification(Objective):
     def _margin(
         self, labels: torch.Tensor, target: torch.Tensor | None
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        if target is None:  # untargeted: correct logit above all others
-            return lambda out: (
-                _logits(out).gather(1, labels[:, None])[:, 0] - _other_best(out, labels)
-            )
-        return lambda out: _other_best(_logits(out), target) - out.gather(1, target[:, None])[:, 0]
+        """Untargeted: the correct logit minus the best other one; targeted: the best logit
+        other than the target's minus the target's. Accepts stacked logits (``stacks``)."""
+        marked = labels if target is None else target
+        onehots: dict[int, torch.Tensor] = {}  # by number of classes, made on first use
+
+        def margin(out: torch.Tensor) -> torch.Tensor:
+            logits = _stacked_logits(out)
+            classes = logits.shape[-1]
+            if classes not in onehots:
+                onehots[classes] = functional.one_hot(marked, classes).bool()
+            value = _pick_minus_rest(logits, marked, onehots[classes])
+            return value if target is None else -value
+
+        return margin
 
 
 class CrossEntropy(_Classification):
@@ -112,7 +147,7 @@ class CrossEntropy(_Classification):
             loss = lambda out: functional.cross_entropy(_logits(out), labels, reduction="none")  # noqa: E731
         else:
             loss = lambda out: -functional.cross_entropy(_logits(out), target, reduction="none")  # noqa: E731
-        return BoundObjective(self, loss, self._margin(labels, target))
+        return BoundObjective(self, loss, self._margin(labels, target), stacks=True)
 
 
 class Margin(_Classification):
@@ -121,7 +156,7 @@ class Margin(_Classification):
 
     def bind(self, model: nn.Module, x: torch.Tensor, clean: torch.Tensor | None) -> BoundObjective:
         margin = self._margin(*self._labels(x))
-        return BoundObjective(self, lambda out: -margin(out), margin)
+        return BoundObjective(self, lambda out: -margin(out), margin, stacks=True)
 
 
 class DLR(_Classification):
@@ -139,7 +174,7 @@ class DLR(_Classification):
             top = logits.sort(1, descending=True).values
             return -margin(logits) / (top[:, 0] - top[:, 2] + 1e-12)
 
-        return BoundObjective(self, loss, margin)
+        return BoundObjective(self, loss, margin, stacks=True)
 
 
 def _scalar(outputs: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,19 @@
 A :class:`ThreatModel` is a norm ball ``||x' - x|| <= eps`` (ℓ∞ or ℓ2), optionally intersected
 with a box ``low <= x' <= high`` (valid pixel or feature ranges) and restricted to a mask of
 attackable features (the others stay exactly at their clean values). :meth:`project` maps any
-point into that set — first zeroing masked-out coordinates, then the exact projection onto the
-ball, then clipping to the box (clipping only shrinks each coordinate's distance to ``x``, so the
+point into that set. For ℓ∞ the set is a box per coordinate, ``[max(x - eps, low),
+min(x + eps, high)]`` (a single point ``x_i`` outside the mask), and the projection is one clamp to
+it — exact and idempotent. For ℓ2 it zeroes masked-out coordinates, projects exactly onto the
+ball, then clips to the box (clipping only shrinks each coordinate's distance to ``x``, so the
 result stays in the ball). Every attack's result goes through it, so no attack can return an
-out-of-budget point.
+out-of-budget point; :meth:`ThreatModel.projector` prepares the same projection once per clean
+batch for attack loops.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,25 +110,53 @@ class ThreatModel:
         """``||delta_i||_p`` for each sample."""
         return _flat_norm(delta, self.norm)
 
-    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """The point of the threat set for ``x`` obtained from ``x_adv`` (mask, ball, box)."""
-        delta = x_adv - x
-        if self.mask is not None:
-            delta = delta * self.mask.to(delta.device)
-        if self.norm == math.inf:
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            size = _flat_norm(delta, 2.0)
-            scale = torch.where(size > self.eps, self.eps / size.clamp_min(1e-30), 1.0)
-            delta = delta * _view(scale, delta)
-        result = x + delta
+    def interval(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ℓ∞ only: the threat set of each clean point as per-coordinate bounds ``(lo, hi)``:
+        ``[max(x - eps, low), min(x + eps, high)]``, and ``[x_i, x_i]`` outside the mask. For
+        ``x`` in the box (:meth:`check_inputs`) ``lo <= x <= hi``; both bounds are clamped into
+        the box, so a clean point outside it still yields points inside. ``x ± eps`` is rounded
+        once, so a bound may exceed the budget by one rounding of ``x ± eps``."""
+        if self.norm != math.inf:
+            raise InvalidArgumentError("interval() describes the ℓ∞ threat set only")
+        lo, hi = x - self.eps, x + self.eps
         if self.bounds is not None:
             low, high = self.bounds
             if isinstance(low, torch.Tensor) or isinstance(high, torch.Tensor):
                 low, high = self._box(x)
-                return torch.maximum(torch.minimum(result, high), low)
-            return result.clamp_(float(low), float(high))
+                lo, hi = torch.clamp(lo, low, high), torch.clamp(hi, low, high)
+            else:
+                lo, hi = lo.clamp_(float(low), float(high)), hi.clamp_(float(low), float(high))
+        if self.mask is not None:
+            mask = self.mask.to(x.device)
+            lo, hi = torch.where(mask, lo, x), torch.where(mask, hi, x)
+        return lo, hi
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """The point of the threat set for ``x`` obtained from ``x_adv`` (mask, ball, box). ℓ∞:
+        the exact Euclidean projection, one clamp to :meth:`interval` (points of the set come
+        back bit for bit); ℓ2: the exact projection onto the ball, then clipping to the box."""
+        if self.norm == math.inf:
+            lo, hi = self.interval(x)
+            return torch.clamp(x_adv, lo, hi)
+        delta = x_adv - x
+        if self.mask is not None:
+            delta = delta * self.mask.to(delta.device)
+        size = _flat_norm(delta, 2.0)
+        scale = torch.where(size > self.eps, self.eps / size.clamp_min(1e-30), 1.0)
+        result = x + delta * _view(scale, delta)
+        if self.bounds is not None:
+            low, high = self._box(x)
+            return torch.maximum(torch.minimum(result, high), low)
         return result
+
+    def projector(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`project` for the clean batch ``x``, prepared once for an attack loop: the
+        returned function overwrites its argument (a detached batch of points) with its
+        projection and returns it. ℓ∞: one in-place clamp to the precomputed :meth:`interval`."""
+        if self.norm == math.inf:
+            lo, hi = self.interval(x)
+            return lambda points: points.clamp_(lo, hi)
+        return lambda points: points.copy_(self.project(x, points))
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """A random point of the threat set: uniform in the ℓ∞ box, or uniform in the ℓ2 ball."""
@@ -139,15 +171,18 @@ class ThreatModel:
             delta = direction * _view(self.eps * radius ** (1.0 / dimension), x)
         return self.project(x, x + delta)
 
-    def ascent_direction(self, gradient: torch.Tensor) -> torch.Tensor:
+    def ascent_direction(
+        self, gradient: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The steepest-ascent direction of unit ``p``-norm: ``sign(g)`` for ℓ∞,
-        ``g/||g||₂`` for ℓ2 (zero where the gradient is zero)."""
+        ``g/||g||₂`` for ℓ2 (zero where the gradient is zero, and outside the mask); written
+        into ``out`` when given (which may be ``gradient`` itself)."""
         if self.mask is not None:
             gradient = gradient * self.mask.to(gradient.device)
         if self.norm == math.inf:
-            return gradient.sign()
-        size = _flat_norm(gradient, 2.0)
-        return gradient / _view(size.clamp_min(1e-30), gradient)
+            return torch.sign(gradient, out=out) if out is not None else gradient.sign()
+        size = _view(_flat_norm(gradient, 2.0).clamp_min(1e-30), gradient)
+        return torch.div(gradient, size, out=out) if out is not None else gradient / size
 
     def contains(self, x: torch.Tensor, x_adv: torch.Tensor, tolerance: float = 1e-6) -> bool:
         """Whether every ``x_adv[i]`` is in the threat set of ``x[i]`` (up to ``tolerance``)."""
