@@ -49,7 +49,7 @@ from lipguard.check import check
 from lipguard.io import load_onnx
 
 FIXTURES = Path(__file__).parent.parent / "tests" / "fixtures" / "lipsdp"
-ONNX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "onnx"
+ONNX = Path(__file__).parent.parent / "tests" / "fixtures" / "onnx"
 ONNX_NETWORKS = {
     "ACASXU_run2a_1_1_batch_2000": "ACAS Xu 5-50×6-5 (ONNX)",
     "mnist-net_256x2": "MNIST 784-256-256-10 (ONNX)",

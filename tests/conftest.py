@@ -26,13 +26,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``cuda`` where no GPU is present, and say so."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU here: the device tests run where one is present")
+    """Skip the tests marked ``cuda`` where no GPU is present, and those marked ``slow`` unless
+    ``LIPGUARD_SLOW_TESTS=1``; say so."""
+    gpu = pytest.mark.skip(reason="no CUDA GPU here: the device tests run where one is present")
+    slow = pytest.mark.skip(reason="slow (minutes): run with LIPGUARD_SLOW_TESTS=1")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(gpu)
+        if "slow" in item.keywords and os.environ.get("LIPGUARD_SLOW_TESTS") != "1":
+            item.add_marker(slow)
 
 
 @pytest.fixture(autouse=True)

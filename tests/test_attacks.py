@@ -529,3 +529,15 @@ def test_projection_stays_in_the_box_for_a_clean_point_outside_it():
     assert projected.min() >= 0.0
     assert projected.max() <= 1.0
     assert projected[0, 2] == pytest.approx(0.6)
+
+
+def test_pgd_on_a_model_that_ignores_its_input():
+    """Autograd's gradient is then a broadcast zero view; the step must not write into it."""
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum(dim=1, keepdim=True) * 0 + 1
+
+    x = torch.randn(8, 3)
+    result = PGD(ThreatModel(eps=0.1, norm="inf"), steps=3)(Constant(), x, RewardShift("abs"))
+    assert (result.x_adv - x).abs().max() <= 0.1 + 1e-6

@@ -25,7 +25,7 @@ from lipguard.check import check
 from lipguard.check.graph import evaluate, read_onnx
 from lipguard.io import load_onnx
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "onnx"
+FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
 
 
 class Net:

@@ -49,6 +49,11 @@ NEEDS = {
     ),
 }
 ENVS = [pytest.param(env, marks=mark, id=env) for env, mark in NEEDS.items()]
+#: the end-to-end quick runs; highway-v0's takes 2–2.5 minutes on 2 cores: opt-in
+QUICK_RUNS = [
+    pytest.param(env, marks=[mark, pytest.mark.slow] if env == HIGHWAY else mark, id=env)
+    for env, mark in NEEDS.items()
+]
 
 #: the sections of results.json
 SECTIONS = ("meta", "config", "data", "rewards", "stress", "policies", "monitor", "checks")
@@ -193,7 +198,7 @@ def test_hopper_preset_makes_the_standard_hopper():
 # machine 48 s and 24 s.
 
 
-@pytest.fixture(scope="module", params=ENVS)
+@pytest.fixture(scope="module", params=QUICK_RUNS)
 def env_run(request, tmp_path_factory):
     env = request.param
     out = tmp_path_factory.mktemp(env)

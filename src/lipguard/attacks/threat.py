@@ -176,7 +176,10 @@ class ThreatModel:
     ) -> torch.Tensor:
         """The steepest-ascent direction of unit ``p``-norm: ``sign(g)`` for ℓ∞,
         ``g/||g||₂`` for ℓ2 (zero where the gradient is zero, and outside the mask); written
-        into ``out`` when given (which may be ``gradient`` itself)."""
+        into ``out`` when given (which may be ``gradient`` itself; not when it is a broadcast view
+        such as autograd's zero gradient of an input the output does not depend on)."""
+        if out is not None and not out.is_contiguous():
+            out = None
         if self.mask is not None:
             gradient = gradient * self.mask.to(gradient.device)
         if self.norm == math.inf:
