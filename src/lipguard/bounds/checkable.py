@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from lipguard.bounds.api import AUTO_LIPSDP_SIZE, Method
+from lipguard.bounds.enclosure import Enclosure
+from lipguard.bounds.norms import matrix_norm
 from lipguard.errors import CertificationError
-from lipguard.linalg import spectral_norm_certificate
 from lipguard.results import LipschitzBound
 
 _ACTIVATIONS: dict[type[nn.Module], str] = {
@@ -138,23 +139,15 @@ def _float_up(value: Fraction) -> float:
     return result if Fraction(result) >= value else math.nextafter(result, math.inf)
 
 
-def _operator_norm(matrix: torch.Tensor, p: float) -> float:
-    """A bound on ``||matrix||_p`` of the float64 matrix (the ladder covers the difference to
-    the checker's exact matrices)."""
-    if p == 2:
-        return spectral_norm_certificate(matrix).upper
-    sums = matrix.abs().sum(dim=1)
-    return float(sums.max()) * (1 + 2.0**-40) if sums.numel() else 0.0
-
-
 def _block_norms(weights: list[torch.Tensor], p: float) -> list[list[float]]:
-    """``σ(i, j) >= ||W_j ⋯ W_i||_p`` of the float64 products."""
+    """``σ(i, j) >= ||W_j ⋯ W_i||_p`` of the float64 products (the engine's sound norms; the
+    ladder covers the difference to the checker's exact products)."""
     norms: list[list[float]] = []
     for j in range(len(weights)):
         product, row = weights[j], [0.0] * (j + 1)
         for i in range(j, -1, -1):
             product = product if i == j else product @ weights[i]
-            row[i] = _operator_norm(product, p)
+            row[i] = matrix_norm(Enclosure.exact(product), p)
         norms.append(row)
     return norms
 
@@ -175,7 +168,7 @@ def checkable_proof(
     lipsdp = "multipliers" in given and [len(t) for t in given["multipliers"]] == hidden
     matrices = [torch.tensor(w) for _, w in checker.weights(steps)]
     if upper.method == "product":
-        claims = [_operator_norm(w, p) for w in matrices]
+        claims = [matrix_norm(Enclosure.exact(w), p) for w in matrices]
     elif upper.method == "compositional" and not lipsdp:
         blocks = _block_norms(matrices, p)
     elif upper.method in ("lipsdp-neuron", "lipsdp-layer", "compositional") and lipsdp:
