@@ -3,59 +3,237 @@
 Environments step one small batch at a time, where PyTorch's per-call overhead (tens of
 microseconds per layer, plus lipguard's certificate checks) dwarfs the arithmetic.
 :class:`FrozenReward` reads the model once through the bound engine's graph (a chain of dense
-layers — lipguard's constrained layers with their effective weights —, standardisation, ReLU,
-tanh, GroupSort/MaxMin) and evaluates it with NumPy in float64. Before every call it compares
-the model with the snapshot's sources — every parameter and buffer by value (``torch.equal``
-semantics, so ``.data`` edits, which autograd's version counter does not see, are caught, and so
-are replaced tensors) and every module's settings (a layer's ``lipschitz``, say) — and re-reads
-the model when anything differs, so it never serves a stale reward. Models with other operators
-raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
+layers — lipguard's constrained layers with their effective weights —, scalings, ReLU, tanh,
+GroupSort/MaxMin) and compiles it into a float64 NumPy program: consecutive affine maps are
+multiplied into one, and the rows of the dense layer before a GroupSort are reordered so that the
+entries it sorts together lie in contiguous blocks (a MaxMin becomes one ``minimum`` and one
+``maximum`` of two halves; the next layer's columns follow the new order). Each batch size gets
+preallocated buffers (per thread), so a call allocates nothing but its result. The program
+computes the model's function, rounded differently: in float64, with the products folded.
+
+Before every call a :class:`~lipguard.rl.watch.ModuleWatch` compares the model with the
+snapshot's sources (every parameter, buffer, module, setting and hook) and the model is re-read
+when anything differs, so it never serves a stale reward. Models with other operators raise
+:class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
-from lipguard.bounds.graph import infer_input_shape, module_graph, module_settings
+from lipguard.bounds.graph import Graph, infer_input_shape, module_graph
 from lipguard.bounds.ops import Activation, Dense, Scale, Sort
-from lipguard.errors import UnsupportedModuleError
+from lipguard.errors import ShapeError, UnsupportedModuleError
+from lipguard.rl.watch import ModuleWatch
 
-_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "tanh": np.tanh,
-}
-
-
-def _sort(group_size: int, descending: bool) -> Callable[[np.ndarray], np.ndarray]:
-    if group_size == 2:  # MaxMin: an elementwise min and max beat np.sort on tiny groups
-        first, second = (np.maximum, np.minimum) if descending else (np.minimum, np.maximum)
-
-        def pairs(x: np.ndarray) -> np.ndarray:
-            even, odd, out = x[:, 0::2], x[:, 1::2], np.empty_like(x)
-            first(even, odd, out=out[:, 0::2])
-            second(even, odd, out=out[:, 1::2])
-            return out
-
-        return pairs
-
-    def apply(x: np.ndarray) -> np.ndarray:
-        grouped = np.sort(x.reshape(len(x), -1, group_size), axis=2)
-        return (grouped[:, :, ::-1] if descending else grouped).reshape(len(x), -1)
-
-    return apply
+#: the operators of a compiled program, each a tuple ``(kind, *arrays)``: ``("affine", W, b)``
+#: is ``x @ W + b``; ``("scale", s, t)`` is ``x * s + t``; ``("relu",)``, ``("tanh",)``;
+#: ``("sort", g)`` sorts each column of the ``(g, width / g)`` blocks of a row (ascending);
+#: ``("gather", index)`` is ``x[:, index]``
+Step = tuple
+_ELEMENTWISE = {"relu", "tanh"}
+#: batch sizes up to this keep their buffers between calls (at most this many sizes at once)
+_CACHED_ROWS, _CACHED_SIZES = 4096, 16
 
 
-def _dense(matrix: np.ndarray, bias: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    transposed = np.ascontiguousarray(matrix.T)
-    return lambda x: x @ transposed + bias
+def _operators(graph: Graph) -> list[Step]:
+    """The graph's chain as steps in the model's own feature order (matrices ``(out, in)``)."""
+    steps: list[Step] = []
+    for index, node in enumerate(graph.nodes[1:], start=1):
+        op = node.op
+        if node.inputs != (index - 1,):
+            raise UnsupportedModuleError(
+                "FrozenReward evaluates chains of layers only; call the model itself"
+            )
+        if isinstance(op, Dense) and op.blocks == 1:
+            steps.append(("affine", _array(op.matrix.value), _array(op.bias.value)))
+        elif isinstance(op, Scale):
+            width = op.shape[-1] if op.shape else 1
+            scale, shift = (np.broadcast_to(_array(e.value), width) for e in (op.scale, op.shift))
+            steps.append(("scale", scale.copy(), shift.copy()))
+        elif isinstance(op, Activation) and op.spec.name in ("relu", "tanh", "identity"):
+            if op.spec.name != "identity":
+                steps.append((op.spec.name,))
+        elif isinstance(op, Sort) and op.shape and op.shape[-1] % op.group_size == 0:
+            steps.append(("sort", op.group_size, op.descending))
+        else:
+            raise UnsupportedModuleError(
+                f"FrozenReward evaluates dense layers, scalings, ReLU, tanh and GroupSort "
+                f"only, not {type(op).__name__} ({node.where}); call the model itself"
+            )
+    return steps
 
 
-def _scale(scale: np.ndarray, shift: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: x * scale + shift
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A float64 copy (never a view of the model's memory)."""
+    return np.array(tensor.detach().cpu().numpy(), dtype=np.float64)
+
+
+def _compose(first: Step, second: Step) -> Step:
+    """One affine step computing ``second(first(x))`` (both ``affine`` or ``scale``)."""
+    if first[0] == "scale" and second[0] == "scale":
+        return ("scale", second[1] * first[1], second[1] * first[2] + second[2])
+    if second[0] == "scale":  # rows of the matrix scaled
+        return ("affine", second[1][:, None] * first[1], second[1] * first[2] + second[2])
+    if first[0] == "scale":  # columns scaled
+        return ("affine", second[1] * first[1][None, :], second[1] @ first[2] + second[2])
+    return ("affine", second[1] @ first[1], second[1] @ first[2] + second[2])
+
+
+def _fold(steps: list[Step]) -> list[Step]:
+    folded: list[Step] = []
+    for step in steps:
+        if folded and {folded[-1][0], step[0]} <= {"affine", "scale"}:
+            folded[-1] = _compose(folded[-1], step)
+        else:
+            folded.append(step)
+    return folded
+
+
+def _reorder(step: Step, order: np.ndarray) -> Step:
+    """``step`` with its outputs (an affine step's columns, a scaling's entries) in ``order``."""
+    if step[0] == "affine":
+        return ("affine", step[1][:, order], step[2][order])
+    if step[0] == "scale":
+        return ("scale", step[1][order], step[2][order])
+    return step
+
+
+def _with_bias_row(step: Step) -> Step:
+    """An affine step as one matrix: the inputs get a column of ones, the matrix the bias."""
+    if step[0] != "affine":
+        return step
+    return ("affine", np.ascontiguousarray(np.vstack([step[1], step[2][None, :]])))
+
+
+def _lay_out(steps: list[Step], width: int) -> tuple[list[Step], int]:
+    """The steps on features stored in the order that suits them, and the column of output 0.
+
+    ``stored[j]`` is the feature that column ``j`` holds. A sort of groups of ``g`` wants column
+    ``r·k + i`` (``k`` groups) to hold feature ``g·i + r``; the dense layer before it (with only
+    elementwise steps in between) produces that order for free, else a gather does.
+    """
+    stored = np.arange(width)
+    laid: list[Step] = []
+    free: int | None = None  # the affine step whose output order may still change
+    for step in steps:
+        position = np.argsort(stored)  # the column that holds each feature
+        if step[0] == "affine":
+            matrix, bias = step[1], step[2]
+            laid.append(("affine", np.ascontiguousarray(matrix[:, stored].T), bias))
+            stored, free = np.arange(len(bias)), len(laid) - 1
+        elif step[0] == "scale":
+            laid.append(("scale", step[1][stored], step[2][stored]))
+        elif step[0] in _ELEMENTWISE:
+            laid.append(step)
+        else:  # sort
+            group, descending = step[1], step[2]
+            count = len(stored) // group
+            ranks, groups = np.arange(group)[:, None], np.arange(count)[None, :]
+            wanted = (group * groups + ranks).reshape(-1)
+            if free is not None:
+                laid[free:] = [_reorder(s, position[wanted]) for s in laid[free:]]
+            elif not np.array_equal(stored, wanted):
+                laid.append(("gather", position[wanted]))
+            laid.append(("sort", group))
+            rank = group - 1 - ranks if descending else ranks
+            stored, free = (group * groups + rank).reshape(-1), None
+    return [*map(_with_bias_row, laid)], int(np.argsort(stored)[0])
+
+
+def _buffer(rows: int, width: int, ones: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(rows, width)`` buffer, and the whole buffer: with ``ones``, one more column of ones
+    (an affine step's bias is its matrix's last row)."""
+    whole = np.empty((rows, width + ones))
+    whole[:, width:] = 1.0
+    return whole[:, :width], whole
+
+
+class _Plan:
+    """The calls of a program on a batch of ``rows`` rows, bound to preallocated buffers.
+
+    A step that feeds an affine step writes into a buffer with a column of ones, so that
+    ``np.dot`` adds the bias as part of the product (the matrix's last row); the others write in
+    place where they can.
+    """
+
+    def __init__(self, steps: list[Step], width: int, column: int, rows: int) -> None:
+        self.calls: list[Callable[[], object]] = []
+        add = self.calls.append
+        feeds = [step[0] == "affine" for step in steps] + [False]  # feeds[i + 1]: step i feeds one
+        self.input, whole = _buffer(rows, width, feeds[0])
+        source = self.input
+        for step, ones in zip(steps, feeds[1:], strict=True):
+            kind, out_width = step[0], source.shape[1]
+            if kind == "affine":
+                source = np.empty((rows, step[1].shape[1]))
+                add(partial(np.dot, whole, step[1], source))  # dot: the fastest with out
+                whole = source
+                continue
+            if kind == "scale":  # never feeds an affine step: the two are folded
+                add(partial(np.multiply, source, step[1][None, :], out=source))
+                add(partial(np.add, source, step[2][None, :], out=source))
+                continue
+            if kind == "gather":
+                out_width = len(step[1])
+            fresh = ones or kind == "gather" or (kind == "sort" and step[1] == 2)
+            target, whole = _buffer(rows, out_width, ones) if fresh else (source, whole)
+            if kind == "relu":
+                add(partial(np.maximum, source, np.zeros((1, out_width)), out=target))
+            elif kind == "tanh":
+                add(partial(np.tanh, source, out=target))
+            elif kind == "gather":
+                add(partial(np.take, source, step[1], 1, out=target))
+            elif step[1] == 2:  # MaxMin: the smaller of each pair, then the larger
+                half = out_width // 2
+                low, high = source[:, :half], source[:, half:]
+                add(partial(np.minimum, low, high, out=target[:, :half]))
+                add(partial(np.maximum, low, high, out=target[:, half:]))
+            else:  # each row's blocks sorted in place (the source buffer is whole)
+                blocks = source.reshape(rows, step[1], out_width // step[1])
+                add(partial(np.ndarray.sort, blocks, 1))
+                if target is not source:
+                    add(partial(np.copyto, target, source))
+            source = target
+        self.output = source[:, column]
+
+
+class _PlansPerThread(threading.local):
+    def __init__(self) -> None:
+        self.plans: dict[int, _Plan] = {}  # each thread its own (run for each thread)
+
+
+class _Program:
+    """A compiled chain: ``features (N, width) -> output 0 (N,)`` in float64."""
+
+    def __init__(self, graph: Graph, width: int) -> None:
+        self.width = width
+        self.steps, self.column = _lay_out(_fold(_operators(graph)), width)
+        self._local = _PlansPerThread()
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        rows = np.asarray(features)
+        count = len(rows)
+        if rows.size != count * self.width:
+            raise ShapeError(f"reward features must be (N, {self.width}), got {rows.shape}")
+        plans = self._local.plans
+        plan = plans.get(count)
+        if plan is None:
+            plan = _Plan(self.steps, self.width, self.column, count)
+            if count <= _CACHED_ROWS:
+                if len(plans) >= _CACHED_SIZES:
+                    plans.clear()
+                plans[count] = plan
+        np.copyto(plan.input, rows.reshape(count, self.width))
+        for call in plan.calls:
+            call()
+        return plan.output.copy()
 
 
 class FrozenReward:
@@ -64,101 +242,24 @@ class FrozenReward:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._shape = infer_input_shape(model)
-        self._modules: list[nn.Module] = []  # the snapshot holds its sources, so their ids
-        self._tensors: list[torch.Tensor] = []  # stay theirs: equal ids are the same objects
-        self._ids: list[int] = []
-        self._pointers: list[int] = []
-        self._host_views: list[np.ndarray] = []  # CPU tensors as arrays, and their bytes
-        self._host_bytes: list[bytes] = []
-        self._device_copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # the others
-        self._setting_keys: list[tuple[nn.Module, str]] = []
-        self._setting_values: list[object] = []
-        self._layers: list[Callable[[np.ndarray], np.ndarray]] = []
+        self._width = int(np.prod(self._shape))
+        self._state: tuple[ModuleWatch, _Program] | None = None
         self._read()
 
-    def _sources(self) -> tuple[list[nn.Module], list[torch.Tensor]]:
-        # model.modules()' order, without its recursive generators and path strings
-        modules, seen = [self.model], {id(self.model)}
-        for module in modules:
-            for child in module._modules.values():
-                if child is not None and id(child) not in seen:
-                    seen.add(id(child))
-                    modules.append(child)
-        tensors = [
-            tensor
-            for module in modules
-            for tensor in (*module._parameters.values(), *module._buffers.values())
-            if tensor is not None
-        ]
-        return modules, tensors
-
-    def _changed(self) -> bool:
-        """True when any module, parameter, buffer or module setting differs from the
-        snapshot's (CPU tensors by bytes — equal bytes are equal values; a flipped sign of zero
-        re-reads —, other tensors by ``torch.equal``, storage by address, settings by ``==``),
-        or a forward hook is registered (re-reading refuses it by name)."""
-        modules, tensors = self._sources()
-        hooks = torch.nn.modules.module
-        return (
-            [*map(id, modules), *map(id, tensors)] != self._ids
-            or [t.data_ptr() for t in tensors] != self._pointers  # `.data = ...` swapped storage
-            or [view.tobytes() for view in self._host_views] != self._host_bytes
-            or not all(torch.equal(t.detach(), copy) for t, copy in self._device_copies)
-            or [vars(m).get(key) for m, key in self._setting_keys] != self._setting_values
-            or bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
-            or any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-        )
-
-    def _read(self) -> None:
-        self._modules, self._tensors = self._sources()
-        self._ids = []  # until the layers are read: a refused model is read again next call
-        self._pointers = [t.data_ptr() for t in self._tensors]
-        host = [t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in self._tensors]
-        self._host_views = [
-            t.detach().numpy() for t, on_host in zip(self._tensors, host, strict=True) if on_host
-        ]
-        self._host_bytes = [view.tobytes() for view in self._host_views]
-        self._device_copies = [
-            (t, t.detach().clone())
-            for t, on_host in zip(self._tensors, host, strict=True)
-            if not on_host
-        ]
-        self._setting_keys = [(m, key) for m in self._modules for key in module_settings(m)]
-        self._setting_values = [vars(m)[key] for m, key in self._setting_keys]
+    def _read(self) -> tuple[ModuleWatch, _Program]:
+        self._state = None  # until the model is read: a refused model is read again next call
         with torch.no_grad():
-            graph = module_graph(self.model, self._shape)
-        layers: list[Callable[[np.ndarray], np.ndarray]] = []
-        for index, node in enumerate(graph.nodes[1:], start=1):
-            op = node.op
-            if node.inputs != (index - 1,):
-                raise UnsupportedModuleError(
-                    "FrozenReward evaluates chains of layers only; call the model itself"
-                )
-            if isinstance(op, Dense) and op.blocks == 1:
-                layers.append(_dense(op.matrix.value.cpu().numpy(), op.bias.value.cpu().numpy()))
-            elif isinstance(op, Scale):
-                scale, shift = op.scale.value.cpu().numpy(), op.shift.value.cpu().numpy()
-                layers.append(_scale(scale, shift))
-            elif isinstance(op, Activation) and op.spec.name in _ACTIVATIONS:
-                layers.append(_ACTIVATIONS[op.spec.name])
-            elif isinstance(op, Sort):
-                layers.append(_sort(op.group_size, op.descending))
-            else:
-                raise UnsupportedModuleError(
-                    f"FrozenReward evaluates dense layers, scalings, ReLU, tanh and GroupSort "
-                    f"only, not {type(op).__name__} ({node.where}); call the model itself"
-                )
-        self._layers = layers
-        self._ids = [*map(id, self._modules), *map(id, self._tensors)]
+            program = _Program(module_graph(self.model, self._shape), self._width)
+        # watched after the read, which may fill caches the layers keep
+        self._state = state = (ModuleWatch(self.model), program)
+        return state
 
     def numpy(self, features: np.ndarray) -> np.ndarray:
         """Rewards ``(N,)`` (float64) of the rows of ``features``."""
-        if self._changed():
-            self._read()
-        values = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-        for layer in self._layers:
-            values = layer(values)
-        return values[:, 0]
+        state = self._state
+        if state is None or state[0].changed():
+            state = self._read()
+        return state[1](features)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.numpy(np.asarray(features)))

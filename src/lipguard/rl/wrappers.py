@@ -20,6 +20,7 @@ attacks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Literal, get_args
@@ -87,12 +88,11 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         if inputs not in REWARD_INPUTS:
             raise InvalidArgumentError(f"inputs must be one of {REWARD_INPUTS}, got {inputs!r}")
         self.reward, self.inputs = reward, inputs
-        self._score = reward
+        self._frozen: FrozenReward | None = None
         if fast and isinstance(reward, nn.Module):
-            try:
-                self._score = FrozenReward(reward)
-            except (UnsupportedModuleError, InvalidArgumentError, ShapeError):
-                self._score = reward  # operators NumPy cannot evaluate: call the module
+            # operators NumPy cannot evaluate: call the module
+            with contextlib.suppress(UnsupportedModuleError, InvalidArgumentError, ShapeError):
+                self._frozen = FrozenReward(reward)
         self.keep = _checks.positive_int("keep", keep)
         self._action_width = 0
         if inputs == "state_action":
@@ -110,8 +110,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         # oldest once full; it grows to `keep` rows as rows arrive
         self._recent = np.empty((0, 0), dtype=np.float32)
         self._written = 0
-        self._learned_return = np.zeros(self.num_envs)
-        self._true_return = np.zeros(self.num_envs)
+        self._learned_return = [0.0] * self.num_envs
+        self._true_return = [0.0] * self.num_envs
 
     def reset(self) -> VecEnvObs:
         observations = self.venv.reset()
@@ -124,8 +124,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             self._recent, self._written = np.empty((0, width), dtype=np.float32), 0
         if self.inputs != "next_state":
             self._state_rows[...] = states  # assignment casts as astype does
-        self._learned_return[:] = 0.0
-        self._true_return[:] = 0.0
+        self._learned_return = [0.0] * self.num_envs
+        self._true_return = [0.0] * self.num_envs
         return observations
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -139,7 +139,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             raise RuntimeError("LearnedRewardVecEnv: step before reset()")
         observations, true_rewards, dones, infos = self.venv.step_wait()
         states = _as_array(observations).reshape(self.num_envs, -1)
-        ended = np.asarray(dones).nonzero()[0].tolist()
+        flags = np.asarray(dones).tolist()
+        ended = [index for index, done in enumerate(flags) if done] if True in flags else []
         if self.inputs == "next_state":
             state_rows[...] = states
             for index in ended:  # SB3 has reset these environments: score the state reached
@@ -147,27 +148,30 @@ class LearnedRewardVecEnv(VecEnvWrapper):
                 features[index] = final.reshape(-1)
         learned = self._rewards(features)
         self._remember(features)
-        self._learned_return += learned
-        self._true_return += true_rewards
+        # Python floats and one loop: a handful of environments step faster without NumPy
+        learned_return, true_return = self._learned_return, self._true_return
         infos = list(infos)
-        for info, value in zip(infos, true_rewards.tolist(), strict=True):
-            info["true_reward"] = value
+        steps = zip(infos, np.asarray(true_rewards).tolist(), learned.tolist(), strict=True)
+        for index, (info, true_reward, learned_reward) in enumerate(steps):
+            info["true_reward"] = true_reward
+            learned_return[index] += learned_reward
+            true_return[index] += true_reward
         for index in ended:
-            infos[index]["learned_return"] = float(self._learned_return[index])
-            infos[index]["true_return"] = float(self._true_return[index])
-            self._learned_return[index] = self._true_return[index] = 0.0
+            infos[index]["learned_return"] = learned_return[index]
+            infos[index]["true_return"] = true_return[index]
+            learned_return[index] = true_return[index] = 0.0
         if self.inputs != "next_state":  # the state the next action is taken in
             state_rows[...] = states
         return observations, learned.astype(np.float32), dones, infos
 
     def _rewards(self, features: np.ndarray) -> np.ndarray:
         """The rewards (float64) of the rows ``features``, which this call does not keep."""
-        if isinstance(self._score, FrozenReward):
-            return self._score.numpy(features)
+        if self._frozen is not None:
+            return self._frozen.numpy(features)
         # no_grad, not inference_mode: lipguard's layers cache their weights with a version
         # counter, which inference tensors lack; a copy: the next step rewrites the buffer
         with torch.no_grad():
-            scored = self._score(to_model(self._score, features.copy()))
+            scored = self.reward(to_model(self.reward, features.copy()))
         return to_numpy(torch.as_tensor(scored).reshape(-1))
 
     def _remember(self, features: np.ndarray) -> None:
