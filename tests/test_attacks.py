@@ -541,3 +541,55 @@ def test_pgd_on_a_model_that_ignores_its_input():
     x = torch.randn(8, 3)
     result = PGD(ThreatModel(eps=0.1, norm="inf"), steps=3)(Constant(), x, RewardShift("abs"))
     assert (result.x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+@pytest.mark.parametrize("restarts", [1, 3])
+@pytest.mark.parametrize("objective", [CrossEntropy, DLR, Margin])
+def test_stopping_on_success_breaks_the_samples_the_full_run_breaks(norm, restarts, objective):
+    """Each sample's iterates are the full run's until its first success (float64: the rounding
+    of smaller batches does not move them), which is where it stops: same successes, the first
+    successful iterate returned, and fewer rows through the model."""
+    model, x, labels = _small_classifier(3)
+    model, x = model.double(), x.double()
+    threat = ThreatModel(0.2, norm, bounds=(0.0, 1.0))
+    full_recorder, stop_recorder = Recorder(model), Recorder(model)
+    full = PGD(threat, steps=8, restarts=restarts, seed=2)(full_recorder, x, objective(labels))
+    attack = PGD(threat, steps=8, restarts=restarts, seed=2, stop_on_success=True)
+    stopped = attack(stop_recorder, x, objective(labels))
+    assert 0 < int(full.success.sum()) < len(x)  # some broken, some not: a real test
+    assert torch.equal(stopped.success, full.success)
+    assert threat.contains(x, stopped.x_adv)
+    bound = objective(labels).bind(model, x, None)
+    with torch.no_grad():
+        assert torch.equal(bound.success(model(stopped.x_adv)), stopped.success)
+    rows = sum(len(batch) for batch in stop_recorder.inputs)
+    assert rows < sum(len(batch) for batch in full_recorder.inputs)
+    # a broken sample's point is the first iterate of the full run that broke it
+    first_restart = full_recorder.inputs[: attack.steps + 1]
+    outputs = full_recorder.outputs[: attack.steps + 1]
+    for i in torch.nonzero(full.success).view(-1).tolist():
+        hits = [k for k, out in enumerate(outputs) if bool(bound.success(out)[i])]
+        if hits:  # broken in the first restart
+            assert torch.allclose(stopped.x_adv[i], first_restart[hits[0]][i], atol=1e-12)
+
+
+def test_stopping_on_success_changes_nothing_without_a_notion_of_success():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    x = torch.rand(16, 5)
+    threat = ThreatModel(0.1, "inf")
+    objective = CustomObjective(lambda outputs, clean: -outputs[:, 0])  # no success test
+    full = PGD(threat, steps=5, seed=1)(model, x, objective)
+    stopped = PGD(threat, steps=5, seed=1, stop_on_success=True)(model, x, objective)
+    assert torch.equal(full.x_adv, stopped.x_adv)
+    assert torch.equal(full.loss, stopped.loss)
+
+
+def test_stopping_on_success_stops_when_every_sample_is_broken(digits):
+    model, x, y = digits
+    recorder = Recorder(model)
+    threat = ThreatModel(eps=0.3, norm="inf", bounds=(0.0, 1.0))
+    result = PGD(threat, steps=40, restarts=2, stop_on_success=True)(recorder, x, CrossEntropy(y))
+    assert _accuracy(result, y) < 0.10  # the attack succeeds
+    assert len(recorder.inputs) < 41  # and stops early: no second restart, no full 40 steps

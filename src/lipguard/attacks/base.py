@@ -61,6 +61,28 @@ class Best:
         torch.where(better, loss.detach(), self.loss, out=self.loss)
         self.success |= success
 
+    def update_rows(
+        self,
+        rows: torch.Tensor,
+        x: torch.Tensor,
+        outputs: torch.Tensor,
+        loss: torch.Tensor,
+        success: torch.Tensor,
+    ) -> None:
+        """:meth:`update` of the samples ``rows`` (increasing indices) with their iterates; the
+        first update covers every sample."""
+        if len(rows) == len(self.loss):  # all of them, in order
+            self.update(x, outputs, loss, success)
+            return
+        if self.outputs is None:
+            raise InvalidArgumentError("the first update of a Best covers every sample")
+        # selects, no boolean indexing: nothing waits on the device
+        better = torch.where(success != self.success[rows], success, loss > self.loss[rows])
+        for kept, new in ((self.x, x), (self.outputs, outputs), (self.loss, loss)):
+            current = kept.index_select(0, rows)
+            kept.index_copy_(0, rows, torch.where(_rows(better, new), new.detach(), current))
+        self.success.index_copy_(0, rows, self.success.index_select(0, rows) | success)
+
 
 def _rows(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.view(-1, *([1] * (like.dim() - 1)))

@@ -36,11 +36,21 @@ class PGD(Attack):
     bookkeeping is batched (:class:`~lipguard.attacks.base.Trajectory`); a step is the gradient,
     its sign (ℓ∞) or normalisation (ℓ2), one add and one projection.
 
+    With ``stop_on_success``, a sample is no longer attacked once an iterate succeeds (and later
+    restarts attack only the samples no run has broken yet), as robustness evaluations do
+    (AutoAttack): the success of every sample is what the full run would give (each sample's
+    iterates are the same, up to the rounding of smaller batches), for a fraction of the model
+    calls. Its returned point is its first successful iterate rather than the highest-loss
+    one. It assumes what :class:`~lipguard.attacks.base.Trajectory` does too, that each sample's
+    outputs and loss depend on that sample only (a model in eval mode, a per-sample objective),
+    and changes nothing for objectives without a notion of success (regression shifts).
+
     Args:
         steps: ascent steps per restart.
         step_size: default ``2.5·eps/steps`` (Madry's choice).
         random_start: start uniformly in the threat set instead of at ``x``.
         restarts: independent runs (later ones always start at random).
+        stop_on_success: stop attacking each sample at its first successful iterate.
     """
 
     def __init__(
@@ -51,6 +61,7 @@ class PGD(Attack):
         *,
         random_start: bool = True,
         restarts: int = 1,
+        stop_on_success: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(threat, seed=seed)
@@ -62,10 +73,13 @@ class PGD(Attack):
             else _checks.positive_float("step_size", step_size)
         )
         self.random_start = random_start
+        self.stop_on_success = bool(stop_on_success)
 
     def _run(
         self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
     ) -> Best:
+        if self.stop_on_success and bound.margin is not None:
+            return self._run_until_success(model, x, bound, generator)
         threat = self.threat
         project = threat.projector(x)
         best = Best(x)
@@ -87,6 +101,80 @@ class PGD(Attack):
                 trajectory.record(*score(model, bound, point))
                 trajectory.fold(best)
         return best
+
+    def _run_until_success(
+        self, model: nn.Module, x: torch.Tensor, bound: BoundObjective, generator: torch.Generator
+    ) -> Best:
+        """The runs of :meth:`_run` on the samples not broken yet, which shrink as iterates
+        succeed; each step's outputs and success are checked at once (one sync per step)."""
+        threat, best = self.threat, Best(x)
+        with torch.enable_grad():  # once, not per step
+            for restart in range(self.restarts):
+                start_random = self.random_start or restart > 0
+                start = threat.random_start(x, generator) if start_random else x  # every sample's
+                active = torch.nonzero(~best.success).view(-1)
+                if len(active) == 0:
+                    break
+                point = start.index_select(0, active)
+                project = threat.projector(x.index_select(0, active))
+                for _ in range(self.steps):
+                    rows = _Rows(bound, active, best)
+                    outputs, loss, gradient = rows.forward_backward(model, point)
+                    success = rows.success(outputs)
+                    best.update_rows(active, point, outputs, loss, success)
+                    if bool(success.any()):
+                        keep = torch.nonzero(~success).view(-1)
+                        if len(keep) == 0:
+                            break
+                        active, point = active[keep], point[keep]
+                        gradient = gradient[keep]
+                        project = threat.projector(x.index_select(0, active))
+                    direction = threat.ascent_direction(gradient, out=gradient)
+                    point = project(point.add_(direction, alpha=self.step_size))
+                else:  # the last iterate
+                    rows = _Rows(bound, active, best)
+                    outputs, loss = rows.score(model, point)
+                    best.update_rows(active, point, outputs, loss, rows.success(outputs))
+        return best
+
+
+class _Rows:
+    """The bound objective on the rows ``active`` of the batch: their outputs are placed among
+    the best outputs so far of the other rows (the objective sees a whole batch, so its
+    references — labels, clean outputs — stay aligned), and their losses read back."""
+
+    def __init__(self, bound: BoundObjective, active: torch.Tensor, best: Best) -> None:
+        self.bound, self.active, self.best = bound, active, best
+        self.whole = len(active) == len(best.loss)
+
+    def _batch(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.whole or self.best.outputs is None:  # (the first update covers every row)
+            return outputs
+        return self.best.outputs.index_put((self.active,), outputs)
+
+    def forward_backward(
+        self, model: nn.Module, point: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(outputs, loss, ∇ loss)`` of the rows (grad mode on)."""
+        inputs = point.detach().requires_grad_(True)
+        outputs = model(inputs)
+        loss = self._loss(outputs)
+        (gradient,) = torch.autograd.grad(loss.sum(), inputs)
+        return outputs.detach(), loss.detach(), gradient
+
+    def score(self, model: nn.Module, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(outputs, loss)`` of the rows, without gradients."""
+        with torch.no_grad():
+            outputs = model(point)
+            return outputs, self._loss(outputs)
+
+    def _loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        loss = self.bound.loss(self._batch(outputs))
+        return loss if self.whole else loss.index_select(0, self.active)
+
+    def success(self, outputs: torch.Tensor) -> torch.Tensor:
+        success = self.bound.success(self._batch(outputs))
+        return success if self.whole else success.index_select(0, self.active)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
