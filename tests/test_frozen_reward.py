@@ -126,6 +126,7 @@ class Scaled(nn.Module):
         super().__init__()
         self.linear = nn.Linear(4, 4)
         self.factors = [1.0, 2.0]
+        self.mask = torch.ones(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) * self.factors[0]
@@ -197,11 +198,20 @@ def _edits() -> dict[str, object]:
     def holder_replaced(m):
         m.linear._parameters = dict(m.linear._parameters)
 
+    def instance_dictionary_replaced(m):
+        object.__setattr__(m.linear, "__dict__", dict(vars(m.linear)))
+
+    def plain_tensor_in_place(m):  # an attribute a registered handler may read
+        m.mask.mul_(2)
+
+    def plain_tensor_replaced_by_an_equal_one(m):
+        m.mask = m.mask.clone()
+
     return dict(locals())
 
 
 EDITS = _edits()
-assert len(EDITS) == 20  # every function above
+assert len(EDITS) == 23  # every function above
 
 
 @pytest.mark.parametrize("edit", EDITS)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from copy import copy
 from itertools import chain
-from operator import attrgetter, call, itemgetter
+from operator import attrgetter, call, is_, itemgetter
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ _INERT = frozenset(
 )
 
 
+def _tensors_in(values: dict[str, object]) -> set[str]:
+    return {key for key, value in values.items() if isinstance(value, torch.Tensor)}
+
+
 def _modules(root: nn.Module) -> list[nn.Module]:
     """``root.modules()``' order, without its recursive generators and path strings."""
     modules, seen = [root], {id(root)}
@@ -71,11 +75,24 @@ class ModuleWatch:
         self._types = [*map(type, self._modules)]
         self._forwards = [*map(_FORWARD, self._types)]
         self._dicts = [*map(vars, self._modules)]
+        self._dict_ids = [*map(id, self._dicts)]  # an instance dictionary replaced wholesale
         self._sizes = [*map(len, self._dicts)]  # an attribute added (an instance `forward`)
+        # tensors kept as plain attributes (a registered handler may read them): by identity
+        # and, with the parameters and buffers, by layout and value
+        plain = [
+            (values, key)
+            for values in self._dicts
+            for key, value in values.items()
+            if isinstance(value, torch.Tensor)
+        ]
+        self._plain_dicts = [values for values, _ in plain]
+        self._plain_keys = [key for _, key in plain]
+        self._plain = [*map(dict.get, self._plain_dicts, self._plain_keys)]
         # every other attribute, lists by a copy (an edit in place compares unequal), the rest
-        # by identity: settings, `training`, and the dictionaries below
+        # by identity (or equality): settings, `training`, any other object
         self._getters = [
-            itemgetter("training", *sorted(set(values) - _INERT - _HELD)) for values in self._dicts
+            itemgetter("training", *sorted(set(values) - _INERT - _HELD - _tensors_in(values)))
+            for values in self._dicts
         ]
         self._attributes = [
             tuple(copy(v) if type(v) is list else v for v in getter(values))
@@ -89,7 +106,7 @@ class ModuleWatch:
         self._hooks = [*chain.from_iterable(map(_HOOKS, self._dicts))]
         where = [i for i, value in enumerate(self._held) if isinstance(value, torch.Tensor)]
         self._tensor_places = where
-        tensors = [self._held[i] for i in where]
+        tensors = [*(self._held[i] for i in where), *self._plain]
         self._pointers = [*map(torch.Tensor.data_ptr, tensors)]
         self._shapes = [*map(torch.Tensor.size, tensors)]
         self._strides = [*map(torch.Tensor.stride, tensors)]
@@ -108,6 +125,7 @@ class ModuleWatch:
         hooks = torch.nn.modules.module
         try:
             held = [*chain.from_iterable(self._held_views)]
+            plain = [*map(dict.get, self._plain_dicts, self._plain_keys)]
             if (
                 any(self._hooks)
                 or bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
@@ -115,13 +133,14 @@ class ModuleWatch:
                 or [*map(len, self._dicts)] != self._sizes
                 or [*map(id, chain.from_iterable(map(_HOLDERS, self._dicts)))] != self._holder_ids
                 or [*map(call, self._getters, self._dicts)] != self._attributes
-                or [*map(vars, self._modules)] != self._dicts
+                or [*map(id, map(vars, self._modules))] != self._dict_ids
+                or not all(map(is_, plain, self._plain))
                 or [*map(type, self._modules)] != self._types
                 or [*map(_FORWARD, self._types)] != self._forwards
             ):
                 return True
             # the tensors there now (an equal-valued replacement passes `==`, not this)
-            tensors = [*map(held.__getitem__, self._tensor_places)]
+            tensors = [*map(held.__getitem__, self._tensor_places), *plain]
             return (
                 [*map(torch.Tensor.data_ptr, tensors)] != self._pointers
                 or [*map(torch.Tensor.size, tensors)] != self._shapes
