@@ -593,3 +593,13 @@ def test_stopping_on_success_stops_when_every_sample_is_broken(digits):
     result = PGD(threat, steps=40, restarts=2, stop_on_success=True)(recorder, x, CrossEntropy(y))
     assert _accuracy(result, y) < 0.10  # the attack succeeds
     assert len(recorder.inputs) < 41  # and stops early: no second restart, no full 40 steps
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+@pytest.mark.parametrize("stop_on_success", [False, True])
+def test_an_empty_batch_gives_an_empty_result(norm, stop_on_success):
+    model, x, labels = _small_classifier(0)
+    attack = PGD(ThreatModel(0.1, norm), steps=3, stop_on_success=stop_on_success)
+    result = attack(model, x[:0], CrossEntropy(labels[:0]))
+    assert result.x_adv.shape == (0, x.shape[1])
+    assert result.success.shape == (0,)

@@ -3,6 +3,7 @@ every kind of edit an adversary can make between two calls."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from lipguard.bounds.graph import infer_input_shape
-from lipguard.errors import ShapeError, UnsupportedModuleError
+from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.nn import DiagonalAffine, GroupSort, SpectralLinear
 from lipguard.rl.frozen import FrozenReward
 from lipguard.rl.watch import ModuleWatch
@@ -127,6 +128,7 @@ class Scaled(nn.Module):
         self.linear = nn.Linear(4, 4)
         self.factors = [1.0, 2.0]
         self.mask = torch.ones(1)
+        self.config = {"k": 1}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) * self.factors[0]
@@ -195,11 +197,19 @@ def _edits() -> dict[str, object]:
     def forward_pre_hook(m):
         m.register_forward_pre_hook(lambda module, inputs: None)
 
-    def holder_replaced(m):
-        m.linear._parameters = dict(m.linear._parameters)
+    def dict_setting_in_place(m):
+        m.config["k"] = 2
 
-    def instance_dictionary_replaced(m):
+    def class_attribute(m):  # the fresh subclass each test makes
+        type(m).k = 2
+
+    def holder_replaced(m):  # followed: then edited
+        m.linear._parameters = dict(m.linear._parameters)
+        m.linear._parameters["bias"] = nn.Parameter(torch.zeros(4))
+
+    def instance_dictionary_replaced(m):  # followed: then edited
         object.__setattr__(m.linear, "__dict__", dict(vars(m.linear)))
+        m.linear.in_features = 7
 
     def plain_tensor_in_place(m):  # an attribute a registered handler may read
         m.mask.mul_(2)
@@ -211,12 +221,12 @@ def _edits() -> dict[str, object]:
 
 
 EDITS = _edits()
-assert len(EDITS) == 23  # every function above
+assert len(EDITS) == 25  # every function above
 
 
 @pytest.mark.parametrize("edit", EDITS)
 def test_the_watch_sees_every_kind_of_edit(edit):
-    model = Scaled().eval()
+    model = type("Fresh", (Scaled,), {})().eval()  # a class of its own to edit
     watch = ModuleWatch(model)
     assert not watch.changed()
     EDITS[edit](model)
@@ -278,3 +288,108 @@ def test_frozen_reward_follows_or_refuses_the_edits_others_miss(edit):
     with torch.no_grad():
         np.testing.assert_allclose(after, model(features)[:, 0].numpy(), atol=1e-6)
     assert np.abs(after - before).max() > 1e-3
+
+
+def test_a_certificate_cache_restored_weights_cannot_hide():
+    """SpectralLinear's effective weight depends on its cached certificate as well as on its
+    weight: restoring the weight after the certificate moved on changes the model's output."""
+    features = torch.randn(9, 4, generator=torch.Generator().manual_seed(0)) * 2
+    torch.manual_seed(0)
+    model = nn.Sequential(SpectralLinear(4, 6), GroupSort(2), nn.Linear(6, 1)).eval()
+    model(features)
+    weight = model[0].weight
+    step = torch.randn_like(weight)
+    step *= 0.008 * torch.linalg.matrix_norm(weight.detach(), 2) / step.norm()
+    with torch.no_grad():
+        weight.add_(step)  # a small step: an amortised certificate
+    frozen = FrozenReward(model)
+    frozen(features)
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(step)  # past the tolerance: a new full certificate
+    model(features).sum().backward()
+    with torch.no_grad():
+        weight.copy_(kept)  # the snapshot's weights again
+    model(features)
+    with torch.no_grad():
+        np.testing.assert_allclose(frozen(features).numpy(), model(features)[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["F.linear", "torch.tanh", "a torch function mode"])
+def test_global_overrides_after_the_snapshot_are_refused(where, monkeypatch):
+    model = _net(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    features = torch.randn(3, 4)
+    frozen = FrozenReward(model)
+    frozen(features)
+    if where == "F.linear":
+        linear = torch.nn.functional.linear
+        monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: linear(x, 2 * w, b))
+    elif where == "torch.tanh":
+        monkeypatch.setattr(torch, "tanh", lambda x: x)
+    if where == "a torch function mode":
+
+        class Passing(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        with Passing(), pytest.raises(UnsupportedModuleError, match="Mode"):
+            frozen(features)
+    else:
+        with pytest.raises(UnsupportedModuleError, match="replaced"):
+            frozen(features)
+
+
+def test_a_method_patched_on_a_class_is_followed(monkeypatch):
+    model = ARCHITECTURES["spectral layers"]()
+    features = torch.randn(5, 5, generator=torch.Generator().manual_seed(1))
+    frozen = FrozenReward(model)
+    before = frozen(features).numpy()
+    effective = SpectralLinear.effective_weight
+    monkeypatch.setattr(SpectralLinear, "effective_weight", lambda self: 0.5 * effective(self))
+    after = frozen(features).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(after, model(features)[:, 0].numpy(), atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_nan_features_sort_as_torch_sorts_them(descending):
+    model = _net(DiagonalAffine(torch.ones(4), torch.zeros(4)), GroupSort(2, descending=descending))
+    features = torch.tensor([[math.nan, 1.0, 2.0, math.nan], [math.nan, math.nan, 0.0, 3.0]])
+    with torch.no_grad():
+        expected = model(features)[:, 0].double().numpy()
+    np.testing.assert_array_equal(FrozenReward(model)(features).numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_models_are_left_to_themselves(dtype):
+    model = _net(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)).to(dtype)
+    with pytest.raises(UnsupportedModuleError, match="float32 and float64"):
+        FrozenReward(model)
+
+
+def test_odd_features_get_one_clear_error():
+    model = _net(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    frozen = FrozenReward(model)
+    with pytest.raises(ShapeError):
+        frozen.numpy(np.float64(3.0))
+    with pytest.raises(InvalidArgumentError):
+        frozen.numpy(np.array([["a", "b", "c", "d"]]))
+    with pytest.raises(InvalidArgumentError):
+        frozen.numpy(np.ones((2, 4), dtype=complex))
+    features = torch.randn(2, 4, requires_grad=True)  # a tensor in a graph is read, not kept
+    with torch.no_grad():
+        np.testing.assert_allclose(frozen(features).numpy(), model(features)[:, 0], atol=1e-6)
+    np.testing.assert_allclose(
+        frozen.numpy(np.arange(8).reshape(2, 4)), frozen.numpy(np.arange(8.0).reshape(2, 4))
+    )
+
+
+def test_a_new_input_width_is_followed():
+    model = _net(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
+    frozen = FrozenReward(model)
+    frozen(torch.zeros(1, 4))
+    model[0] = nn.Linear(5, 6)
+    features = torch.randn(3, 5)
+    with torch.no_grad():
+        np.testing.assert_allclose(frozen(features).numpy(), model(features)[:, 0], atol=1e-6)

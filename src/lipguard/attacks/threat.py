@@ -166,7 +166,7 @@ class ThreatModel:
         else:
             direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             direction = direction / _view(_flat_norm(direction, 2.0).clamp_min(1e-30), x)
-            dimension = x[0].numel()
+            dimension = math.prod(x.shape[1:])
             radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
             delta = direction * _view(self.eps * radius ** (1.0 / dimension), x)
         return self.project(x, x + delta)

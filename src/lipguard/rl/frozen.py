@@ -19,6 +19,7 @@ when anything differs, so it never serves a stale reward. Models with other oper
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -29,7 +30,7 @@ from torch import nn
 
 from lipguard.bounds.graph import Graph, infer_input_shape, module_graph
 from lipguard.bounds.ops import Activation, Dense, Scale, Sort
-from lipguard.errors import ShapeError, UnsupportedModuleError
+from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.rl.watch import ModuleWatch
 
 #: the operators of a compiled program, each a tuple ``(kind, *arrays)``: ``("affine", W, b)``
@@ -72,7 +73,7 @@ def _operators(graph: Graph) -> list[Step]:
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
     """A float64 copy (never a view of the model's memory)."""
-    return np.array(tensor.detach().cpu().numpy(), dtype=np.float64)
+    return np.array(tensor.detach().to("cpu", torch.float64).numpy())
 
 
 def _compose(first: Step, second: Step) -> Step:
@@ -193,7 +194,8 @@ class _Plan:
             elif step[1] == 2:  # MaxMin: the smaller of each pair, then the larger
                 half = out_width // 2
                 low, high = source[:, :half], source[:, half:]
-                add(partial(np.minimum, low, high, out=target[:, :half]))
+                # torch's sort puts NaN last: fmin skips it, maximum keeps it
+                add(partial(np.fmin, low, high, out=target[:, :half]))
                 add(partial(np.maximum, low, high, out=target[:, half:]))
             else:  # each row's blocks sorted in place (the source buffer is whole)
                 blocks = source.reshape(rows, step[1], out_width // step[1])
@@ -219,6 +221,10 @@ class _Program:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         rows = np.asarray(features)
+        if rows.dtype.kind not in "biuf":
+            raise InvalidArgumentError(f"reward features must be real numbers, got {rows.dtype}")
+        if rows.ndim == 0:
+            raise ShapeError(f"reward features must be (N, {self.width}), got a scalar")
         count = len(rows)
         if rows.size != count * self.width:
             raise ShapeError(f"reward features must be (N, {self.width}), got {rows.shape}")
@@ -241,15 +247,22 @@ class FrozenReward:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._shape = infer_input_shape(model)
-        self._width = int(np.prod(self._shape))
         self._state: tuple[ModuleWatch, _Program] | None = None
         self._read()
 
     def _read(self) -> tuple[ModuleWatch, _Program]:
         self._state = None  # until the model is read: a refused model is read again next call
+        narrow = {t.dtype for t in (*self.model.parameters(), *self.model.buffers())}
+        narrow -= {torch.float32, torch.float64}
+        if any(dtype.is_floating_point for dtype in narrow):
+            raise UnsupportedModuleError(
+                f"FrozenReward evaluates float32 and float64 models (in float64), not "
+                f"{sorted(map(str, narrow))}: its rewards would not round like the model's; "
+                "call the model itself"
+            )
+        shape = infer_input_shape(self.model)
         with torch.no_grad():
-            program = _Program(module_graph(self.model, self._shape), self._width)
+            program = _Program(module_graph(self.model, shape), math.prod(shape))
         # watched after the read, which may fill caches the layers keep
         self._state = state = (ModuleWatch(self.model), program)
         return state
@@ -262,4 +275,4 @@ class FrozenReward:
         return state[1](features)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.numpy(np.asarray(features)))
+        return torch.from_numpy(self.numpy(torch.as_tensor(features).detach().cpu().numpy()))
