@@ -175,3 +175,32 @@ def test_step_before_reset_is_refused():
     env = LearnedRewardVecEnv(_vec_env("box"), _model(4), "state_action")
     with pytest.raises(RuntimeError, match="before reset"):
         env.step_wait()
+
+
+def test_a_hook_added_mid_run_is_honoured_then_the_fast_path_returns(monkeypatch):
+    """While the reward model is one NumPy cannot evaluate (a forward hook doubling its output),
+    the wrapper calls the module; the refusal is not re-read every step; once the hook is gone
+    the compiled program serves again."""
+    import lipguard.rl.frozen as frozen_module
+
+    reference = _reference_features("state_action", "box", 3)
+    model = _model(4)
+    env = LearnedRewardVecEnv(_vec_env("box"), model, "state_action")
+    env.reset()
+    actions = _actions("box", 3)
+    env.step(actions[0])
+    reads = []
+    graph = frozen_module.module_graph
+    monkeypatch.setattr(
+        frozen_module, "module_graph", lambda *args: reads.append(1) or graph(*args)
+    )
+    handle = model.network[0].register_forward_hook(lambda module, inputs, output: 2 * output)
+    _, hooked, _, _ = env.step(actions[1])
+    with torch.no_grad():
+        direct = model(torch.from_numpy(reference[1])).numpy()
+    assert hooked == pytest.approx(direct, abs=1e-6)  # the hooked module's rewards
+    assert len(reads) == 1  # one refused read, not one per step
+    handle.remove()
+    _, rewards, _, _ = env.step(actions[2])
+    assert len(reads) == 2
+    assert np.array_equal(rewards, FrozenReward(model).numpy(reference[2]).astype(np.float32))

@@ -242,16 +242,37 @@ class _Program:
         return plan.output.copy()
 
 
+#: what reading a model NumPy cannot evaluate raises
+Refusal = UnsupportedModuleError | InvalidArgumentError | ShapeError
+
+
 class FrozenReward:
-    """``features (N, d) -> rewards (N,)`` computed with NumPy from a snapshot of ``model``."""
+    """``features (N, d) -> rewards (N,)`` computed with NumPy from a snapshot of ``model``.
+
+    Raises :class:`~lipguard.errors.UnsupportedModuleError` (or ``InvalidArgumentError`` /
+    ``ShapeError`` for a model whose input shape it cannot tell) when the model, now, is not one
+    it can evaluate; a refused model is read again once anything in it changes (a removed hook),
+    and until then the refusal is raised again without a new read."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._state: tuple[ModuleWatch, _Program] | None = None
+        self._refusal: tuple[ModuleWatch, Refusal] | None = None
         self._read()
 
     def _read(self) -> tuple[ModuleWatch, _Program]:
-        self._state = None  # until the model is read: a refused model is read again next call
+        self._state = None
+        try:
+            program = self._compile()
+        except (UnsupportedModuleError, InvalidArgumentError, ShapeError) as error:
+            self._refusal = (ModuleWatch(self.model), error)
+            raise
+        self._refusal = None
+        # watched after the read, which may fill caches the layers keep
+        self._state = state = (ModuleWatch(self.model), program)
+        return state
+
+    def _compile(self) -> _Program:
         narrow = {t.dtype for t in (*self.model.parameters(), *self.model.buffers())}
         narrow -= {torch.float32, torch.float64}
         if any(dtype.is_floating_point for dtype in narrow):
@@ -262,15 +283,15 @@ class FrozenReward:
             )
         shape = infer_input_shape(self.model)
         with torch.no_grad():
-            program = _Program(module_graph(self.model, shape), math.prod(shape))
-        # watched after the read, which may fill caches the layers keep
-        self._state = state = (ModuleWatch(self.model), program)
-        return state
+            return _Program(module_graph(self.model, shape), math.prod(shape))
 
     def numpy(self, features: np.ndarray) -> np.ndarray:
         """Rewards ``(N,)`` (float64) of the rows of ``features``."""
         state = self._state
         if state is None or state[0].changed():
+            refusal = self._refusal
+            if refusal is not None and not refusal[0].changed():
+                raise type(refusal[1])(str(refusal[1]))  # the same model: the same answer
             state = self._read()
         return state[1](features)
 

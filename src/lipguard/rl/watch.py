@@ -120,6 +120,15 @@ def _classes(modules: list[nn.Module]) -> list[type]:
     return list(found)
 
 
+def _hooked(dicts: list[dict[str, object]]) -> tuple[bool, bool]:
+    """Whether the modules, and the process, have forward hooks (or pre-hooks)."""
+    hooks = torch.nn.modules.module
+    return (
+        any(chain.from_iterable(map(_HOOKS, dicts))),
+        bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks),
+    )
+
+
 def _global_state() -> list[object]:
     return [
         *map(getattr, _GLOBAL_PLACES, _GLOBAL_NAMES),
@@ -138,6 +147,7 @@ class ModuleWatch:
         self._class_attributes = [*chain.from_iterable(self._class_views)]
         self._globals = _global_state()
         dicts = [*map(vars, self._modules)]
+        self._hooked = _hooked(dicts)  # (a refused model's snapshot may have hooks)
         self._sizes = [*map(len, dicts)]  # an attribute added (an instance `forward`)
         # tensors kept as plain attributes (a registered handler may read them): by identity
         # and, with the parameters and buffers, by layout and value
@@ -193,17 +203,15 @@ class ModuleWatch:
     def changed(self) -> bool:
         """True when anything the snapshot remembers differs. Everything is read from the
         modules' current instance dictionaries (a replaced dictionary is followed)."""
-        hooks = torch.nn.modules.module
         try:
             dicts = [*map(vars, self._modules)]
             held = _held(dicts)
             plain = self._plain_now(dicts)
             if (
-                bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+                _hooked(dicts) != self._hooked
                 or held != self._held  # identity first; a tensor's `==` may raise (caught)
                 or [*map(len, dicts)] != self._sizes
                 or [*map(call, self._getters, dicts)] != self._attributes
-                or any(chain.from_iterable(map(_HOOKS, dicts)))
                 or [*chain.from_iterable(self._object_views)] != self._object_attributes
                 or not all(map(is_, plain, self._plain))
                 or [*map(type, self._modules)] != self._types

@@ -73,7 +73,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         inputs: ``"state"``, ``"state_action"`` or ``"next_state"`` (see the module doc).
         keep: how many recent feature rows :attr:`recent_features` returns (for metrics).
         fast: evaluate an ``nn.Module`` reward through a :class:`~lipguard.rl.frozen.FrozenReward`
-            NumPy snapshot (re-read whenever its weights change), when its layers allow.
+            NumPy program (rebuilt whenever the model changes), when its layers allow; while the
+            model is one NumPy cannot evaluate (a hook added, say), the module itself is called.
     """
 
     def __init__(
@@ -167,7 +168,9 @@ class LearnedRewardVecEnv(VecEnvWrapper):
     def _rewards(self, features: np.ndarray) -> np.ndarray:
         """The rewards (float64) of the rows ``features``, which this call does not keep."""
         if self._frozen is not None:
-            return self._frozen.numpy(features)
+            # a model NumPy cannot evaluate now (a hook added, say) is called itself
+            with contextlib.suppress(UnsupportedModuleError, InvalidArgumentError, ShapeError):
+                return self._frozen.numpy(features)
         # no_grad, not inference_mode: lipguard's layers cache their weights with a version
         # counter, which inference tensors lack; a copy: the next step rewrites the buffer
         with torch.no_grad():
