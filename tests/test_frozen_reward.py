@@ -9,6 +9,8 @@ import threading
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lipguard.bounds.graph import infer_input_shape
@@ -393,3 +395,47 @@ def test_a_new_input_width_is_followed():
     features = torch.randn(3, 5)
     with torch.no_grad():
         np.testing.assert_allclose(frozen(features).numpy(), model(features)[:, 0], atol=1e-6)
+
+
+@st.composite
+def _chains(draw: st.DrawFn) -> tuple[nn.Sequential, int]:
+    """Random chains of the layers FrozenReward compiles, with widths that fit their groups."""
+    width = draw(st.integers(1, 6))
+    layers: list[nn.Module] = []
+    current = width
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["linear", "scale", "relu", "tanh", "sort"]))
+        if kind == "linear" or (kind == "sort" and current < 2):
+            group = draw(st.integers(1, 3))
+            out = group * draw(st.integers(1, 3))
+            layers.append(nn.Linear(current, out, bias=draw(st.booleans())))
+            current = out
+        elif kind == "scale":
+            scale = torch.tensor(
+                draw(st.lists(st.floats(-3, 3), min_size=current, max_size=current))
+            )
+            layers.append(DiagonalAffine(scale, torch.randn(current)))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "tanh":
+            layers.append(nn.Tanh())
+        else:
+            groups = [g for g in range(2, current + 1) if current % g == 0]
+            layers.append(GroupSort(draw(st.sampled_from(groups)), descending=draw(st.booleans())))
+    if not isinstance(layers[0], nn.Linear | DiagonalAffine):  # the input width must be known
+        layers.insert(0, DiagonalAffine(torch.ones(width), torch.zeros(width)))
+    return nn.Sequential(*layers).eval(), width
+
+
+@settings(max_examples=60, deadline=None)
+@given(chain=_chains(), seed=st.integers(0, 2**16), rows=st.integers(0, 9))
+def test_the_compiled_program_equals_the_model_on_random_chains(chain, seed, rows):
+    model, width = chain
+    model.double()
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(rows, width, generator=generator, dtype=torch.float64) * 3
+    with torch.no_grad():
+        expected = model(features)[:, 0].numpy()
+    np.testing.assert_allclose(
+        FrozenReward(model)(features).numpy(), expected, rtol=1e-9, atol=1e-9
+    )
