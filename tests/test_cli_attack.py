@@ -96,3 +96,32 @@ def test_attack_takes_the_old_epsilon_spelling_with_a_note(tmp_path):
     assert result.exit_code == 0, result.output
     assert "ε = 0.1" in result.output
     assert "--epsilon is deprecated" in result.stderr
+
+
+def test_stopping_on_success_gives_the_same_success_rate(tmp_path):
+    model, data = _files(tmp_path, 3)
+    reports = []
+    for flag in ([], ["--stop-on-success"]):
+        out = tmp_path / f"results{len(flag)}.json"
+        arguments = ["attack", str(model), "--data", str(data), "--eps", "0.3", "--out", str(out)]
+        result = runner.invoke(app, [*arguments, "--bounds", "0,1", *flag])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text())["success"])
+    assert reports[0] == reports[1]
+    assert 0 < sum(reports[0]) < len(reports[0])  # some inputs broken, some not
+    refused = runner.invoke(
+        app,
+        [
+            "attack",
+            str(model),
+            "--data",
+            str(data),
+            "--eps",
+            "0.3",
+            "--attack",
+            "apgd",
+            "--stop-on-success",
+        ],
+    )
+    assert refused.exit_code == 2
+    assert "pgd only" in refused.output

@@ -57,11 +57,15 @@ def _objective(name: str, labels: torch.Tensor | None) -> Objective:
     return classification[name](labels)
 
 
-def _attack(name: str, threat: ThreatModel, steps: int, seed: int) -> Attack:
+def _attack(
+    name: str, threat: ThreatModel, steps: int, seed: int, stop_on_success: bool = False
+) -> Attack:
     from lipguard.attacks import APGD, FGSM, PGD, RandomNoise, Square
 
+    if stop_on_success and name != "pgd":
+        raise InvalidArgumentError("--stop-on-success applies to --attack pgd only")
     builders: dict[str, Callable[[], Attack]] = {
-        "pgd": lambda: PGD(threat, steps=steps, seed=seed),
+        "pgd": lambda: PGD(threat, steps=steps, stop_on_success=stop_on_success, seed=seed),
         "apgd": lambda: APGD(threat, steps=steps, seed=seed),
         "fgsm": lambda: FGSM(threat, seed=seed),
         "square": lambda: Square(threat, queries=steps, seed=seed),
@@ -85,6 +89,13 @@ def attack_command(
     label_column: Annotated[int | None, typer.Option(help="CSV column holding labels.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Per-sample input shape.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the attack's randomness.")] = 0,
+    stop_on_success: Annotated[
+        bool,
+        typer.Option(
+            help="pgd: stop attacking an input at its first success (the same success rate, "
+            "fewer model calls; the point kept is the first that succeeded)."
+        ),
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Write per-input results as JSON here.")] = None,
     save_adversarial: Annotated[
         Path | None, typer.Option(help="Write the adversarial inputs to this .npy file.")
@@ -103,7 +114,7 @@ def attack_command(
         raise InvalidArgumentError(f"attack must be one of {ATTACKS}, got {attack!r}")
     network, x, y = load_model_and_samples(model, data, label_column, input_shape)
     threat = ThreatModel(eps, norm.p, bounds=parse_range(bounds, "--bounds", "0,1"))
-    runner = _attack(attack, threat, steps, seed)
+    runner = _attack(attack, threat, steps, seed, stop_on_success)
     started = time.perf_counter()
     # chunks of batch_size inputs, each attacked by a fresh generator from --seed: under torchrun
     # the chunks are shared out over the ranks and gathered in order (identical to one process)
