@@ -6,15 +6,17 @@ microseconds per layer, plus lipguard's certificate checks) dwarfs the arithmeti
 layers — lipguard's constrained layers with their effective weights —, scalings, ReLU, tanh,
 GroupSort/MaxMin) and compiles it into a float64 NumPy program: consecutive affine maps are
 multiplied into one, and the rows of the dense layer before a GroupSort are reordered so that the
-entries it sorts together lie in contiguous blocks (a MaxMin becomes one ``minimum`` and one
-``maximum`` of two halves; the next layer's columns follow the new order). Each batch size gets
-preallocated buffers (per thread), so a call allocates nothing but its result. The program
-computes the model's function, rounded differently: in float64, with the products folded.
+entries it sorts together lie in contiguous blocks (a MaxMin becomes one ``fmin`` and one
+``maximum`` of two halves — NaN sorts last, as in torch; the next layer's columns follow the new
+order); biases ride in the products (a column of ones). Each batch size gets preallocated
+buffers (per thread), so a call allocates nothing but its result. The program computes the
+model's function, rounded differently: in float64, with the products folded — which is why
+float16 and bfloat16 models are refused rather than evaluated more precisely than they compute.
 
 Before every call a :class:`~lipguard.rl.watch.ModuleWatch` compares the model with the
-snapshot's sources (every parameter, buffer, module, setting and hook) and the model is re-read
-when anything differs, so it never serves a stale reward. Models with other operators raise
-:class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
+snapshot's sources (every parameter, buffer, module, setting, hook and the global call path) and
+the model is re-read when anything differs, so it never serves a stale reward. Models with other
+operators raise :class:`~lipguard.errors.UnsupportedModuleError` (call the module directly).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from lipguard.bounds.ops import Activation, Dense, Scale, Sort
 from lipguard.errors import InvalidArgumentError, ShapeError, UnsupportedModuleError
 from lipguard.rl.watch import ModuleWatch
 
-#: the operators of a compiled program, each a tuple ``(kind, *arrays)``: ``("affine", W, b)``
-#: is ``x @ W + b``; ``("scale", s, t)`` is ``x * s + t``; ``("relu",)``, ``("tanh",)``;
-#: ``("sort", g)`` sorts each column of the ``(g, width / g)`` blocks of a row (ascending);
-#: ``("gather", index)`` is ``x[:, index]``
+#: the operators of a program, each a tuple ``(kind, *arrays)``. As read from the graph, in the
+#: model's feature order: ``("affine", W, b)`` is ``W x + b`` (``W`` as ``(out, in)``),
+#: ``("scale", s, t)`` is ``s ⊙ x + t``, ``("relu",)``, ``("tanh",)``, ``("sort", g, descending)``.
+#: Compiled, on rows in the stored order: ``("affine", A)`` is ``[x, 1] @ A`` (the bias is the
+#: last row of ``A``), ``("sort", g)`` sorts each column of a row's ``(g, width / g)`` blocks
+#: (ascending), ``("gather", index)`` is ``x[:, index]``; the others as above.
 Step = tuple
 _ELEMENTWISE = {"relu", "tanh"}
 #: batch sizes up to this keep their buffers between calls (at most this many sizes at once)
