@@ -12,6 +12,7 @@ from lipguard import _checks
 from lipguard.attacks.base import Attack, Best, Trajectory, forward_backward, score
 from lipguard.attacks.objectives import BoundObjective
 from lipguard.attacks.threat import ThreatModel
+from lipguard.errors import InvalidArgumentError
 
 
 class FGSM(Attack):
@@ -117,9 +118,9 @@ class PGD(Attack):
                     break
                 point = start.index_select(0, active)
                 project = threat.projector(x.index_select(0, active))
+                rows = _rows_objective(bound, active, best)
                 for _ in range(self.steps):
-                    rows = _Rows(bound, active, best)
-                    outputs, loss, gradient = rows.forward_backward(model, point)
+                    outputs, loss, gradient = forward_backward(model, rows, point)
                     success = rows.success(outputs)
                     best.update_rows(active, point, outputs, loss, success)
                     if bool(success.any()):
@@ -129,52 +130,32 @@ class PGD(Attack):
                         active, point = active[keep], point[keep]
                         gradient = gradient[keep]
                         project = threat.projector(x.index_select(0, active))
+                        rows = _rows_objective(bound, active, best)
                     direction = threat.ascent_direction(gradient, out=gradient)
                     point = project(point.add_(direction, alpha=self.step_size))
                 else:  # the last iterate
-                    rows = _Rows(bound, active, best)
-                    outputs, loss = rows.score(model, point)
+                    outputs, loss = score(model, rows, point)
                     best.update_rows(active, point, outputs, loss, rows.success(outputs))
         return best
 
 
-class _Rows:
-    """The bound objective on the rows ``active`` of the batch: their outputs are placed among
-    the best outputs so far of the other rows (the objective sees a whole batch, so its
-    references — labels, clean outputs — stay aligned), and their losses read back."""
+def _rows_objective(bound: BoundObjective, active: torch.Tensor, best: Best) -> BoundObjective:
+    """``bound`` on the rows ``active`` of the batch: their outputs are placed among the best
+    outputs so far of the other rows (the objective sees a whole batch, so its references —
+    labels, clean outputs — stay aligned), and their losses and margins read back."""
+    if len(active) == len(best.loss):  # every row, in order
+        return bound
+    others = best.outputs  # updated in place from here on
+    if others is None:
+        raise InvalidArgumentError("the first update of a Best covers every sample")
 
-    def __init__(self, bound: BoundObjective, active: torch.Tensor, best: Best) -> None:
-        self.bound, self.active, self.best = bound, active, best
-        self.whole = len(active) == len(best.loss)
+    def on_rows(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return lambda outputs: function(others.index_put((active,), outputs)).index_select(
+            0, active
+        )
 
-    def _batch(self, outputs: torch.Tensor) -> torch.Tensor:
-        if self.whole or self.best.outputs is None:  # (the first update covers every row)
-            return outputs
-        return self.best.outputs.index_put((self.active,), outputs)
-
-    def forward_backward(
-        self, model: nn.Module, point: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(outputs, loss, ∇ loss)`` of the rows (grad mode on)."""
-        inputs = point.detach().requires_grad_(True)
-        outputs = model(inputs)
-        loss = self._loss(outputs)
-        (gradient,) = torch.autograd.grad(loss.sum(), inputs)
-        return outputs.detach(), loss.detach(), gradient
-
-    def score(self, model: nn.Module, point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(outputs, loss)`` of the rows, without gradients."""
-        with torch.no_grad():
-            outputs = model(point)
-            return outputs, self._loss(outputs)
-
-    def _loss(self, outputs: torch.Tensor) -> torch.Tensor:
-        loss = self.bound.loss(self._batch(outputs))
-        return loss if self.whole else loss.index_select(0, self.active)
-
-    def success(self, outputs: torch.Tensor) -> torch.Tensor:
-        success = self.bound.success(self._batch(outputs))
-        return success if self.whole else success.index_select(0, self.active)
+    margin = None if bound.margin is None else on_rows(bound.margin)
+    return BoundObjective(bound.source, on_rows(bound.loss), margin)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
