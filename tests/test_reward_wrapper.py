@@ -147,13 +147,19 @@ def test_a_float64_module_gets_float64_rows():
     assert all(seen.dtype == torch.float64 for seen in env.reward.seen)
 
 
-def test_weight_edits_between_steps_change_the_next_reward():
-    reference = _reference_features("state_action", "box", 2)
+def _after_one_step(steps: int):
+    """A state-action wrapper stepped once, with the features and actions of ``steps`` steps."""
+    reference = _reference_features("state_action", "box", steps)
     model = _model(4)
     env = LearnedRewardVecEnv(_vec_env("box"), model, "state_action")
     env.reset()
-    actions = _actions("box", 2)
+    actions = _actions("box", steps)
     env.step(actions[0])
+    return reference, model, env, actions
+
+
+def test_weight_edits_between_steps_change_the_next_reward():
+    reference, model, env, actions = _after_one_step(2)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.data.mul_(1.5)  # `.data`: no version bump
@@ -183,12 +189,7 @@ def test_a_hook_added_mid_run_is_honoured_then_the_fast_path_returns(monkeypatch
     the compiled program serves again."""
     import lipguard.rl.frozen as frozen_module
 
-    reference = _reference_features("state_action", "box", 3)
-    model = _model(4)
-    env = LearnedRewardVecEnv(_vec_env("box"), model, "state_action")
-    env.reset()
-    actions = _actions("box", 3)
-    env.step(actions[0])
+    reference, model, env, actions = _after_one_step(3)
     reads = []
     graph = frozen_module.module_graph
     monkeypatch.setattr(

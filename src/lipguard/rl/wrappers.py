@@ -140,8 +140,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
             raise RuntimeError("LearnedRewardVecEnv: step before reset()")
         observations, true_rewards, dones, infos = self.venv.step_wait()
         states = _as_array(observations).reshape(self.num_envs, -1)
-        flags = np.asarray(dones).tolist()
-        ended = [index for index, done in enumerate(flags) if done] if True in flags else []
+        ended = [index for index, done in enumerate(np.asarray(dones).tolist()) if done]
         if self.inputs == "next_state":
             state_rows[...] = states
             for index in ended:  # SB3 has reset these environments: score the state reached
