@@ -325,13 +325,13 @@ def test_observe_is_transactional_when_the_store_fails(tmp_path):
     states = rng.normal(size=(40, 3))
     rewards = states[:, 0] * 3.0  # violates L = 1
     monitor.observe(states[:20], rewards[:20])
-    before = (monitor.step, monitor._states.copy(), store.count())
+    before = (monitor.step, monitor._window.states.copy(), store.count())
     broken = store.append
     store.append = lambda records: (_ for _ in ()).throw(AuditError("disk full"))
     with pytest.raises(AuditError):
         monitor.observe(states[20:], rewards[20:])
     assert monitor.step == before[0]
-    np.testing.assert_array_equal(monitor._states, before[1])
+    np.testing.assert_array_equal(monitor._window.states, before[1])
     assert store.count() == before[2]
     store.append = broken
     retried = monitor.observe(states[20:], rewards[20:])

@@ -27,9 +27,11 @@ from lipguard.monitor import (
 )
 from lipguard.monitor import pairs as pairs_module
 
-#: module settings that force each candidate path: the sorted sweep, the KD-tree, dense blocks
+#: module settings that force each candidate path: the sweep, the KD-tree, dense blocks, and a
+#: low sweep limit (crowded buckets fall back to the sorted sweep, then to the tree)
 PATHS = {
     "sweep": {"SWEEP_PER_POINT": 10**9, "DENSE_LIMIT": 0},
+    "crowded": {"SWEEP_PER_POINT": 8, "DENSE_LIMIT": 0},
     "tree": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 0},
     "dense": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 10**9},
 }
@@ -47,14 +49,29 @@ PATHS = {
     spike=st.booleans(),
     worst=st.booleans(),
     scale=st.sampled_from([1e-3, 1.0, 1e6]),
+    index=st.sampled_from(["buckets", "prepared"]),
+    far=st.booleans(),
 )
 def test_pruned_search_equals_brute_force(
-    seed, lipschitz, tolerance, noise_floor, norm, path, dimension, budget, spike, worst, scale
+    seed,
+    lipschitz,
+    tolerance,
+    noise_floor,
+    norm,
+    path,
+    dimension,
+    budget,
+    spike,
+    worst,
+    scale,
+    index,
+    far,
 ):
-    """Equal to brute force on every path: the sweep, the tree, dense blocks, tiny memory
-    budgets (one query row, one candidate per block), an outlier reward that widens every
-    radius, states far from the origin (rounding of the sweep's ``x ± R``) and the per-query
-    worst pair."""
+    """Equal to brute force on every path: the sweep (by buckets for a one-off pool, by binary
+    search in a prepared index), the tree, dense blocks, tiny memory budgets (one query row, one
+    candidate per block), an outlier reward that widens every radius, an outlier state that
+    crowds every other pool point into a few buckets, states far from the origin (rounding of
+    the sweep's ``x ± R``) and the per-query worst pair."""
     rng = np.random.default_rng(seed)
     offset = rng.normal(size=dimension) * scale
     states = offset + rng.normal(size=(40, dimension))
@@ -62,6 +79,8 @@ def test_pruned_search_equals_brute_force(
     rewards, pool_rewards = rng.normal(size=40), rng.normal(size=60)
     if spike:
         pool_rewards[7] = 1e4
+    if far:
+        pool[11] += 1e5 * scale
     settings = {**PATHS[path]}
     if budget is not None:
         settings.update(MEMORY_BUDGET=budget, CANDIDATE_BLOCK=budget)
@@ -79,6 +98,7 @@ def test_pruned_search_equals_brute_force(
             tolerance=tolerance,
             noise_floor=noise_floor,
             worst=worst,
+            index=pairs_module.PoolIndex(pool) if index == "prepared" else None,
         )
     finally:
         for name, value in saved.items():
@@ -104,6 +124,30 @@ def test_pruned_search_equals_brute_force(
     ratio = np.abs(rewards[:, None] - pool_rewards[None, :]) / distance
     for i, j in pairs:
         assert ratio[i, j] == max(ratio[i, k] for k in range(60) if (i, k) in expected)
+
+
+def test_buckets_crowded_by_a_far_state_fall_back_to_the_sorted_sweep(monkeypatch):
+    """One state far from the others puts every other pool point in one bucket; the search
+    falls back to the sorted sweep (binary searches) and still equals brute force."""
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(2000, 6))
+    pool[5] += 1e6
+    states = pool[:100] + rng.normal(size=(100, 6)) * 1e-3
+    pool_rewards = pool[:, 1] * 0.5
+    rewards = states[:, 1] * 0.5
+    rewards[::7] += 0.05  # violations at distances about 1e-3
+    sorted_sweeps = []
+    original = pairs_module._sweep_ranges
+    monkeypatch.setattr(
+        pairs_module,
+        "_sweep_ranges",
+        lambda *args: sorted_sweeps.append(1) or original(*args),
+    )
+    found = find_violations(states, rewards, pool, pool_rewards, 1.0)
+    expected = brute_force_violations(states, rewards, pool, pool_rewards, 1.0)
+    assert sorted_sweeps == [1]
+    assert expected
+    assert set(zip(found.first.tolist(), found.second.tolist(), strict=True)) == expected
 
 
 def test_a_spike_in_a_large_batch_stays_small_and_fast():

@@ -5,11 +5,14 @@ observations of its batch and the reference set — whatever path the pair searc
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lipguard.monitor import AuditError, AuditStore, LipschitzMonitor
 from lipguard.monitor import pairs as pairs_module
@@ -230,3 +233,32 @@ def test_a_failed_store_append_leaves_the_search_state_as_it_was(tmp_path):
         got = failing.observe(states, rewards).events
         assert got
         assert got == steady.observe(states, rewards).events
+
+
+@given(
+    operations=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 300), st.sampled_from([0.0, 1.0, 0.5])),
+        max_size=40,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_copies_sharing_a_buffer_behave_as_deep_copies(operations):
+    """Copies share the window's buffer until one writes where another's values may lie: any
+    interleaving of updates, copies and resets on the copies gives what deep copies give."""
+    rng = np.random.default_rng(len(operations))
+    shared = [ADWIN(max_window=400, clock=8)]
+    deep = [copy.deepcopy(shared[0])]
+    for action, count, level in operations:
+        k = int(rng.integers(len(shared)))
+        if action == 0:  # a copy of one of them joins
+            shared.append(shared[k].copy())
+            deep.append(copy.deepcopy(deep[k]))
+            continue
+        if action == 1:
+            shared[k].reset()
+            deep[k].reset()
+            continue
+        values = np.full(count, level) if action == 2 else (rng.random(count) < level) * 1.0
+        assert shared[k].update_many(values) == deep[k].update_many(values)
+        for a, b in zip(shared, deep, strict=True):
+            assert np.array_equal(a.window, b.window)

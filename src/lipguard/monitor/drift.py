@@ -93,9 +93,14 @@ class ADWIN:
         self.max_window = _checks.positive_int("max_window", max_window)
         self.clock = _checks.positive_int("clock", clock)
         self.min_split = _checks.positive_int("min_split", min_split)
-        # the window is buffer[first:last]; the buffer is compacted when it fills (amortised O(1))
+        # the window is buffer[first:last]; a full buffer is replaced by a fresh one holding the
+        # window (amortised O(1)). Copies share the buffer: `_written` (shared by them, in a list)
+        # is the end of what any of them wrote, and one that would write below it — where another
+        # copy's values may lie — first moves its window to a fresh buffer (copy-on-write).
         self._buffer = np.empty(2 * self.max_window)
+        self._written = [0]
         self._first = self._last = 0
+        self._single: float | None = math.nan  # the window's one value; None: several; NaN: unknown
         self.seen = 0
 
     @property
@@ -104,32 +109,45 @@ class ADWIN:
 
     def reset(self) -> None:
         self._first = self._last = 0
+        self._single = math.nan
 
     def copy(self) -> ADWIN:
-        """An independent copy (the window's buffer copied, not shared)."""
-        twin = copy.copy(self)
-        twin._buffer = self._buffer.copy()
-        return twin
+        """An independent copy, in O(1): the buffer is shared and copied on write."""
+        return copy.copy(self)
 
     def _extend(self, values: np.ndarray) -> None:
         """Append values, keeping at most ``max_window`` of the newest."""
+        self._single = math.nan
         for begin in range(0, len(values), self.max_window):
             chunk = values[begin : begin + self.max_window]
-            if self._last + len(chunk) > len(self._buffer):  # compact: window to the front
-                size = self._last - self._first
-                self._buffer[:size] = self._buffer[self._first : self._last].copy()
-                self._first, self._last = 0, size
-            self._buffer[self._last : self._last + len(chunk)] = chunk
-            self._last += len(chunk)
-            self._first = max(self._first, self._last - self.max_window)
+            end = self._last + len(chunk)
+            if self._last < self._written[0] or end > len(self._buffer):
+                size = self._last - self._first  # the window moves to a buffer of its own
+                buffer = np.empty(2 * self.max_window)
+                buffer[:size] = self.window
+                self._buffer, self._written = buffer, [0]
+                self._first, self._last, end = 0, size, size + len(chunk)
+            self._buffer[self._last : end] = chunk
+            self._last = self._written[0] = end
+            self._first = max(self._first, end - self.max_window)
+
+    def _holds_only(self, value: float) -> bool:
+        """Whether every value in the window equals ``value`` (an empty window does); the
+        window's only value is remembered until the window changes."""
+        if self._first == self._last:
+            return True
+        if self._single is not None and math.isnan(self._single):
+            self._single = float(self.window[0]) if _constant(self.window) else None
+        return self._single == value
 
     def update_many(self, values: ArrayLike) -> list[int]:
         """:meth:`update` for a batch: the window is extended up to each clock tick at once.
         When the window and the batch hold one value only (the all-clear stream), no check can
         find a change and the batch is appended at once."""
         values = np.asarray(values, dtype=np.float64)
-        if values.size and _constant(values, self.window):
+        if values.size and _constant(values) and self._holds_only(float(values[0])):
             self._extend(values)
+            self._single = float(values[0])
             self.seen += len(values)
             return []
         alarms: list[int] = []
@@ -151,7 +169,7 @@ class ADWIN:
             return False
         values = self.window
         n = len(values)
-        if _constant(values):
+        if self._holds_only(float(values[0])):
             return False  # a constant window has no change (the common all-clear indicator)
         prefix = np.cumsum(values)
         splits = np.arange(self.min_split, n - self.min_split + 1)
@@ -165,10 +183,10 @@ class ADWIN:
         if not changed.any():
             return False
         self._first += int(splits[np.nonzero(changed)[0][-1]])  # drop the older part
+        self._single = math.nan
         return True
 
 
-def _constant(*parts: np.ndarray) -> bool:
-    """Whether the non-empty ``parts`` together hold a single value (NaN never equals)."""
-    value = parts[0][0]
-    return all(len(part) == 0 or (part.min() == value and part.max() == value) for part in parts)
+def _constant(values: np.ndarray) -> bool:
+    """Whether the non-empty ``values`` are all one value (NaN never equals)."""
+    return bool(values.min() == values[0] and values.max() == values[0])

@@ -39,16 +39,13 @@ from lipguard._gradients import input_gradient_norms
 from lipguard._placement import placement
 from lipguard.errors import InvalidArgumentError, ShapeError
 from lipguard.monitor.drift import ADWIN, PageHinkley
-from lipguard.monitor.pairs import PairViolations, PoolIndex, find_violations
+from lipguard.monitor.pairs import Columns, PairViolations, PoolIndex, find_violations
 from lipguard.monitor.rounding import FloatingPointSlack, reward_dtype
 from lipguard.monitor.store import AuditStore
+from lipguard.monitor.window import Pool, SlidingWindow, all_finite
 from lipguard.norm import L2, Norm, NormLike, parse_norm
 
 logger = logging.getLogger("lipguard.monitor")
-
-#: window turnovers after which the pair search's index chooses its coordinates afresh (speed
-#: only: any coordinates give a sound search)
-REINDEX_TURNOVERS = 16
 
 #: states, rewards, bounds ``L(s)``, ids (steps or reference indices) and slacks of a pool
 _Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -160,14 +157,7 @@ class LipschitzMonitor:
         self.store = AuditStore(store) if isinstance(store, (str, Path)) else store
         self.callbacks = list(callbacks)
         self.step = 0
-        self._states = np.zeros((0, 0))  # _buffer[_start:_start + window], room after it
-        self._buffer, self._start = self._states, 0
-        self._rewards = np.zeros(0)
-        self._steps = np.zeros(0, dtype=np.int64)
-        self._bounds = np.zeros(0)  # L(s) of the window's states, computed once
-        self._slacks = np.zeros(0)  # the window's floating-point slacks
-        self._window_index: PoolIndex | None = None  # kept up to date, not rebuilt per batch
-        self._reindex_at = 0  # the step from which the index's coordinates are chosen afresh
+        self._window = SlidingWindow(self.window)  # with L(s) and slacks, computed once
         self._reference: tuple[np.ndarray, np.ndarray, np.ndarray, PoolIndex, np.ndarray] | None
         self._reference = None
         self._envelope_tree: cKDTree | None = None
@@ -232,27 +222,22 @@ class LipschitzMonitor:
         detectors); if anything raises — the store included — its state is unchanged and the
         same batch can be observed again."""
         given = rewards
-        states = np.asarray(_numpy(states), dtype=np.float64)
         rewards = np.asarray(_numpy(rewards), dtype=np.float64).reshape(-1)
-        if states.ndim != 2 or len(rewards) != len(states):
+        batch = np.asarray(_numpy(states))
+        if batch.ndim != 2 or len(rewards) != len(batch):
             raise ShapeError("observe needs states (N, d) and one reward per state")
-        if not (_all_finite(states) and _all_finite(rewards)):
-            raise InvalidArgumentError("observations must be finite")
-        if self._states.size and states.shape[1] != self._states.shape[1]:
-            raise ShapeError(
-                f"states have {states.shape[1]} features, expected {self._states.shape[1]}"
-            )
-        if len(states) == 0:
+        if len(batch) == 0:
             return Observation([])
+        if not all_finite(rewards):
+            raise InvalidArgumentError("observations must be finite")
+        states = self._window.stage(batch)  # float64, in the window's room, checked
         steps = self.step + np.arange(len(states))
         bounds = self._bounds_at(states)
         slacks = self._slacks_of(states, rewards, given, bounds)
-        recent, buffer, start = self._recent((states, rewards, bounds, steps, slacks))
-        previous = self._window_index if self.step < self._reindex_at else None
-        index = PoolIndex(recent[0]) if previous is None else previous.extended(recent[0])
+        pool = self._window.pool(rewards, bounds, steps, slacks)
         worst_ratio = np.zeros(len(states))
         events = self._violations(
-            self._pair_search(states, rewards, bounds, slacks, recent, index), steps, worst_ratio
+            self._pair_search(states, rewards, bounds, slacks, pool), steps, worst_ratio
         )
         events += self._envelope(states, steps)
         events += self._model_checks(states, steps, bounds)
@@ -264,11 +249,8 @@ class LipschitzMonitor:
                 [(e.kind, {"step": e.step, **e.details}) for e in events] + [("batch", summary)]
             )
         self._detectors = detectors
-        self._remember(recent, index, buffer, start)
+        self._window.commit(pool)
         self.step += len(states)
-        if previous is None:  # keep the coordinates REINDEX_TURNOVERS windows (once 64 rows chose)
-            turnovers = REINDEX_TURNOVERS if len(recent[0]) >= 64 else 0
-            self._reindex_at = self.step + turnovers * self.window
         self._emit(events)
         return Observation(events)
 
@@ -284,42 +266,29 @@ class LipschitzMonitor:
             raise InvalidArgumentError("L(s) returned a bound that is not finite and > 0")
         return bounds
 
-    def _recent(self, batch: _Pool) -> tuple[_Pool, np.ndarray, int]:
-        """The window followed by the batch, in the monitor's own arrays (the caller's are never
-        kept), with the states' buffer and their first row in it. The states go into the room
-        after the window in its buffer — rows the window does not use, so the monitor's state is
-        unchanged until :meth:`_remember` — or, when the room runs out, into a fresh buffer with
-        room for a few more batches: the window's rows are copied once per few batches rather
-        than once per batch."""
-        n, m, start = len(self._states), len(batch[0]), self._start
-        buffer = self._buffer
-        if not (self._states.size and start + n + m <= len(buffer)):
-            buffer, start = np.empty((n + 4 * m, batch[0].shape[1])), 0
-            if n:
-                buffer[:n] = self._states
-        buffer[start + n : start + n + m] = batch[0]
-        window = (self._rewards, self._bounds, self._steps, self._slacks)
-        rest = (np.concatenate(pair) for pair in zip(window, batch[1:], strict=True))
-        return (buffer[start : start + n + m], *rest), buffer, start  # type: ignore[return-value]
-
     def _pair_search(
         self,
         states: np.ndarray,
         rewards: np.ndarray,
         bounds: np.ndarray,
         slacks: np.ndarray,
-        recent: _Pool,
-        index: PoolIndex,
+        recent: Pool,
     ) -> list[_Found]:
         """Violating pairs against the window and the batch itself (one search over ``recent``,
-        indexed by ``index``: the batch is its tail, each pair within it checked once) and the
+        the window followed by the batch: each pair within the batch checked once) and the
         reference set."""
-        pools: list[tuple[_Pool, PoolIndex, bool]] = [(recent, index, True)]
+        pools: list[tuple[_Pool, PoolIndex | Columns, bool]] = [
+            (
+                (recent.states, recent.rewards, recent.bounds, recent.steps, recent.slacks),
+                recent.columns,
+                True,
+            )
+        ]
         if self._reference is not None:
             ref_states, ref_rewards, ref_bounds, ref_index, ref_slacks = self._reference
             ids = np.arange(len(ref_states))
             pools.append(((ref_states, ref_rewards, ref_bounds, ids, ref_slacks), ref_index, False))
-        remembered = len(recent[0]) - len(states)
+        remembered = len(recent.states) - len(states)
         found_by_pool: list[_Found] = []
         for pool, pool_index, within in pools:
             pool_states, pool_rewards, pool_bounds, pool_ids, pool_slacks = pool
@@ -468,15 +437,6 @@ class LipschitzMonitor:
                 events.append(Event("drift", int(steps[index]), {"detector": name}))
         return sorted(events, key=lambda e: e.step)
 
-    def _remember(self, recent: _Pool, index: PoolIndex, buffer: np.ndarray, start: int) -> None:
-        """The window becomes the newest ``window`` observations of ``recent`` (its states
-        ``buffer[start:start + len(recent)]``)."""
-        self._buffer, self._start = buffer, start + max(0, len(recent[0]) - self.window)
-        self._states, self._rewards, self._bounds, self._steps, self._slacks = (
-            values[-self.window :] for values in recent
-        )
-        self._window_index = index.tail(self.window)
-
     def _emit(self, events: list[Event]) -> None:
         for event in events:
             level = logging.INFO if event.kind == "violation" else logging.WARNING
@@ -502,12 +462,6 @@ def _summary(
         "worst_violation_ratio": worst if worst > 0 else None,
         "events": dict(Counter(event.kind for event in events)),
     }
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """Whether every value is finite: a finite sum proves it (any inf or NaN makes the sum inf
-    or NaN) in one pass; a sum that overflowed falls back to checking every value."""
-    return bool(np.isfinite(values.sum()) or np.isfinite(values).all())
 
 
 def _numpy(values: ArrayLike | torch.Tensor) -> ArrayLike:

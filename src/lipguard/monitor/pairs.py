@@ -11,12 +11,17 @@ path), at a cost that depends on how many pool points fall in the radius rather 
 pool size. Candidates come from lower bounds of the distance (a coordinate projection never
 lengthens a difference in ℓ2 or ℓ∞), in the cheapest of three ways:
 
-- **sweep** (the common case: radii small next to the spread of the states): the pool sorted on
-  its widest coordinate, a binary search gives each query the pool points whose coordinate is
-  within ``R(s)``; partial distances on the next widest coordinates (up to
-  ``INDEX_DIMENSIONS``) discard most of them before the exact check. Its candidate count is
-  known exactly before any pair is formed, and it is used when that count is below
-  ``SWEEP_PER_POINT`` per query and pool point;
+- **sweep** (the common case: radii small next to the spread of the states): the pool in the
+  order of its widest coordinate, each query's candidates the contiguous run whose coordinate
+  lies within ``R(s)`` of the query's. A pool searched once (a sliding window with its new
+  batch, given as :class:`Columns`) is ordered by a counting sort into ``BUCKETS_PER_POINT``
+  buckets per point along that coordinate, and a query's run is the buckets its interval
+  meets (no binary search); a :class:`PoolIndex` prepared for many searches (a reference set)
+  is sorted once, and binary searches find the runs. Partial distances on the next widest
+  coordinates (up to ``INDEX_DIMENSIONS``) discard most candidates before the exact check. The
+  candidate count is known before any pair is formed, and the sweep is used when it is below
+  ``SWEEP_PER_POINT`` per query and pool point (buckets crowded by a far outlier fall back to
+  the sorted sweep first);
 - **KD-tree** (``scipy.spatial.cKDTree``, ℓ2 or ℓ∞) on the pool's widest coordinates, for
   larger radii in large problems;
 - **dense blocks**, when the radii cover most of the pool (one outlier reward widens every
@@ -48,73 +53,50 @@ MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
 CANDIDATE_BLOCK = 1_000_000  # candidates per block of sweep or KD-tree queries
 INDEX_DIMENSIONS = 8  # coordinates indexed (KD-trees degrade to linear scans in more)
 SWEEP_PER_POINT = 64  # sweep candidates per query and pool point above which a tree is cheaper
+BUCKETS_PER_POINT = 4  # buckets of a one-off sweep per pool point (at most 2**22 in all)
 
 
 class PoolIndex:
-    """A pool of states prepared for candidate searches, reusable across queries: its
-    ``INDEX_DIMENSIONS`` widest coordinates (widest first, by the range of a sample of at
-    most 64 rows, unless ``coordinates`` are given — the choice affects speed only), the pool
-    sorted on the first of them, and a KD-tree on them built on first use. Distances on a subset
-    of coordinates are lower bounds of the full ones, so every search over them returns every
-    pair within a radius (plus some further ones, which the exact check removes).
+    """A pool of states prepared for many candidate searches (a reference set): its
+    ``INDEX_DIMENSIONS`` widest coordinates (:func:`widest_coordinates`), the pool sorted on the
+    first of them, and a KD-tree on them built on first use. Distances on a subset of
+    coordinates are lower bounds of the full ones, so every search over them returns every pair
+    within a radius (plus some further ones, which the exact check removes)."""
 
-    A sliding window updates its index instead of rebuilding it: :meth:`extended` sorts only
-    the new rows and merges, :meth:`tail` drops the oldest rows."""
-
-    def __init__(self, states: ArrayLike, coordinates: np.ndarray | None = None) -> None:
+    def __init__(self, states: ArrayLike) -> None:
         self.states = _as_rows(states)
-        if coordinates is None:
-            sample = self.states[:: max(1, len(self.states) // 64)]
-            spread = sample.max(0) - sample.min(0) if len(sample) else np.zeros(sample.shape[1])
-            coordinates = np.argsort(-spread, kind="stable")[:INDEX_DIMENSIONS]
-        self.coordinates = coordinates
-        self.columns = np.ascontiguousarray(self.states.T[coordinates])
+        self.coordinates = widest_coordinates(self.states)
+        self.columns = np.ascontiguousarray(self.states.T[self.coordinates])
         self.order = np.argsort(self.columns[0], kind="stable")
         self.keys = self.columns[0][self.order]
-
-    @classmethod
-    def _of(
-        cls,
-        states: np.ndarray,
-        coordinates: np.ndarray,
-        columns: np.ndarray,
-        order: np.ndarray,
-        keys: np.ndarray,
-    ) -> PoolIndex:
-        index = cls.__new__(cls)
-        index.states, index.coordinates, index.columns = states, coordinates, columns
-        index.order, index.keys = order, keys
-        return index
-
-    def extended(self, states: ArrayLike) -> PoolIndex:
-        """The index of ``states``, whose first rows are this index's pool, unchanged (the
-        caller's promise): only the new rows are sorted, then merged with the sorted pool (a
-        stable sort of two sorted runs is a linear merge). Same coordinates."""
-        states = _as_rows(states)
-        n = len(self.states)
-        new = PoolIndex(states[n:], self.coordinates)
-        keys = np.concatenate([self.keys, new.keys])
-        merge = np.argsort(keys, kind="stable")
-        order = np.concatenate([self.order, new.order + n])[merge]
-        columns = np.concatenate([self.columns, new.columns], axis=1)
-        return PoolIndex._of(states, self.coordinates, columns, order, keys[merge])
-
-    def tail(self, count: int) -> PoolIndex:
-        """The index of the pool's last ``count`` rows."""
-        start = max(0, len(self.states) - count)
-        keep = self.order >= start
-        return PoolIndex._of(
-            self.states[start:],
-            self.coordinates,
-            self.columns[:, start:],
-            self.order[keep] - start,
-            self.keys[keep],
-        )
 
     @functools.cached_property
     def tree(self) -> cKDTree:
         """A KD-tree on the indexed coordinates (built once, when a search first needs it)."""
         return cKDTree(self.states[:, self.coordinates])
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A pool's values on its widest coordinates, for a one-off search: ``values[k]`` holds
+    every pool row's coordinate ``coordinates[k]`` (a sliding window keeps them as rows arrive,
+    so a search need not read the rows again)."""
+
+    coordinates: np.ndarray
+    values: np.ndarray  # (len(coordinates), pool size)
+
+    @classmethod
+    def of(cls, states: np.ndarray) -> Columns:
+        coordinates = widest_coordinates(states)
+        return cls(coordinates, np.ascontiguousarray(states.T[coordinates]))
+
+
+def widest_coordinates(states: np.ndarray) -> np.ndarray:
+    """The ``INDEX_DIMENSIONS`` coordinates of widest range in a sample of at most about 64
+    rows, widest first. The choice affects the speed of a search only, never its result."""
+    sample = states[:: max(1, len(states) // 64)]
+    spread = sample.max(0) - sample.min(0) if len(sample) else np.zeros(states.shape[1])
+    return np.argsort(-spread, kind="stable")[:INDEX_DIMENSIONS]
 
 
 @dataclass(frozen=True)
@@ -171,7 +153,7 @@ def find_violations(
     norm: NormLike = L2,
     tolerance: float = 0.0,
     noise_floor: float = 0.0,
-    index: PoolIndex | None = None,
+    index: PoolIndex | Columns | None = None,
     exclude_self: bool = False,
     self_offset: int = 0,
     slack: np.ndarray | None = None,
@@ -185,8 +167,9 @@ def find_violations(
     when even the more permissive bound is exceeded). ``slack`` and ``pool_slack`` add each
     observation's own slack to every pair it is in. ``exclude_self`` says the queries are
     the pool's rows ``self_offset, self_offset + 1, …`` (a set against a pool that holds it)
-    and skips pairs ``(i, self_offset + j)`` with ``j <= i``. ``index`` reuses a
-    :class:`PoolIndex` of the pool. Pairs come sorted by query, then pool index.
+    and skips pairs ``(i, self_offset + j)`` with ``j <= i``. ``index`` is a
+    :class:`PoolIndex` of the pool (reused across searches) or its :class:`Columns`. Pairs come
+    sorted by query, then pool index.
     ``worst=True`` keeps only each query's pair with the largest ratio ``|Δr|/d`` (ties: the
     lowest pool index) and counts its violating pairs in ``count``.
 
@@ -217,14 +200,7 @@ def find_violations(
     if len(active) == 0:
         result = _empty()
     else:
-        index = index or PoolIndex(pool_states)
-        swept, lo, hi = _sweep_ranges(problem, radius, active, index)
-        if int((hi - lo).sum()) <= SWEEP_PER_POINT * (m + n):
-            blocks = _sweep_blocks(problem, radius, swept, lo, hi, index)
-        elif m * n <= DENSE_LIMIT:
-            blocks = _dense_blocks(problem, active)
-        else:
-            blocks = _tree_blocks(problem, radius, active, index)
+        blocks = _candidate_blocks(problem, radius, active, index)
         result = _joined([problem.check(rows, cols) for rows, cols in blocks])
         if len(result.first) > 1:  # by query, then pool index, whatever path found them
             result = result.select(np.lexsort((result.second, result.first)))
@@ -358,62 +334,137 @@ def _dense_distances(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return _distances(first[:, None, :] - second[None, :, :], p)
 
 
-def _sweep_ranges(
-    problem: _Problem, radius: np.ndarray, active: np.ndarray, index: PoolIndex
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The active queries (in some order) and, for each, the positions ``lo:hi`` in the pool's
-    sorted order of the pool points whose widest coordinate lies within its radius of the
-    query's. The radius is widened by ``2·eps`` of the magnitudes, so the rounding of ``x ± R``
-    cannot drop a pool point at exactly ``R``. When the queries are pool rows
-    (``exclude_self``), they come in the pool's sorted order, read off the index: nearly sorted
-    needles make the binary searches several times cheaper than in arbitrary order."""
-    m = len(problem.a)
-    if problem.exclude_self and len(active) == m:
-        shifted = index.order - problem.self_offset
-        mine = (shifted >= 0) & (shifted < m)
-        active, key = shifted[mine], index.keys[mine]
-    else:
-        key = problem.a[active, index.coordinates[0]]
-    reach = radius[active]
-    reach = reach + 2 * np.finfo(np.float64).eps * (np.abs(key) + reach)
-    lo = np.searchsorted(index.keys, key - reach, side="left")
-    hi = np.searchsorted(index.keys, key + reach, side="right")
-    return active, lo, hi
-
-
-def _sweep_blocks(
+def _candidate_blocks(
     problem: _Problem,
     radius: np.ndarray,
     active: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    index: PoolIndex,
+    index: PoolIndex | Columns | None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Candidate blocks from the sorted pool's slices (whole queries, at most about
-    ``CANDIDATE_BLOCK`` candidates per block), narrowed coordinate by coordinate by the
-    distance on the other indexed coordinates — never above the full distance — compared with
-    ``R(s)`` (squared for ℓ2) inflated by the same relative margin as the radius, far above
-    the rounding of these few operations. With ``exclude_self``, each query's own row in the
-    pool goes with the first narrowing (the exact check removes the other skipped pairs)."""
-    queries = problem.a[:, index.coordinates[1:]].T
+    """Candidate pairs of the cheapest path: the sweep (by buckets for a one-off pool, by the
+    sorted order of a prepared one or when outliers crowd the buckets), else dense blocks
+    (small problems) or the KD-tree."""
+    limit = SWEEP_PER_POINT * (len(problem.a) + len(problem.b))
+    if not isinstance(index, PoolIndex):
+        ranges = _bucket_ranges(problem, radius, active, index or Columns.of(problem.b))
+        if ranges is not None and ranges.count <= limit:
+            return _range_blocks(problem, radius, ranges)
+        index = PoolIndex(problem.b)
+    ranges = _sweep_ranges(problem, radius, active, index)
+    if ranges.count <= limit:
+        return _range_blocks(problem, radius, ranges)
+    if len(problem.a) * len(problem.b) <= DENSE_LIMIT:
+        return _dense_blocks(problem, active)
+    return _tree_blocks(problem, radius, active, index)
+
+
+@dataclass(frozen=True)
+class _Ranges:
+    """Candidates as runs of an order of the pool: query ``queries[k]`` against the pool rows
+    ``order[lo[k]:hi[k]]``, to be narrowed on further coordinates (``query_columns[j]`` and
+    ``pool_columns[j]`` hold the queries' and the pool's values of the j-th)."""
+
+    queries: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    order: np.ndarray
+    query_columns: list[np.ndarray]
+    pool_columns: list[np.ndarray]
+
+    @property
+    def count(self) -> int:
+        return int((self.hi - self.lo).sum())
+
+
+def _sweep_keys(
+    problem: _Problem, active: np.ndarray, columns: np.ndarray, coordinates: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The active queries' values on the first coordinate, and every query's values on the
+    others. Queries that are the pool's tail rows (``exclude_self``) read them off the pool's
+    ``columns`` rather than the rows."""
+    m = len(problem.a)
+    if problem.exclude_self:
+        own = columns[:, problem.self_offset : problem.self_offset + m]
+        return own[0, active], list(own[1:])
+    return problem.a[active, coordinates[0]], [problem.a[:, c] for c in coordinates[1:]]
+
+
+def _widened(radius: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``radius`` widened by ``2·eps`` of the magnitudes, so that the rounding of
+    ``values ± radius`` cannot drop a pool point at exactly the radius."""
+    return radius + 2 * np.finfo(np.float64).eps * (np.abs(values) + radius)
+
+
+def _sweep_ranges(
+    problem: _Problem, radius: np.ndarray, active: np.ndarray, index: PoolIndex
+) -> _Ranges:
+    """For each active query, the run of the prepared pool's sorted order whose widest
+    coordinate lies within its (widened) radius of the query's, by binary search."""
+    key, query_columns = _sweep_keys(problem, active, index.columns, index.coordinates)
+    reach = _widened(radius[active], key)
+    lo = np.searchsorted(index.keys, key - reach, side="left")
+    hi = np.searchsorted(index.keys, key + reach, side="right")
+    return _Ranges(active, lo, hi, index.order, query_columns, list(index.columns[1:]))
+
+
+def _bucket_ranges(
+    problem: _Problem, radius: np.ndarray, active: np.ndarray, columns: Columns
+) -> _Ranges | None:
+    """For each active query, the run of the pool (ordered by bucket) in the buckets its
+    (widened) interval ``[x - R, x + R]`` meets on the widest coordinate; ``None`` when that
+    coordinate's extent overflows.
+
+    The extent from the lowest value ``x0`` is cut into ``C`` buckets of width ``side``; a
+    value's bucket ``⌊(x - x0)/side⌋`` is non-decreasing in ``x`` also after rounding (a rounded
+    subtraction of a constant and a rounded division by a positive one are monotone), and the
+    widening makes ``fl(x - R) <= x' <= fl(x + R)`` for every pool value ``x'`` within ``R``: so
+    the buckets from that of ``fl(x - R)`` to that of ``fl(x + R)`` hold every such point. The
+    pool is ordered by a counting sort; a query's run is read off the buckets' starts."""
+    pool = columns.values[0]
+    key, query_columns = _sweep_keys(problem, active, columns.values, columns.coordinates)
+    reach = _widened(radius[active], key)
+    low, high = key - reach, key + reach
+    x0 = min(float(pool.min()), float(low.min()))
+    buckets = min(BUCKETS_PER_POINT * len(pool), 2**22)
+    side = (max(float(pool.max()), float(high.max())) - x0) / buckets
+    if not (math.isfinite(side) and side > 0):
+        return None
+    bits = max(1, (len(pool) - 1).bit_length())
+    bucket = ((pool - x0) / side).astype(np.int64)  # values >= x0: truncation is the floor
+    order = np.sort(bucket << bits | np.arange(len(pool))) & ((1 << bits) - 1)
+    starts = np.zeros(buckets + 2, dtype=np.int64)
+    np.cumsum(np.bincount(bucket, minlength=buckets + 1), out=starts[1:])
+    lo = starts[((low - x0) / side).astype(np.int64)]
+    hi = starts[((high - x0) / side).astype(np.int64) + 1]
+    return _Ranges(active, lo, hi, order, query_columns, list(columns.values[1:]))
+
+
+def _range_blocks(
+    problem: _Problem, radius: np.ndarray, ranges: _Ranges
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Candidate blocks from the runs (whole runs, at most about ``CANDIDATE_BLOCK``
+    candidates per block), narrowed coordinate by coordinate by the distance on the other
+    indexed coordinates — never above the full distance — compared with ``R(s)`` (squared for
+    ℓ2) inflated by the same relative margin as the radius, far above the rounding of these few
+    operations. With ``exclude_self``, each query's own row in the pool goes with the first
+    narrowing (the exact check removes the other skipped pairs)."""
     squared = problem.p == 2.0
     limits = radius * (1 + 1e-9)
     if squared:
         limits = limits * limits
-    counts = hi - lo
+    counts = ranges.hi - ranges.lo
     ends = np.cumsum(counts)
     start = 0
-    while start < len(active):
+    while start < len(counts):
         before = int(ends[start - 1]) if start else 0
         stop = max(start + 1, int(np.searchsorted(ends, before + CANDIDATE_BLOCK, side="right")))
         size = counts[start:stop]
-        rows = np.repeat(active[start:stop], size)
-        at = np.repeat(lo[start:stop] - (ends[start:stop] - size - before), size)
+        rows = np.repeat(ranges.queries[start:stop], size)
+        at = np.repeat(ranges.lo[start:stop] - (ends[start:stop] - size - before), size)
         at += np.arange(len(rows))
-        cols = index.order[at]
+        cols = ranges.order[at]
         limit = limits[rows]
         partial: np.ndarray | None = None
-        for query, pool in zip(queries, index.columns[1:], strict=True):
+        for query, pool in zip(ranges.query_columns, ranges.pool_columns, strict=True):
             step = query[rows] - pool[cols]
             term = step * step if squared else np.abs(step)
             if partial is None:
