@@ -17,13 +17,15 @@ positions of the alarms.
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from lipguard import _checks
+
+_Detector = TypeVar("_Detector", "PageHinkley", "ADWIN")
 
 
 class PageHinkley:
@@ -44,7 +46,7 @@ class PageHinkley:
 
     def copy(self) -> PageHinkley:
         """An independent copy (its state is four numbers)."""
-        return copy.copy(self)
+        return _shallow_copy(self)
 
     def update(self, value: float) -> bool:
         self.count += 1
@@ -113,7 +115,7 @@ class ADWIN:
 
     def copy(self) -> ADWIN:
         """An independent copy, in O(1): the buffer is shared and copied on write."""
-        return copy.copy(self)
+        return _shallow_copy(self)
 
     def _extend(self, values: np.ndarray) -> None:
         """Append values, keeping at most ``max_window`` of the newest."""
@@ -185,6 +187,13 @@ class ADWIN:
         self._first += int(splits[np.nonzero(changed)[0][-1]])  # drop the older part
         self._single = math.nan
         return True
+
+
+def _shallow_copy(detector: _Detector) -> _Detector:
+    """A new detector with the same attributes (``copy.copy`` without its protocol lookups)."""
+    twin = object.__new__(type(detector))
+    twin.__dict__.update(detector.__dict__)
+    return twin
 
 
 def _constant(values: np.ndarray) -> bool:

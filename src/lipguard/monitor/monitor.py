@@ -289,6 +289,7 @@ class LipschitzMonitor:
             ids = np.arange(len(ref_states))
             pools.append(((ref_states, ref_rewards, ref_bounds, ids, ref_slacks), ref_index, False))
         remembered = len(recent.states) - len(states)
+        constant = self._bound_of is None  # one L for every pair: no per-pair maximum
         found_by_pool: list[_Found] = []
         for pool, pool_index, within in pools:
             pool_states, pool_rewards, pool_bounds, pool_ids, pool_slacks = pool
@@ -297,8 +298,8 @@ class LipschitzMonitor:
                 rewards,
                 pool_states,
                 pool_rewards,
-                bounds,
-                pool_lipschitz=pool_bounds,
+                self._constant if constant else bounds,
+                pool_lipschitz=None if constant else pool_bounds,
                 norm=self.norm,
                 tolerance=self.tolerance,
                 noise_floor=self.noise_floor,

@@ -53,7 +53,7 @@ MEMORY_BUDGET = 64 * 2**20  # bytes of temporaries per block of candidates
 CANDIDATE_BLOCK = 1_000_000  # candidates per block of sweep or KD-tree queries
 INDEX_DIMENSIONS = 8  # coordinates indexed (KD-trees degrade to linear scans in more)
 SWEEP_PER_POINT = 64  # sweep candidates per query and pool point above which a tree is cheaper
-BUCKETS_PER_POINT = 4  # buckets of a one-off sweep per pool point (at most 2**22 in all)
+BUCKETS_PER_POINT = 2  # buckets of a one-off sweep per pool point (at most 2**22 in all)
 
 
 class PoolIndex:
@@ -180,13 +180,17 @@ def find_violations(
     m, n = len(states), len(pool_states)
     if m == 0 or n == 0:
         return _empty()
+    la = np.asarray(lipschitz, dtype=np.float64)
+    lb = None if pool_lipschitz is None else np.asarray(pool_lipschitz, dtype=np.float64)
+    smallest = float(la.min()) if lb is None else float(min(la.min(), lb.min()))
     problem = _Problem(
         states,
         np.asarray(rewards, dtype=np.float64),
         pool_states,
         np.asarray(pool_rewards, dtype=np.float64),
-        np.broadcast_to(np.asarray(lipschitz, dtype=np.float64), (m,)),
-        None if pool_lipschitz is None else np.asarray(pool_lipschitz, dtype=np.float64),
+        np.full(m, float(la)) if la.ndim == 0 else np.broadcast_to(la, (m,)),
+        lb,
+        smallest,
         _norm_order(norm),
         float(tolerance),
         float(noise_floor),
@@ -217,6 +221,7 @@ class _Problem:
     rb: np.ndarray
     la: np.ndarray
     lb: np.ndarray | None
+    smallest_l: float
     p: float
     tolerance: float
     noise_floor: float
@@ -228,7 +233,7 @@ class _Problem:
     def radius(self) -> np.ndarray:
         """Per query, the largest distance at which any pool point can still violate (-1:
         none can)."""
-        smallest = float(self.la.min()) if self.lb is None else min(self.la.min(), self.lb.min())
+        smallest = self.smallest_l
         reach = np.maximum(self.ra - self.rb.min(), self.rb.max() - self.ra)
         reach -= self.sa + (self.tolerance + float(self.sb.min()))
         # inflated by a few ulps so that the searches' own rounding cannot drop a borderline pair
