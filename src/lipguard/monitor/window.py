@@ -55,11 +55,12 @@ class SlidingWindow:
         self._spare: tuple[np.ndarray, np.ndarray] | None = None
         self._start = self._count = 0  # the window: rows start:start + count
         self._coordinates = np.zeros(0, dtype=np.int64)
-        self._reindex_at = 0  # the step from which the coordinates are chosen afresh
+        self._seen = 0  # rows committed
+        self._reindex_at = 0  # the row count from which the coordinates are chosen afresh
         empty = np.zeros(0)
         self.rewards, self.bounds, self.slacks = empty, empty, empty
         self.steps = np.zeros(0, dtype=np.int64)
-        self._staged: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._staged: tuple[np.ndarray, np.ndarray, int, bool] | None = None
 
     @property
     def states(self) -> np.ndarray:
@@ -68,7 +69,9 @@ class SlidingWindow:
     def stage(self, states: np.ndarray) -> np.ndarray:
         """The batch ``states (m, d)`` converted to float64 into the room after the window (the
         window's rows moved to a buffer with room first, where needed); checked: two
-        dimensions, the window's width, real and finite. Returns the converted rows."""
+        dimensions, the window's width, real and finite. Its columns are taken while the rows
+        are in cache, unless the coordinates are to be chosen afresh (then :meth:`pool` chooses
+        them on the whole pool). Returns the converted rows."""
         self._staged = None
         if states.ndim != 2:
             raise ShapeError("observe needs states (N, d) and one reward per state")
@@ -85,7 +88,11 @@ class SlidingWindow:
         np.copyto(rows, states, casting="unsafe")  # integers and floats: what astype does
         if not all_finite(rows):
             raise InvalidArgumentError("observations must be finite")
-        self._staged = (buffers[0], buffers[1], start)
+        chosen = n == 0 or self._seen >= self._reindex_at
+        if not chosen:  # the batch's columns into the room
+            k = len(self._coordinates)
+            buffers[1][:k, start + n : start + n + m] = rows.T[self._coordinates]
+        self._staged = (buffers[0], buffers[1], start, chosen)
         return rows
 
     def _room(self, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,17 +122,15 @@ class SlidingWindow:
         slacks), with its columns; the window is unchanged."""
         if self._staged is None:
             raise RuntimeError("SlidingWindow.pool: stage a batch first")
-        states_buffer, columns_buffer, start = self._staged
+        states_buffer, columns_buffer, start, chosen = self._staged
         n, m = self._count, len(rewards)
         states = states_buffer[start : start + n + m]
-        chosen = n == 0 or int(steps[0]) >= self._reindex_at
         if chosen:  # apart from the buffer, whose window part changes only on commit
             coordinates = widest_coordinates(states)
             values = np.ascontiguousarray(states.T[coordinates])
-        else:  # the batch's columns into the room
-            coordinates, k = self._coordinates, len(self._coordinates)
-            columns_buffer[:k, start + n : start + n + m] = states[n:].T[coordinates]
-            values = columns_buffer[:k, start : start + n + m]
+        else:  # the batch's were written by `stage`
+            coordinates = self._coordinates
+            values = columns_buffer[: len(coordinates), start : start + n + m]
         columns = Columns(coordinates, values)
         return Pool(
             states,
@@ -146,6 +151,7 @@ class SlidingWindow:
         if pool._buffers[0] is not self._states:  # moved: the old buffers become the spare
             self._spare = (self._states, self._columns) if self._states.size else None
             self._states, self._columns = pool._buffers
+        self._seen += total - self._count  # the batch's rows
         self._start, self._count = pool._start + drop, total - drop
         self.rewards, self.bounds, self.steps, self.slacks = (
             values[drop:] for values in (pool.rewards, pool.bounds, pool.steps, pool.slacks)
@@ -154,7 +160,7 @@ class SlidingWindow:
             self._coordinates = pool.columns.coordinates
             self._window_columns()[...] = pool.columns.values[:, drop:]
             turnovers = REINDEX_TURNOVERS if total >= 64 else 0
-            self._reindex_at = int(pool.steps[-1]) + 1 + turnovers * self.size
+            self._reindex_at = self._seen + turnovers * self.size
         self._staged = None
 
 
