@@ -325,3 +325,93 @@ def test_pair_search_refuses_the_l1_norm_instead_of_measuring_l2():
     for search in (find_violations, brute_force_violations):
         with pytest.raises(InvalidArgumentError, match="ℓ2 or ℓ∞"):
             search(states, rewards, states, rewards, 1.0, norm=1)
+
+
+NASTY = [
+    0.0,
+    -0.0,
+    5e-324,
+    -5e-324,
+    1e-308,
+    1e-300,
+    1.0,
+    1.0 + 2**-52,
+    -1.0,
+    1e8,
+    1e8 + 1.5e-8,
+    1e150,
+    -1e150,
+    1e300,
+    -1e300,
+]
+
+
+@given(
+    data=st.data(),
+    size=st.integers(1, 12),
+    dimension=st.integers(1, 3),
+    lipschitz=st.sampled_from([1e-300, 1e-3, 1.0, 1e3, 1e300]),
+    norm=st.sampled_from([2.0, float("inf")]),
+    path=st.sampled_from(sorted(PATHS)),
+    within=st.booleans(),
+)
+def test_extreme_values_never_hide_a_violation(
+    data, size, dimension, lipschitz, norm, path, within
+):
+    """States and rewards from subnormals, signed zeros, neighbouring floats and values near
+    overflow (bucket widths that underflow or overflow, runs at bucket edges, a single pool
+    point), against a pool that holds the queries (``exclude_self``) or not: equal to brute
+    force."""
+    values = st.sampled_from(NASTY)
+    rows = st.lists(
+        st.lists(values, min_size=dimension, max_size=dimension), min_size=1, max_size=size
+    )
+    states = np.array(data.draw(rows))
+    rewards = np.array(data.draw(st.lists(values, min_size=len(states), max_size=len(states))))
+    earlier = np.array(data.draw(rows))  # a window before the queries, or another pool
+    earlier_rewards = np.array(
+        data.draw(st.lists(values, min_size=len(earlier), max_size=len(earlier)))
+    )
+    pool, pool_rewards, offset = earlier, earlier_rewards, 0
+    if within:
+        pool = np.concatenate([earlier, states])
+        pool_rewards = np.concatenate([earlier_rewards, rewards])
+        offset = len(earlier)
+    with np.errstate(all="ignore"):
+        saved = {name: getattr(pairs_module, name) for name in PATHS[path]}
+        for name, value in PATHS[path].items():
+            setattr(pairs_module, name, value)
+        try:
+            found = find_violations(
+                states,
+                rewards,
+                pool,
+                pool_rewards,
+                lipschitz,
+                norm=norm,
+                exclude_self=within,
+                self_offset=offset,
+            )
+        finally:
+            for name, value in saved.items():
+                setattr(pairs_module, name, value)
+        expected = brute_force_violations(states, rewards, pool, pool_rewards, lipschitz, norm=norm)
+    if within:  # the pairs a pool that holds the queries skips: (i, offset + j) with j <= i
+        expected = {(i, j) for i, j in expected if j < offset or j > i + offset}
+    assert set(zip(found.first.tolist(), found.second.tolist(), strict=True)) == expected
+
+
+@pytest.mark.parametrize("norm", [2.0, float("inf")])
+def test_distances_far_beyond_float64_squares_are_exact(norm):
+    """States 1e200 apart violate a bound of 1e-300 with rewards 1 apart (a distance computed
+    through squares would be infinite and hide it); states 1e-200 apart with rewards 1e-210 apart
+    do not violate L = 1 (a squared distance would underflow to 0 and raise a false alarm)."""
+    far = np.array([[0.0, 0.0], [1e200, 1e200]])
+    found = find_violations(far[:1], np.zeros(1), far[1:], np.ones(1), 1e-300, norm=norm)
+    assert found.first.tolist() == [0]
+    assert found.distance[0] == pytest.approx(1e200 * (np.sqrt(2) if norm == 2.0 else 1.0))
+    near = np.array([[0.0, 0.0], [1e-200, 1e-200]])
+    quiet = find_violations(near[:1], np.zeros(1), near[1:], np.full(1, 1e-210), 1.0, norm=norm)
+    assert len(quiet.first) == 0
+    monitor = LipschitzMonitor(1e-300, norm, window=4, tolerance=0.0, drift=False)
+    assert len(monitor.observe(far, np.array([0.0, 1.0])).violations) == 1

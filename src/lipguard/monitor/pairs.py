@@ -199,15 +199,15 @@ def find_violations(
         exclude_self,
         self_offset,
     )
-    radius = problem.radius()
-    active = np.flatnonzero(radius >= 0)
-    if len(active) == 0:
-        result = _empty()
-    else:
-        blocks = _candidate_blocks(problem, radius, active, index)
+    # radii, their squares and partial distances of huge states overflow to inf, which only
+    # keeps more candidates: not worth a warning
+    with np.errstate(over="ignore"):
+        radius = problem.radius()
+        active = np.flatnonzero(radius >= 0)
+        blocks = _candidate_blocks(problem, radius, active, index) if len(active) else []
         result = _joined([problem.check(rows, cols) for rows, cols in blocks])
-        if len(result.first) > 1:  # by query, then pool index, whatever path found them
-            result = result.select(np.lexsort((result.second, result.first)))
+    if len(result.first) > 1:  # by query, then pool index, whatever path found them
+        result = result.select(np.lexsort((result.second, result.first)))
     return _worst_per_query(result, m) if worst else result
 
 
@@ -320,9 +320,17 @@ def _worst_per_query(found: PairViolations, m: int) -> PairViolations:
 def _distances(diff: torch.Tensor, p: float) -> np.ndarray:
     """Norms of differences along the last axis, in float64, one summation order for every
     caller (so the pruned search and the brute-force oracle round identically). torch rather
-    than numpy: its allocator makes these short-lived gathers several times cheaper."""
-    norms = diff.abs().amax(-1) if p == math.inf else (diff * diff).sum(-1).sqrt()
-    return norms.numpy()
+    than numpy: its allocator makes these short-lived gathers several times cheaper. ℓ2 is
+    scaled by the largest entry, as ``hypot`` is, so that no square overflows (states 1e154 or
+    more apart would get an infinite distance, hiding every violation) or underflows (states
+    1e-154 or less apart would get 0, or a subnormal, and false alarms)."""
+    magnitude = diff.abs()
+    largest = magnitude.amax(-1)
+    if p == math.inf:
+        return largest.numpy()
+    scale = torch.where(largest > 0, largest, 1.0)
+    ratio = magnitude / scale[..., None]
+    return ((ratio * ratio).sum(-1).sqrt() * scale).numpy()
 
 
 def _pair_distances(
@@ -357,9 +365,16 @@ def _candidate_blocks(
     ranges = _sweep_ranges(problem, radius, active, index)
     if ranges.count <= limit:
         return _range_blocks(problem, radius, ranges)
-    if len(problem.a) * len(problem.b) <= DENSE_LIMIT:
+    if len(problem.a) * len(problem.b) <= DENSE_LIMIT or not _squares_finite(problem):
         return _dense_blocks(problem, active)
     return _tree_blocks(problem, radius, active, index)
+
+
+def _squares_finite(problem: _Problem) -> bool:
+    """Whether the states' squared distances stay within float64's range (the KD-tree refuses
+    states near 1e154 and above; dense blocks bound such pairs by 0 and check them exactly)."""
+    largest = max(float(np.abs(problem.a).max()), float(np.abs(problem.b).max()))
+    return largest < 1e150
 
 
 @dataclass(frozen=True)
@@ -532,6 +547,8 @@ def _dense_blocks(problem: _Problem, active: np.ndarray) -> Iterator[tuple[np.nd
             scale = (first * first).sum(1)[:, None] + second_sq[None, :]
             squared = scale - 2.0 * (first @ second.T)
             lower = (squared - 8 * d * eps * scale).clamp(min=0.0).sqrt()
+            # squares beyond float64's range (states near 1e154 and above): no bound but 0
+            lower = lower.nan_to_num(nan=0.0, posinf=0.0)
         else:  # one fused kernel; within an ulp of the exact distance, far inside the margin
             lower = torch.cdist(first, second, p=math.inf)
         pair_l = torch.from_numpy(problem.la[part])[:, None]
