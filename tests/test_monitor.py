@@ -415,3 +415,11 @@ def test_distances_far_beyond_float64_squares_are_exact(norm):
     assert len(quiet.first) == 0
     monitor = LipschitzMonitor(1e-300, norm, window=4, tolerance=0.0, drift=False)
     assert len(monitor.observe(far, np.array([0.0, 1.0])).violations) == 1
+
+
+def test_columns_in_another_dtype_are_refused():
+    """The narrowing's margins assume float64 differences: float32 columns would round them."""
+    states = np.random.default_rng(0).normal(size=(5, 3))
+    pairs_module.Columns(np.arange(3), states.T.copy())
+    with pytest.raises(InvalidArgumentError, match="float64"):
+        pairs_module.Columns(np.arange(3), states.T.astype(np.float32))

@@ -80,10 +80,15 @@ class PoolIndex:
 class Columns:
     """A pool's values on its widest coordinates, for a one-off search: ``values[k]`` holds
     every pool row's coordinate ``coordinates[k]`` (a sliding window keeps them as rows arrive,
-    so a search need not read the rows again)."""
+    so a search need not read the rows again). The caller's promise: they are the pool's
+    values. They must be float64 — the narrowing's margins assume float64 differences."""
 
     coordinates: np.ndarray
     values: np.ndarray  # (len(coordinates), pool size)
+
+    def __post_init__(self) -> None:
+        if self.values.dtype != np.float64:
+            raise InvalidArgumentError(f"Columns values must be float64, got {self.values.dtype}")
 
     @classmethod
     def of(cls, states: np.ndarray) -> Columns:
