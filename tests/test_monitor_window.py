@@ -144,3 +144,19 @@ def test_failures_mid_batch_with_coordinates_chosen_afresh_change_nothing(tmp_pa
             got = failing.observe(states, rewards).events
             assert any(event.step == failing.step - len(states) for event in got)
             assert got == steady.observe(states, rewards).events
+
+
+def test_room_is_sized_by_the_window_not_only_by_the_batch():
+    """A batch far larger than the window gets room for itself and a few windows, not for four
+    more such batches; batches far smaller than the window move it once per window of rows."""
+    window = SlidingWindow(100)
+    _observe(window, np.zeros((50_000, 2)), 0)
+    assert len(window._states) <= 50_000 + 4 * 100
+    small = SlidingWindow(1000)
+    _observe(small, np.zeros((1000, 2)), 0)
+    moves, buffer = 0, small._states
+    for step in range(200):
+        _observe(small, np.ones((5, 2)), 1000 + 5 * step)
+        moves += small._states is not buffer
+        buffer = small._states
+    assert moves <= 2  # 1000 rows of batches of 5: the window moved about once

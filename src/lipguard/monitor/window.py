@@ -97,9 +97,13 @@ class SlidingWindow:
 
     def _room(self, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Buffers with room for ``rows`` and a few more batches, holding the window's rows at
-        their start: the spare ones when they are large enough."""
-        n = self._count
-        capacity = 2 * rows + 2 * (rows - n)  # the pool's rows twice, and two more batches
+        their start: the spare ones when they are large enough. The room beyond the pool is
+        about four batches, but never less than the window (small batches: the window is moved
+        once per window of rows) nor more than four windows (a batch larger than the window
+        is mostly dropped on commit)."""
+        n, batch = self._count, rows - self._count
+        kept = min(self.size, rows)  # the window after this batch
+        capacity = rows + max(kept, 4 * min(batch, kept))
         spare = self._spare
         if spare is None or spare[0].shape[1] != width or len(spare[0]) < capacity:
             spare = np.empty((capacity, width)), np.empty((INDEX_DIMENSIONS, capacity))
