@@ -354,14 +354,15 @@ NASTY = [
     norm=st.sampled_from([2.0, float("inf")]),
     path=st.sampled_from(sorted(PATHS)),
     within=st.booleans(),
+    prepared=st.booleans(),
 )
 def test_extreme_values_never_hide_a_violation(
-    data, size, dimension, lipschitz, norm, path, within
+    data, size, dimension, lipschitz, norm, path, within, prepared
 ):
     """States and rewards from subnormals, signed zeros, neighbouring floats and values near
     overflow (bucket widths that underflow or overflow, runs at bucket edges, a single pool
-    point), against a pool that holds the queries (``exclude_self``) or not: equal to brute
-    force."""
+    point), against a pool that holds the queries (``exclude_self``) or not, prepared or not:
+    equal to brute force."""
     values = st.sampled_from(NASTY)
     rows = st.lists(
         st.lists(values, min_size=dimension, max_size=dimension), min_size=1, max_size=size
@@ -391,6 +392,7 @@ def test_extreme_values_never_hide_a_violation(
                 norm=norm,
                 exclude_self=within,
                 self_offset=offset,
+                index=pairs_module.PoolIndex(pool) if prepared else None,
             )
         finally:
             for name, value in saved.items():
