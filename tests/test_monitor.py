@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -35,6 +37,19 @@ PATHS = {
     "tree": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 0},
     "dense": {"SWEEP_PER_POINT": -1, "DENSE_LIMIT": 10**9},
 }
+
+
+@contextlib.contextmanager
+def forced(settings: dict[str, int]) -> Iterator[None]:
+    """The pair search's module settings replaced while the block runs."""
+    saved = {name: getattr(pairs_module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(pairs_module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(pairs_module, name, value)
 
 
 @given(
@@ -84,10 +99,7 @@ def test_pruned_search_equals_brute_force(
     settings = {**PATHS[path]}
     if budget is not None:
         settings.update(MEMORY_BUDGET=budget, CANDIDATE_BLOCK=budget)
-    saved = {name: getattr(pairs_module, name) for name in settings}
-    for name, value in settings.items():
-        setattr(pairs_module, name, value)
-    try:
+    with forced(settings):
         found = find_violations(
             states,
             rewards,
@@ -100,9 +112,6 @@ def test_pruned_search_equals_brute_force(
             worst=worst,
             index=pairs_module.PoolIndex(pool) if index == "prepared" else None,
         )
-    finally:
-        for name, value in saved.items():
-            setattr(pairs_module, name, value)
     expected = brute_force_violations(
         states,
         rewards,
@@ -378,25 +387,19 @@ def test_extreme_values_never_hide_a_violation(
         pool = np.concatenate([earlier, states])
         pool_rewards = np.concatenate([earlier_rewards, rewards])
         offset = len(earlier)
+    with np.errstate(all="ignore"), forced(PATHS[path]):
+        found = find_violations(
+            states,
+            rewards,
+            pool,
+            pool_rewards,
+            lipschitz,
+            norm=norm,
+            exclude_self=within,
+            self_offset=offset,
+            index=pairs_module.PoolIndex(pool) if prepared else None,
+        )
     with np.errstate(all="ignore"):
-        saved = {name: getattr(pairs_module, name) for name in PATHS[path]}
-        for name, value in PATHS[path].items():
-            setattr(pairs_module, name, value)
-        try:
-            found = find_violations(
-                states,
-                rewards,
-                pool,
-                pool_rewards,
-                lipschitz,
-                norm=norm,
-                exclude_self=within,
-                self_offset=offset,
-                index=pairs_module.PoolIndex(pool) if prepared else None,
-            )
-        finally:
-            for name, value in saved.items():
-                setattr(pairs_module, name, value)
         expected = brute_force_violations(states, rewards, pool, pool_rewards, lipschitz, norm=norm)
     if within:  # the pairs a pool that holds the queries skips: (i, offset + j) with j <= i
         expected = {(i, j) for i, j in expected if j < offset or j > i + offset}
