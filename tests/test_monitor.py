@@ -387,20 +387,14 @@ def test_extreme_values_never_hide_a_violation(
         pool = np.concatenate([earlier, states])
         pool_rewards = np.concatenate([earlier_rewards, rewards])
         offset = len(earlier)
+    problem = (states, rewards, pool, pool_rewards, lipschitz)
+    index = pairs_module.PoolIndex(pool) if prepared else None
     with np.errstate(all="ignore"), forced(PATHS[path]):
         found = find_violations(
-            states,
-            rewards,
-            pool,
-            pool_rewards,
-            lipschitz,
-            norm=norm,
-            exclude_self=within,
-            self_offset=offset,
-            index=pairs_module.PoolIndex(pool) if prepared else None,
+            *problem, norm=norm, exclude_self=within, self_offset=offset, index=index
         )
     with np.errstate(all="ignore"):
-        expected = brute_force_violations(states, rewards, pool, pool_rewards, lipschitz, norm=norm)
+        expected = brute_force_violations(*problem, norm=norm)
     if within:  # the pairs a pool that holds the queries skips: (i, offset + j) with j <= i
         expected = {(i, j) for i, j in expected if j < offset or j > i + offset}
     assert set(zip(found.first.tolist(), found.second.tolist(), strict=True)) == expected
